@@ -1,0 +1,44 @@
+"""One exception family for everything a user can get wrong.
+
+The CLI prints an :class:`EmergenceError` as one line (no traceback) and exits with its
+``exit_code``; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class EmergenceError(Exception):
+    """A problem the user can fix; its message says what, where, and what to do."""
+
+    exit_code = 2
+
+
+class ContractError(EmergenceError):
+    """A results folder that does not follow the data contract (fitting.schema)."""
+
+
+class SpecError(EmergenceError):
+    """A harvest spec file that is malformed or names something that does not exist."""
+
+
+class CheckpointError(EmergenceError):
+    """A checkpoint that cannot be loaded (missing, unsafe format, wrong revision)."""
+
+
+class FitError(EmergenceError):
+    """A fit that cannot be done with the data given (too few points, no finetune rows, ...)."""
+
+
+class DiagnosticsError(EmergenceError):
+    """MCMC diagnostics failed the gate (r_hat, ESS, divergences)."""
+
+    exit_code = 3
+
+
+class MissingExtraError(EmergenceError):
+    """An optional dependency is not installed."""
+
+    def __init__(self, package: str, extra: str):
+        super().__init__(
+            f"this command needs {package!r}; install it with: pip install 'emergence[{extra}]'"
+        )

@@ -1,0 +1,139 @@
+r"""The emergence law: pure, vectorised maths (no data, no optimiser).
+
+Notation of Snell et al. (2024), Table 1. For a checkpoint M with pretraining loss L = L(M),
+finetuned on D examples (lower loss = better model):
+
+.. math::
+
+    \mathrm{perf}(M, D) &= B + A\,h\big(E_\theta(D) - L\big)                \\
+    E_\theta(D)         &= k\,(\log D)^\alpha + C   \quad\text{(log power law, default)} \\
+    E_\theta(D)         &= k\,D^\alpha + C          \quad\text{(power law, ablation)}    \\
+    \mathrm{perf}_{\text{few-shot}}(M) &= B + \Delta + A\,h\big(E_\theta(D_0) - L\big)
+
+``h`` is the hinge: ``relu`` (the paper) or ``softplus`` with temperature τ (a smoothed elbow).
+With ``ceiling=True`` performance bends toward a ceiling U past the elbow,
+``base + (U - base)(1 - exp(-A h / (U - base)))``, which has the same slope A at the elbow but
+does not overshoot on a wide loss range. The prediction is the few-shot elbow ``E_θ(D_0)``.
+
+Parameter sharing (documented choice, the paper's): A, B, Δ (and U) are shared by every data
+level and by the few-shot curve; only the elbow moves with D, through the three law
+parameters k, α, C. So a task's whole surface has 5-7 parameters.
+
+Every function takes parameter arrays of any leading shape and broadcasts, so one call can
+evaluate a thousand bootstrap parameter sets at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+
+ElbowForm = Literal["log_power", "power"]
+Hinge = Literal["relu", "softplus"]
+
+
+@dataclass(frozen=True)
+class LawSpec:
+    """Which emergence law to fit. The defaults are the paper's choices."""
+
+    elbow: ElbowForm = "log_power"
+    hinge: Hinge = "relu"
+    temperature: float = 0.02  # softplus τ in nats: smaller is closer to the ReLU
+    delta: bool = True  # few-shot base shift Δ
+    ceiling: bool = False  # saturate toward U past the elbow
+    d0: float = 1.0  # low-data extrapolation limit D_0 that stands for "few-shot"
+
+    def __post_init__(self) -> None:
+        if self.elbow not in ("log_power", "power"):
+            raise ValueError(f"elbow must be 'log_power' or 'power', got {self.elbow!r}")
+        if self.hinge not in ("relu", "softplus"):
+            raise ValueError(f"hinge must be 'relu' or 'softplus', got {self.hinge!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature!r}")
+        if not self.d0 >= 1:
+            raise ValueError(f"d0 must be >= 1 (log D must not be negative), got {self.d0!r}")
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        names = ("A", "B", "k", "alpha", "C")
+        if self.delta:
+            names += ("delta",)
+        if self.ceiling:
+            names += ("U",)
+        return names
+
+    def with_(self, **changes) -> "LawSpec":
+        return replace(self, **changes)
+
+    def unpack(self, theta: np.ndarray) -> dict[str, np.ndarray]:
+        """Split a (..., P) parameter array into named (...,) arrays (Δ = 0, U = 1 if absent)."""
+        theta = np.asarray(theta, dtype=float)
+        out = {name: theta[..., i] for i, name in enumerate(self.param_names)}
+        out.setdefault("delta", np.zeros(theta.shape[:-1]))
+        out.setdefault("U", np.ones(theta.shape[:-1]))
+        return out
+
+    @property
+    def label(self) -> str:
+        parts = [self.elbow, self.hinge]
+        if not self.delta:
+            parts.append("no_delta")
+        if self.ceiling:
+            parts.append("ceiling")
+        return "+".join(parts)
+
+
+# Named variants offered to users and compared by held-out likelihood.
+LAW_FORMS: dict[str, LawSpec] = {
+    "log_power": LawSpec(),
+    "power": LawSpec(elbow="power"),
+    "no_delta": LawSpec(delta=False),
+    "softplus": LawSpec(hinge="softplus"),
+    "ceiling": LawSpec(ceiling=True),
+}
+
+
+def elbow(n_train, k, alpha, C, form: ElbowForm = "log_power"):
+    """E_θ(D): the pretraining loss at which performance leaves its base, for D examples."""
+    d = np.asarray(n_train, dtype=float)
+    if form == "log_power":
+        return k * np.log(d) ** alpha + C
+    return k * d**alpha + C
+
+
+def hinge(x, kind: Hinge = "relu", temperature: float = 0.02):
+    """h(x): ReLU, or its softplus smoothing with temperature τ (same asymptotes)."""
+    if kind == "relu":
+        return np.maximum(x, 0.0)
+    return temperature * np.logaddexp(0.0, np.asarray(x) / temperature)
+
+
+def relu_curve(loss, A, B, E, hinge_kind: Hinge = "relu", temperature: float = 0.02):
+    """B + A·h(E − L): one ReLU in pretraining loss (the ground-truth few-shot elbow fit)."""
+    return B + A * hinge(E - np.asarray(loss), hinge_kind, temperature)
+
+
+def performance(spec: LawSpec, theta, loss, n_train, few_shot):
+    """Predicted performance for each (loss, n_train, few_shot) under parameters ``theta``.
+
+    ``loss``, ``n_train`` and ``few_shot`` are aligned 1-D arrays (one entry per evaluation;
+    ``n_train`` is ignored where ``few_shot``), ``theta`` is (..., P). Returns (..., N).
+    """
+    p = {k: v[..., None] for k, v in spec.unpack(theta).items()}
+    few_shot = np.asarray(few_shot, dtype=bool)
+    d = np.where(few_shot, spec.d0, np.maximum(np.asarray(n_train, dtype=float), 1.0))
+    e = elbow(d, p["k"], p["alpha"], p["C"], spec.elbow)
+    h = hinge(e - np.asarray(loss, dtype=float), spec.hinge, spec.temperature)
+    base = p["B"] + np.where(few_shot, p["delta"], 0.0)
+    if not spec.ceiling:
+        return base + p["A"] * h
+    room = np.maximum(p["U"] - base, 1e-6)
+    return base + room * -np.expm1(-p["A"] * h / room)
+
+
+def emergence_loss(spec: LawSpec, theta):
+    """The prediction: the few-shot elbow E_θ(D_0), in pretraining-loss nats."""
+    p = spec.unpack(theta)
+    return elbow(spec.d0, p["k"], p["alpha"], p["C"], spec.elbow)
