@@ -1,0 +1,1 @@
+"""Evaluation engines: Hugging Face transformers (default) and vLLM."""

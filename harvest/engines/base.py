@@ -1,0 +1,68 @@
+"""What every evaluation engine provides (Hugging Face transformers, vLLM).
+
+An engine is bound to one base checkpoint. Calls may name a LoRA adapter to apply on top, so
+one vLLM engine can score many finetuned adapters of the same base (``LoRARequest``).
+
+Tokenisation follows lm-evaluation-harness so per-item scores are comparable with it:
+``whole = encode(context + continuation)``, ``ctx = encode(context)``, and the continuation's
+tokens are ``whole[len(ctx):]``; BOS only where the tokenizer adds it by default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Where a checkpoint's weights live: a local folder or a hub id at a revision."""
+
+    path: str
+    revision: str | None = None  # a hub branch, tag or commit (e.g. Pythia's "step143000")
+    trust_remote_code: bool = False  # only when the spec says so
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class ChoiceRequest:
+    """Score each continuation given one shared context (multiple choice)."""
+
+    context: str
+    continuations: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """Greedy generation (e.g. GSM8K), stopped at any of ``stop``."""
+
+    prompt: str
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChoiceScore:
+    """Summed log-probability (nats) of each continuation, and its length in tokens."""
+
+    logprobs: tuple[float, ...]
+    n_tokens: tuple[int, ...]
+
+
+class Engine(Protocol):
+    name: str  # "hf" or "vllm"
+
+    def version(self) -> str:
+        """Engine name and library version, recorded in the manifest and in unit keys."""
+
+    def score_choices(self, requests: Sequence[ChoiceRequest], adapter: str | None = None) -> list[ChoiceScore]:
+        """Log-likelihood of every continuation of every request."""
+
+    def generate(self, requests: Sequence[GenerateRequest], adapter: str | None = None) -> list[str]:
+        """Greedy completions, cut at the first stop string."""
+
+    def token_nll(self, texts: Sequence[str], max_length: int) -> tuple[float, int]:
+        """Summed next-token loss (nats) over ``texts`` in windows of ``max_length``, and token count."""
+
+    def close(self) -> None:
+        """Free the model (and its device memory)."""
