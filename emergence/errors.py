@@ -17,6 +17,10 @@ class ContractError(EmergenceError):
     """A results folder that does not follow the data contract (fitting.schema)."""
 
 
+class SourceError(ContractError):
+    """An importer's input (lm-eval, Pythia, ObsScaling, Gadre files) that is missing or malformed."""
+
+
 class SpecError(EmergenceError):
     """A harvest spec file that is malformed or names something that does not exist."""
 

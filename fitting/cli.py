@@ -2,8 +2,169 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
 
 
 def register(app: typer.Typer) -> None:
     """Add the fitting commands to the top-level app."""
+    app.command("fit")(fit_command)
+    app.command("compare-laws")(compare_laws_command)
+    app.command("simulate")(simulate_command)
+    app.command("import")(import_command)
+    from fitting import backtest_cli  # backtest, ablate, report
+
+    backtest_cli.register(app)
+
+
+# --------------------------------------------------------------------------- fit, compare-laws, simulate
+
+LAW_HELP = "emergence law form: log_power (paper), power, no_delta, softplus, ceiling"
+
+
+def fit_command(
+    results_dir: Annotated[Path, typer.Argument(help="results folder (checkpoints.parquet, results.parquet)")],
+    task: Annotated[Optional[list[str]], typer.Option("--task", "-t", help="task to fit (repeatable; default all)")] = None,
+    law: Annotated[str, typer.Option(help=LAW_HELP)] = "log_power",
+    likelihood: Annotated[str, typer.Option(help="binomial (item counts) or gaussian (least squares)")] = "binomial",
+    n_boot: Annotated[int, typer.Option("--n-boot", help="bootstrap resamples per task (0: none)")] = 1000,
+    seed: Annotated[int, typer.Option(help="seed of the multi-start points and the bootstrap")] = 0,
+    method: Annotated[str, typer.Option(help="mle (maximum likelihood + bootstrap) or bayes")] = "mle",
+    items: Annotated[str, typer.Option(help="bootstrap item redraw: observed, fitted or none")] = "observed",
+    metric: Annotated[Optional[str], typer.Option(help="metric to fit (default accuracy)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON list on stdout")] = False,
+) -> None:
+    """Predict, per task, the pretraining loss (and FLOPs) at which few-shot performance leaves chance."""
+    from fitting.predict import FitConfig, predict_all
+    from fitting.schema import load_results
+
+    config = FitConfig(law=law, likelihood=likelihood, n_boot=n_boot, seed=seed, method=method,
+                       items=items, metric=metric)
+    folder = load_results(results_dir)
+    predictions = predict_all(folder, config, tasks=task or None, progress=True)
+    if as_json:
+        typer.echo(json.dumps([p.to_json() for p in predictions], indent=2))
+    else:
+        _print_predictions(predictions, folder.metadata.get("simulated", False))
+
+
+def compare_laws_command(
+    results_dir: Annotated[Path, typer.Argument(help="results folder")],
+    task: Annotated[Optional[list[str]], typer.Option("--task", "-t", help="task (repeatable; default all)")] = None,
+    likelihood: Annotated[str, typer.Option(help="binomial or gaussian")] = "binomial",
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON on stdout")] = False,
+) -> None:
+    """Which law form does the data support? Leave-one-checkpoint-out held-out log-likelihood."""
+    from fitting.fit import TaskData, compare_laws
+    from fitting.schema import load_results
+
+    folder = load_results(results_dir)
+    tasks = task or folder.tasks
+    datas = [TaskData.from_folder(folder, t) for t in tasks]
+    table = {d.task: compare_laws(d, likelihood=likelihood) for d in datas}
+    if as_json:
+        typer.echo(json.dumps({t: [c.__dict__ for c in cs] for t, cs in table.items()}, indent=2))
+    else:
+        _print_comparison(table)
+
+
+def simulate_command(
+    out_dir: Annotated[Path, typer.Argument(help="folder to write the simulated results into")],
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    n_items: Annotated[int, typer.Option("--n-items", help="evaluation items per result row")] = 1000,
+    subset_sd: Annotated[float, typer.Option("--subset-sd", help="elbow jitter between finetuning subsets (nats)")] = 0.01,
+    levels: Annotated[Optional[list[int]], typer.Option("--level", help="finetuning data level (repeatable)")] = None,
+    subsets: Annotated[int, typer.Option(help="random subsets per data level")] = 2,
+) -> None:
+    """Write a SIMULATED results folder drawn from a known emergence law (truth in its metadata)."""
+    from dataclasses import replace
+
+    from emergence.errors import EmergenceError
+    from fitting.simulate import Design, simulate
+
+    if n_items <= 0 or subsets <= 0 or subset_sd < 0:
+        raise EmergenceError("--n-items and --subsets must be positive and --subset-sd >= 0")
+    design = replace(Design(), n_items=n_items, subset_sd=subset_sd,
+                     subset_seeds=tuple(range(1, subsets + 1)),
+                     **({"data_levels": tuple(levels)} if levels else {}))
+    folder = simulate(design, seed=seed, out=out_dir)
+    truth = ", ".join(f"{t} {v['emergence_loss']:.3f}" for t, v in folder.metadata["truth"].items())
+    typer.echo(f"wrote SIMULATED results to {out_dir}: {design.n_checkpoints} checkpoints, "
+               f"{len(folder.results)} result rows (true emergence losses: {truth})")
+
+
+def import_command(
+    fmt: Annotated[str, typer.Argument(metavar="FORMAT", help="lm-eval, pythia, obsscaling or gadre")],
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="the source file or folder")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="results folder to write")],
+    checkpoints: Annotated[Optional[Path], typer.Option(help="CSV/TOML: checkpoint,family,params,tokens,pretrain_loss[,flops]")] = None,
+    tasks: Annotated[Optional[Path], typer.Option(help="CSV/TOML: task,n_items,chance (overrides built-in facts)")] = None,
+    loss_proxy: Annotated[Optional[str], typer.Option(help="opt-in loss proxy when the source has none: chinchilla, lambada (pythia)")] = None,
+    loss_column: Annotated[Optional[str], typer.Option(help="gadre: validation loss to use (default c4_val)")] = None,
+    num_fewshot: Annotated[Optional[int], typer.Option(help="pythia: shot count to import (default 5)")] = None,
+    metric: Annotated[Optional[str], typer.Option(help="source metric to import (default acc, else exact_match)")] = None,
+    task: Annotated[Optional[list[str]], typer.Option("--task", "-t", help="import only this task (repeatable)")] = None,
+    keep_subtasks: Annotated[bool, typer.Option(help="pythia: keep the 57 MMLU subjects as tasks")] = False,
+    family: Annotated[Optional[str], typer.Option(help="family for checkpoints the source gives none")] = None,
+    params: Annotated[Optional[int], typer.Option(help="parameters (single-checkpoint imports)")] = None,
+    tokens: Annotated[Optional[int], typer.Option(help="pretraining tokens (single-checkpoint imports)")] = None,
+    pretrain_loss: Annotated[Optional[float], typer.Option(help="pretraining loss, nats (single-checkpoint imports)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing results folder")] = False,
+) -> None:
+    """Import public results (lm-eval, Pythia, ObsScaling, Gadre et al.) as a few-shot results folder."""
+    from fitting.importers import ImportOptions, import_results
+
+    options = ImportOptions(checkpoints=checkpoints, tasks=tasks, loss_proxy=loss_proxy, loss_column=loss_column,
+                            num_fewshot=num_fewshot, metric=metric, only_tasks=tuple(task or ()),
+                            keep_subtasks=keep_subtasks, family=family, params=params, tokens=tokens,
+                            pretrain_loss=pretrain_loss, overwrite=overwrite)
+    folder = import_results(fmt, path, out, options)
+    typer.echo(f"wrote {out}: {folder.checkpoints.height} checkpoints, {folder.results.height} few-shot results, "
+               f"{len(folder.tasks)} tasks" + (f", {folder.items.height} items" if folder.items is not None else ""))
+    typer.echo(f"pretrain_loss: {', '.join(f'{n} from {s}' for s, n in folder.metadata['pretrain_loss_sources'].items())}")
+    typer.echo("few-shot results only: `emergence fit` gives the ground-truth elbow; predicting emergence "
+               "before it happens needs finetune results (see docs/importers.md)")
+
+
+def _fmt(x, spec: str = ".3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _print_predictions(predictions, simulated: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    title = "Predicted few-shot emergence (pretraining loss, nats)"
+    table = Table(title=title + (" — SIMULATED data" if simulated else ""))
+    for name in ("task", "MLE", "p5", "p50", "p95", "truth", "FLOPs", "x max", "conv."):
+        table.add_column(name, justify="left" if name == "task" else "right", no_wrap=True)
+    for p in predictions:
+        pct = p.emergence_loss_pct
+        flops = _fmt(p.emergence_flops, ".1e") + ("*" if p.flops_extrapolated else "")
+        table.add_row(p.task, _fmt(p.emergence_loss), _fmt(pct.get(5)), _fmt(pct.get(50)), _fmt(pct.get(95)),
+                      _fmt(p.ground_truth_loss), flops, _fmt(p.flops_multiple, ".2f"),
+                      "yes" if p.converged else "[red]no[/]")
+    console = Console()
+    console.print(table)
+    console.print("[dim]p5/p50/p95: bootstrap percentiles; truth: few-shot elbow fitted to all checkpoints; "
+                  "x max: emergence FLOPs / largest checkpoint's; * extrapolated beyond the data[/]")
+    for p in predictions:
+        if p.note:
+            console.print(f"[dim]{p.task}: {p.note}[/]", highlight=False)
+
+
+def _print_comparison(table) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Table(title="Held-out log-likelihood by law form (leave one checkpoint out; higher is better)")
+    for name in ("task", "law", "held-out log-lik", "vs best", "failed folds"):
+        out.add_column(name, justify="left" if name in ("task", "law") else "right")
+    for task, rows in table.items():
+        for i, c in enumerate(rows):
+            out.add_row(task if i == 0 else "", c.form + (" (best)" if i == 0 else ""),
+                        f"{c.heldout_loglik:.1f}", f"{c.delta:.1f}", str(c.n_failed))
+    Console().print(out)

@@ -52,11 +52,14 @@ class TaskTruth:
         return float(law_.emergence_loss(self.spec, self.theta))
 
 
+# Shaped like the paper's curves: few-shot accuracy leaves chance late in the ladder (2-3
+# checkpoints past the elbow), rises by ~0.6-1.0 per nat, finetuning shifts the elbow by
+# ~0.15 nats (16 examples) to ~0.45 nats (1024), and no curve reaches the 1.0 ceiling.
 DEFAULT_TASKS = (
-    TaskTruth("sim_mmlu", chance=0.25, A=0.9, k=0.10, alpha=1.0, C=2.75),
-    TaskTruth("sim_gsm8k", chance=0.0, A=0.6, k=0.06, alpha=1.2, C=2.70),
-    TaskTruth("sim_csqa", chance=0.2, A=1.0, k=0.12, alpha=0.9, C=2.85),
-    TaskTruth("sim_cola", chance=0.5, A=0.7, k=0.08, alpha=1.1, C=2.80),
+    TaskTruth("sim_mmlu", chance=0.25, A=1.0, k=0.06, alpha=1.0, C=2.40),
+    TaskTruth("sim_gsm8k", chance=0.0, A=0.8, k=0.05, alpha=1.2, C=2.35),
+    TaskTruth("sim_csqa", chance=0.2, A=1.0, k=0.08, alpha=0.9, C=2.50),
+    TaskTruth("sim_cola", chance=0.5, A=0.6, k=0.05, alpha=1.1, C=2.45),
 )
 
 
@@ -64,8 +67,8 @@ DEFAULT_TASKS = (
 class Design:
     """What was measured: the checkpoint ladder, the data levels, the subsets, the items."""
 
-    family_params: tuple[float, ...] = (2e8, 6e8, 2e9)
-    tokens_per_param: tuple[float, ...] = (2.5, 5.0, 10.0, 20.0)  # checkpoints along each run
+    family_params: tuple[float, ...] = (4e8, 1.2e9, 4e9)
+    tokens_per_param: tuple[float, ...] = (4.0, 8.0, 16.0, 32.0)  # checkpoints along each run: loss 3.26 -> 2.23
     data_levels: tuple[int, ...] = (16, 64, 256, 1024)
     subset_seeds: tuple[int, ...] = (1, 2)
     n_items: int = 1000

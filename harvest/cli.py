@@ -2,7 +2,63 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 app = typer.Typer(help="Measure checkpoints: pretraining loss, few-shot and finetuned accuracy.",
                   no_args_is_help=True)
+
+
+@app.command("eval")
+def eval_command(
+    spec: Annotated[Path, typer.Argument(help="Harvest spec (TOML): checkpoints, held-out text, tasks, engine.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Results folder (created; a rerun resumes it).")],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars on stderr.")] = False,
+) -> None:
+    """Measure pretraining loss and few-shot accuracy of every checkpoint into RESULTS_DIR."""
+    from harvest.evaluate import run_harvest
+    from harvest.spec import load_spec
+
+    manifest = run_harvest(load_spec(spec), out, show_progress=not quiet)
+    tables = manifest["tables"]
+    typer.echo(f"wrote {out}: {tables['checkpoints']} checkpoints, {tables['results']} results, "
+               f"{tables['items']} items")
+
+
+@app.command("sweep")
+def sweep_command(
+    spec: Annotated[Path, typer.Argument(help="Harvest spec (TOML) with a sweep table (docs/sweep.md).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Results folder (created; a rerun resumes it).")],
+    executor: Annotated[str, typer.Option(help="Where cells run: local (in order) or ray.")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (e.g. auto or host:6379); "
+                                                     "none starts a local Ray.")] = None,
+    shard: Annotated[str | None, typer.Option(help="Run only shard i/n of the cells (e.g. a SLURM array); "
+                                                   "merge the folders with 'harvest merge'.")] = None,
+    keep_adapters: Annotated[bool, typer.Option("--keep-adapters", help="Keep finetuned adapters/weights "
+                                                                        "under RESULTS_DIR/adapters.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars on stderr.")] = False,
+) -> None:
+    """Finetune every checkpoint on every data level and subset, evaluate, write finetune rows."""
+    from harvest.executors import parse_shard
+    from harvest.sweep import check_report, run_sweep, summarize
+
+    report = run_sweep(spec, out, executor=executor, address=address,
+                       shard=parse_shard(shard) if shard else None, keep_adapters=keep_adapters,
+                       show_progress=not quiet)
+    typer.echo(summarize(report, out))
+    check_report(report, out)
+
+
+@app.command("merge")
+def merge_command(
+    spec: Annotated[Path, typer.Argument(help="The harvest spec the shards ran.")],
+    sources: Annotated[list[Path], typer.Argument(help="Shard results folders to merge.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Merged results folder.")],
+) -> None:
+    """Merge the parts of sweep shards into one results folder and write its tables."""
+    from harvest.sweep import merge_sweep, summarize
+
+    report = merge_sweep(spec, out, list(sources))
+    typer.echo(summarize(report, out))

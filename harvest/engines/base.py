@@ -6,6 +6,21 @@ one vLLM engine can score many finetuned adapters of the same base (``LoRAReques
 Tokenisation follows lm-evaluation-harness so per-item scores are comparable with it:
 ``whole = encode(context + continuation)``, ``ctx = encode(context)``, and the continuation's
 tokens are ``whole[len(ctx):]``; BOS only where the tokenizer adds it by default.
+
+Shared rules, so that two engines give the same numbers on the same checkpoint:
+
+- Too long: when ``whole`` has more tokens than the engine's ``max_length`` (its option; by
+  default the model's ``max_position_embeddings``), only its last ``max_length`` tokens are fed
+  (the context is cut on the left); a continuation that does not fit is a ``SpecError``.
+- ``token_nll``: each text is encoded on its own (BOS as above) and cut into consecutive,
+  non-overlapping windows of ``max_length`` tokens; in each window every token but the first is
+  predicted from the window's earlier tokens. Returns the summed ``-log p`` (nats) and the
+  number of predicted tokens (a one-token window predicts none).
+- ``generate``: greedy (argmax, first index on ties), at most ``max_new_tokens`` new tokens,
+  stops at EOS; the text is the decoded new tokens (special tokens skipped) cut before the
+  first occurrence of any stop string.
+- ``adapter``: a local PEFT LoRA folder (``adapter_config.json`` + safetensors) trained on this
+  engine's base checkpoint; ``None`` scores the base.
 """
 
 from __future__ import annotations

@@ -1,0 +1,534 @@
+"""Backtest: how far ahead, in pretraining FLOPs, does the emergence prediction work?
+
+Protocol (Snell et al. 2024, Sec. 6; ``docs/backtest.md``), per task:
+
+1. **Ground truth**: the few-shot elbow fitted to every checkpoint
+   (:func:`fitting.fit.fit_ground_truth`); null when few-shot performance never left chance.
+2. **Cutoffs**: every distinct checkpoint FLOPs value, from the largest (all checkpoints) down
+   to the smallest that keeps at least ``min_checkpoints`` checkpoints and still allows a fit
+   (the first cutoff whose fit raises :class:`~emergence.errors.FitError` for lack of data ends
+   the list). Each cutoff keeps the checkpoints with FLOPs <= cutoff (their finetune and
+   few-shot rows), refits, and predicts the few-shot emergence loss with its 5–95% interval
+   using the configured method (:func:`fitting.predict.predict_data`).
+3. **Success**: the fit converged and ``|MLE prediction − ground truth| <= tolerance``
+   (0.1 nats by default). **Covered**: ``p05 <= ground truth <= p95``.
+4. **Earliest post-emergence checkpoint**: among the task's checkpoints whose pretraining loss
+   is strictly below the ground-truth elbow (so the ground-truth hinge puts their few-shot
+   accuracy above its base: they have left chance), the one with the fewest FLOPs (ties: the
+   lower loss). **Most capable checkpoint of a cutoff**: the kept checkpoint with the lowest
+   pretraining loss (ties: more FLOPs).
+5. **FLOP multiplier** = FLOPs(earliest post-emergence checkpoint) ÷ FLOPs(most capable
+   checkpoint of the earliest successful cutoff). ``flop_multiplier`` uses the smallest
+   successful cutoff even when a larger one fails (the paper's reading);
+   ``flop_multiplier_strict`` the smallest cutoff from which every larger cutoff succeeds.
+   Null when no cutoff succeeds or the task never emerged. A multiplier <= 1 means the first
+   success already saw a post-emergence checkpoint: no foresight.
+
+Ablations (the paper's Table 2) refit one variant of the data per row, on the **base set**:
+the checkpoints of the largest cutoff whose kept checkpoints are all pre-emergence (the
+realistic prediction setting; every checkpoint when the task never emerged, or with
+``base="all"``). Variants: drop the k smallest / largest data levels, keep one subset seed,
+keep the k checkpoints of the base set closest to emergence (lowest pretraining loss).
+Ablation fits are MLE only (``n_boot=0``): the table is about the point error.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from multiprocessing import get_context
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from emergence.errors import EmergenceError, FitError
+from fitting.fit import GroundTruth, TaskData, fit_ground_truth
+from fitting.predict import FitConfig, TaskPrediction, _clean, is_simulated, predict_data
+from fitting.schema import ResultsFolder
+
+Tick = Callable[[str], None]  # progress callback: called once per finished fit with a label
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class AblationSpec:
+    """Which Table-2 variants to run; each ``k`` gives one row."""
+
+    drop_smallest: tuple[int, ...] = (1,)  # drop the k smallest data levels
+    drop_largest: tuple[int, ...] = (1,)  # drop the k largest data levels
+    one_subset: bool = True  # one row per subset seed, keeping only that seed
+    last_k: tuple[int, ...] = (6, 4)  # keep the k base checkpoints nearest emergence
+    base: str = "pre_emergence"  # or "all": which checkpoints the variants start from
+
+    def __post_init__(self) -> None:
+        if self.base not in ("pre_emergence", "all"):
+            raise EmergenceError(f"ablation base must be 'pre_emergence' or 'all', got {self.base!r}")
+        for name in ("drop_smallest", "drop_largest", "last_k"):
+            bad = [k for k in getattr(self, name) if k < 1]
+            if bad:
+                raise EmergenceError(f"ablation {name} values must be >= 1, got {bad}")
+
+
+@dataclass(frozen=True)
+class BacktestConfig:
+    """Everything that decides a backtest; ``fit`` is passed whole to the prediction pipeline."""
+
+    fit: FitConfig = field(default_factory=FitConfig)
+    tolerance: float = 0.1  # nats: success when |MLE − ground truth| <= tolerance
+    min_checkpoints: int = 3  # fewest checkpoints a cutoff may keep
+    workers: int = 1  # processes for the fits (1: in this process)
+    ablations: AblationSpec | None = None  # None: no ablation table
+    cutoffs: bool = True  # False: ablations only (``emergence ablate``)
+
+    def __post_init__(self) -> None:
+        if not (self.tolerance > 0 and math.isfinite(self.tolerance)):
+            raise EmergenceError(f"tolerance must be a positive number of nats, got {self.tolerance!r}")
+        if self.min_checkpoints < 3:
+            raise EmergenceError(f"min_checkpoints must be >= 3 (a hinge needs 3 points), got {self.min_checkpoints}")
+        if self.workers < 1:
+            raise EmergenceError(f"workers must be >= 1, got {self.workers}")
+        if self.fit.method == "bayes":
+            _require_bayes()
+
+
+def _require_bayes() -> None:
+    from fitting import bayes  # PyMC is imported lazily inside it
+
+    if not hasattr(bayes, "predict_data"):
+        raise EmergenceError("method 'bayes' is not available yet: fitting.bayes has no predict_data; use --method mle")
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class CutoffResult:
+    """One cutoff of one task's backtest."""
+
+    max_flops: float
+    n_checkpoints: int
+    most_capable: str  # kept checkpoint with the lowest pretraining loss
+    most_capable_flops: float
+    most_capable_loss: float
+    pre_emergence: bool | None  # every kept checkpoint is before the ground-truth elbow
+    emergence_loss: float | None = None  # MLE (or posterior point) prediction, nats
+    p05: float | None = None
+    p95: float | None = None
+    converged: bool = False
+    error: float | None = None  # prediction − ground truth, nats
+    success: bool | None = None  # None when there is no ground truth
+    covered: bool | None = None  # ground truth inside [p05, p95]; None without either
+    note: str = ""
+    prediction: TaskPrediction | None = field(default=None, repr=False)  # not in JSON
+
+    def to_json(self) -> dict[str, Any]:
+        return _clean(dict(
+            max_flops=self.max_flops, n_checkpoints=self.n_checkpoints,
+            most_capable_checkpoint=self.most_capable, most_capable_flops=self.most_capable_flops,
+            most_capable_loss=self.most_capable_loss, pre_emergence=self.pre_emergence,
+            emergence_loss=self.emergence_loss, emergence_loss_p05=self.p05,
+            emergence_loss_p95=self.p95, converged=self.converged, error=self.error,
+            success=self.success, covered=self.covered, note=self.note,
+        ))
+
+
+@dataclass
+class AblationResult:
+    """One Table-2 row for one task: the MLE error of a variant of the base data."""
+
+    name: str
+    kind: str
+    k: int | None
+    n_checkpoints: int
+    data_levels: list[int]
+    emergence_loss: float | None = None
+    error: float | None = None
+    success: bool | None = None
+    converged: bool = False
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return _clean({k: v for k, v in self.__dict__.items()})
+
+
+@dataclass
+class TaskBacktest:
+    """A task's backtest: ground truth, every cutoff (largest first), multipliers, ablations."""
+
+    task: str
+    ground_truth: GroundTruth | None
+    tolerance: float
+    method: str
+    cutoffs: list[CutoffResult]
+    post_emergence_checkpoint: str | None = None
+    post_emergence_flops: float | None = None
+    ablations: list[AblationResult] = field(default_factory=list)
+    simulated: bool = False
+    note: str = ""
+
+    @property
+    def ground_truth_loss(self) -> float | None:
+        return None if self.ground_truth is None else self.ground_truth.elbow_loss
+
+    @property
+    def emerged(self) -> bool:
+        return self.ground_truth_loss is not None
+
+    @property
+    def earliest_success(self) -> CutoffResult | None:
+        """The smallest cutoff that succeeded (the paper's reading)."""
+        wins = [c for c in self.cutoffs if c.success]
+        return min(wins, key=lambda c: c.max_flops) if wins else None
+
+    @property
+    def earliest_strict_success(self) -> CutoffResult | None:
+        """The smallest cutoff from which every larger cutoff also succeeded."""
+        best = None
+        for c in sorted(self.cutoffs, key=lambda c: -c.max_flops):
+            if not c.success:
+                break
+            best = c
+        return best
+
+    def _multiplier(self, cutoff: CutoffResult | None) -> float | None:
+        if cutoff is None or self.post_emergence_flops is None:
+            return None
+        return self.post_emergence_flops / cutoff.most_capable_flops
+
+    @property
+    def flop_multiplier(self) -> float | None:
+        return self._multiplier(self.earliest_success)
+
+    @property
+    def flop_multiplier_strict(self) -> float | None:
+        return self._multiplier(self.earliest_strict_success)
+
+    @property
+    def coverage(self) -> tuple[int, int]:
+        """(covered, cutoffs with an interval and a ground truth)."""
+        known = [c.covered for c in self.cutoffs if c.covered is not None]
+        return sum(known), len(known)
+
+    @property
+    def main_cutoff(self) -> CutoffResult | None:
+        """The fit a user would have made before emergence: the largest pre-emergence cutoff
+        (every checkpoint when the task never emerged)."""
+        fitted = [c for c in self.cutoffs if c.prediction is not None]
+        pre = [c for c in fitted if c.pre_emergence is not False]
+        return max(pre, key=lambda c: c.max_flops) if pre else None
+
+    def to_json(self) -> dict[str, Any]:
+        first, strict = self.earliest_success, self.earliest_strict_success
+        covered, n = self.coverage
+        gt = self.ground_truth
+        return _clean(dict(
+            task=self.task, method=self.method, tolerance=self.tolerance,
+            ground_truth_loss=self.ground_truth_loss, emerged=self.emerged,
+            ground_truth_reason=None if gt is None else gt.reason,
+            post_emergence_checkpoint=self.post_emergence_checkpoint,
+            post_emergence_flops=self.post_emergence_flops,
+            flop_multiplier=self.flop_multiplier, flop_multiplier_strict=self.flop_multiplier_strict,
+            earliest_success_max_flops=None if first is None else first.max_flops,
+            earliest_success_checkpoint=None if first is None else first.most_capable,
+            strict_success_max_flops=None if strict is None else strict.max_flops,
+            coverage=covered / n if n else None, n_covered=covered, n_intervals=n,
+            simulated=self.simulated, note=self.note,
+            cutoffs=[c.to_json() for c in self.cutoffs],
+            ablations=[a.to_json() for a in self.ablations],
+        ))
+
+
+# --------------------------------------------------------------------------- the protocol
+
+
+def cutoff_values(data: TaskData, min_checkpoints: int) -> list[float]:
+    """Distinct checkpoint FLOPs, largest first, keeping >= ``min_checkpoints`` checkpoints each."""
+    flops = np.sort(np.unique(data.ckpt_flops))[::-1]
+    return [float(f) for f in flops if int((data.ckpt_flops <= f).sum()) >= min_checkpoints]
+
+
+def post_emergence(data: TaskData, elbow: float | None) -> tuple[str | None, float | None]:
+    """(name, FLOPs) of the cheapest checkpoint whose loss is below the ground-truth elbow."""
+    if elbow is None:
+        return None, None
+    past = np.flatnonzero(data.ckpt_loss < elbow)
+    if past.size == 0:
+        return None, None
+    best = min(past, key=lambda i: (data.ckpt_flops[i], data.ckpt_loss[i]))
+    return data.checkpoints[best], float(data.ckpt_flops[best])
+
+
+def most_capable(data: TaskData) -> int:
+    """Index of the kept checkpoint with the lowest pretraining loss (ties: more FLOPs)."""
+    return min(range(data.n_checkpoints), key=lambda i: (data.ckpt_loss[i], -data.ckpt_flops[i]))
+
+
+def ground_truth_of(data: TaskData, config: FitConfig) -> GroundTruth:
+    return fit_ground_truth(data, config.likelihood, config.gt_alpha, config.gt_min_rise, config.spec)
+
+
+def _blank_cutoff(data: TaskData, max_flops: float, elbow: float | None) -> CutoffResult:
+    i = most_capable(data)
+    pre = None if elbow is None else bool(np.all(data.ckpt_loss >= elbow))
+    return CutoffResult(max_flops, data.n_checkpoints, data.checkpoints[i], float(data.ckpt_flops[i]),
+                        float(data.ckpt_loss[i]), pre)
+
+
+def score_cutoff(cut: CutoffResult, pred: TaskPrediction, truth: float | None, tolerance: float) -> CutoffResult:
+    """Fill a cutoff from its prediction: error, success, coverage."""
+    cut.prediction, cut.converged, cut.note = pred, bool(pred.converged), pred.note
+    cut.emergence_loss = pred.emergence_loss
+    cut.p05, cut.p95 = pred.emergence_loss_pct.get(5), pred.emergence_loss_pct.get(95)
+    if truth is None:
+        return cut
+    if cut.emergence_loss is not None and cut.converged:
+        cut.error = cut.emergence_loss - truth
+    cut.success = cut.error is not None and abs(cut.error) <= tolerance
+    if cut.p05 is not None and cut.p95 is not None:
+        cut.covered = bool(cut.p05 <= truth <= cut.p95)
+    return cut
+
+
+# --------------------------------------------------------------------------- ablation variants
+
+
+def ablation_variants(data: TaskData, spec: AblationSpec) -> list[tuple[str, str, int | None]]:
+    """(row name, kind, k) of every ablation row that the base data allows."""
+    levels, seeds = data.data_levels, data.subset_seeds
+    rows: list[tuple[str, str, int | None]] = [("all data (base)", "base", None)]
+    rows += [(f"drop {k} smallest level{'s' * (k > 1)}", "drop_smallest", k)
+             for k in spec.drop_smallest if k < len(levels)]
+    rows += [(f"drop {k} largest level{'s' * (k > 1)}", "drop_largest", k)
+             for k in spec.drop_largest if k < len(levels)]
+    if spec.one_subset and len(seeds) > 1:
+        rows += [(f"one subset (seed {s})", "one_subset", s) for s in seeds]
+    rows += [(f"last {k} checkpoints", "last_k", k) for k in spec.last_k if k < data.n_checkpoints]
+    return rows
+
+
+def apply_variant(data: TaskData, kind: str, k: int | None) -> TaskData:
+    """The data of one ablation row (see :func:`ablation_variants`)."""
+    levels = data.data_levels
+    if kind == "base":
+        return data
+    if kind == "drop_smallest":
+        return data.drop_levels(levels[:k])
+    if kind == "drop_largest":
+        return data.drop_levels(levels[-k:])
+    if kind == "one_subset":
+        return data.select_subset_seeds([k])
+    if kind == "last_k":
+        nearest = np.argsort(data.ckpt_loss, kind="stable")[:k]  # lowest loss = nearest emergence
+        return data.select_checkpoints(np.isin(np.arange(data.n_checkpoints), nearest))
+    raise EmergenceError(f"unknown ablation kind {kind!r}")
+
+
+def ablation_base(data: TaskData, elbow: float | None, spec: AblationSpec) -> TaskData:
+    """The base set: pre-emergence checkpoints (all when never emerged or ``base='all'``)."""
+    if spec.base == "all" or elbow is None:
+        return data
+    return data.select_checkpoints(data.ckpt_loss >= elbow)
+
+
+# --------------------------------------------------------------------------- running fits
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One fit to run (picklable: sent to worker processes)."""
+
+    task: str
+    key: tuple  # ("cutoff", max_flops) or ("ablation", name)
+    data: TaskData
+    config: FitConfig
+    ground_truth: GroundTruth | None
+    simulated: bool
+
+
+def _run_job(job: _Job) -> TaskPrediction | str:
+    """The prediction, or the FitError message when the data cannot be fitted."""
+    try:
+        return predict_data(job.data, job.config, ground_truth=job.ground_truth, simulated=job.simulated)
+    except FitError as err:
+        return f"no fit: {err}"
+    except np.linalg.LinAlgError as err:  # a numerically singular fit: a failed cutoff, not a crash
+        return f"fit failed numerically: {err}"
+
+
+def run_jobs(jobs: Sequence[_Job], workers: int, tick: Tick | None = None) -> list[TaskPrediction | str]:
+    """Run every job, in order of ``jobs``; ``workers`` > 1 uses processes (spawned, not forked:
+    polars' thread pool is not fork-safe)."""
+    tick = tick or (lambda _label: None)
+    if workers <= 1 or len(jobs) <= 1:
+        out = []
+        for job in jobs:
+            out.append(_run_job(job))
+            tick(f"{job.task} {job.key[0]}")
+        return out
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_run_job, job) for job in jobs]
+        out = []
+        for job, fut in zip(jobs, futures):
+            out.append(fut.result())
+            tick(f"{job.task} {job.key[0]}")
+        return out
+
+
+# --------------------------------------------------------------------------- per task
+
+
+@dataclass
+class _TaskPlan:
+    data: TaskData
+    truth: GroundTruth
+    cuts: list[CutoffResult]
+    jobs: list[_Job]
+    ablation_rows: list[tuple[str, str, int | None]]
+    ablation_data: dict[str, TaskData]
+    note: str = ""
+
+
+def plan_task(data: TaskData, config: BacktestConfig, simulated: bool) -> _TaskPlan:
+    """Ground truth and the list of fits (cutoffs, ablations) for one task."""
+    truth = ground_truth_of(data, config.fit)
+    elbow = truth.elbow_loss
+    cuts, jobs, note = [], [], ""
+    if not data.has_finetune:
+        note = "few-shot results only: nothing to backtest (the emergence law needs finetune results)"
+    elif config.cutoffs:
+        for f in cutoff_values(data, config.min_checkpoints):
+            sub = data.select_max_flops(f)
+            cuts.append(_blank_cutoff(sub, f, elbow))
+            jobs.append(_Job(data.task, ("cutoff", f), sub, config.fit, truth, simulated))
+    rows, variants = _plan_ablations(data, elbow, config, note)
+    fit0 = replace(config.fit, n_boot=0)
+    jobs += [_Job(data.task, ("ablation", name), d, fit0, truth, simulated) for name, d in variants.items()]
+    return _TaskPlan(data, truth, cuts, jobs, rows, variants, note)
+
+
+def _plan_ablations(data: TaskData, elbow: float | None, config: BacktestConfig, note: str):
+    if config.ablations is None or note:
+        return [], {}
+    base = ablation_base(data, elbow, config.ablations)
+    if base.n_checkpoints < config.min_checkpoints:
+        return [], {}
+    rows = ablation_variants(base, config.ablations)
+    return rows, {name: apply_variant(base, kind, k) for name, kind, k in rows}
+
+
+def assemble(plan: _TaskPlan, outputs: list[TaskPrediction | str], config: BacktestConfig,
+             simulated: bool) -> TaskBacktest:
+    """Score the fits of one task and compute its multipliers (see module docstring)."""
+    truth, elbow = plan.truth, plan.truth.elbow_loss
+    cut_out, abl_out = outputs[: len(plan.cuts)], outputs[len(plan.cuts):]
+    cutoffs = []
+    for cut, out in zip(plan.cuts, cut_out):
+        if isinstance(out, str):  # the data no longer allow a fit: the list ends here
+            break
+        cutoffs.append(score_cutoff(cut, out, elbow, config.tolerance))
+    name, flops = post_emergence(plan.data, elbow)
+    ablations = [_score_ablation(row, plan.ablation_data[row[0]], out, elbow, config.tolerance)
+                 for row, out in zip(plan.ablation_rows, abl_out)]
+    note = plan.note or ("" if truth.emerged else f"never emerged: {truth.reason}")
+    return TaskBacktest(plan.data.task, truth, config.tolerance, config.fit.method, cutoffs,
+                        name, flops, ablations, simulated, note)
+
+
+def _score_ablation(row, data: TaskData, out, truth: float | None, tolerance: float) -> AblationResult:
+    name, kind, k = row
+    res = AblationResult(name, kind, k, data.n_checkpoints, data.data_levels)
+    if isinstance(out, str):
+        res.note = out
+        return res
+    res.converged, res.emergence_loss = bool(out.converged), out.emergence_loss
+    res.note = "" if res.converged else (out.note or out.message)
+    if truth is not None and res.converged and res.emergence_loss is not None:
+        res.error = res.emergence_loss - truth
+        res.success = abs(res.error) <= tolerance
+    elif truth is not None:
+        res.success = False
+    return res
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def backtest(folder: ResultsFolder, config: BacktestConfig = BacktestConfig(),
+             tasks: Iterable[str] | None = None, progress: bool = False) -> list[TaskBacktest]:
+    """Backtest every task (or ``tasks``) of a results folder; progress bar on stderr."""
+    tasks = folder.tasks if tasks is None else list(tasks)
+    datas = [TaskData.from_folder(folder, t, config.fit.metric) for t in tasks]  # validate names first
+    simulated = is_simulated(folder)
+    plans = [plan_task(d, config, simulated) for d in datas]
+    jobs = [job for plan in plans for job in plan.jobs]
+    with _progress(progress, len(jobs)) as tick:
+        outputs = run_jobs(jobs, config.workers, tick)
+    results, start = [], 0
+    for plan in plans:
+        results.append(assemble(plan, outputs[start:start + len(plan.jobs)], config, simulated))
+        start += len(plan.jobs)
+    return results
+
+
+class _progress:
+    """A rich progress bar on stderr (so JSON on stdout stays clean), or nothing."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled, self.total = enabled, total
+
+    def __enter__(self) -> Tick:
+        if not self.enabled:
+            return lambda _label: None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("backtest {task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=Console(stderr=True))
+        self.bar.__enter__()
+        tid = self.bar.add_task("", total=self.total)
+        return lambda label: self.bar.update(tid, advance=1, description=label)
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.bar.__exit__(*exc)
+
+
+def backtests_json(results: Sequence[TaskBacktest]) -> list[dict[str, Any]]:
+    return [r.to_json() for r in results]
+
+
+@dataclass(frozen=True)
+class AblationTable:
+    """Rows = ablation variants, columns = tasks; cells are AblationResult or None (not run)."""
+
+    rows: list[str]
+    tasks: list[str]
+    cells: dict[tuple[str, str], AblationResult]
+    tolerance: float
+
+    def cell_text(self, row: str, task: str) -> str:
+        """|error| in nats, with ✗ for a failure; 'fit failed', 'n/a' or '—' (no ground truth)."""
+        res = self.cells.get((row, task))
+        if res is None:
+            return "n/a"
+        if res.error is None:
+            return "fit failed ✗" if not res.converged else "— (no truth)"
+        return f"{abs(res.error):.3f}" + ("" if res.success else " ✗")
+
+
+def ablation_table(results: Sequence[TaskBacktest]) -> AblationTable | None:
+    """The paper's Table 2 from the ablation rows of every task (None when none were run)."""
+    rows: list[str] = []
+    cells = {}
+    for r in results:
+        for a in r.ablations:
+            if a.name not in rows:
+                rows.append(a.name)
+            cells[(a.name, r.task)] = a
+    if not cells:
+        return None
+    tol = results[0].tolerance
+    return AblationTable(rows, [r.task for r in results], cells, tol)

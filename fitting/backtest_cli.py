@@ -1,0 +1,185 @@
+"""The ``backtest``, ``ablate`` and ``report`` commands: parse options, delegate, print.
+
+Progress goes to stderr; ``--json`` output alone goes to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+RESULTS_HELP = "results folder (checkpoints.parquet, results.parquet)"
+Task = Annotated[Optional[list[str]], typer.Option("--task", "-t", help="task (repeatable; default all)")]
+Law = Annotated[str, typer.Option(help="emergence law form: log_power (paper), power, no_delta, softplus, ceiling")]
+NBoot = Annotated[int, typer.Option("--n-boot", help="bootstrap resamples per fit (0: no intervals)")]
+Seed = Annotated[int, typer.Option(help="seed of the multi-start points and the bootstrap")]
+Method = Annotated[str, typer.Option(help="mle (maximum likelihood + bootstrap) or bayes")]
+Tolerance = Annotated[float, typer.Option(help="success when |prediction − ground truth| <= this (nats)")]
+MinCkpt = Annotated[int, typer.Option("--min-checkpoints", help="fewest checkpoints a cutoff may keep")]
+Workers = Annotated[int, typer.Option(help="worker processes for the fits")]
+Metric = Annotated[Optional[str], typer.Option(help="metric to fit (default accuracy)")]
+DropSmall = Annotated[list[int], typer.Option("--drop-smallest", help="ablation: drop the k smallest data levels (repeatable)")]
+DropLarge = Annotated[list[int], typer.Option("--drop-largest", help="ablation: drop the k largest data levels (repeatable)")]
+LastK = Annotated[list[int], typer.Option("--last-k", help="ablation: keep the k checkpoints nearest emergence (repeatable)")]
+Base = Annotated[str, typer.Option(help="ablation base: pre_emergence checkpoints (default) or all")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("backtest")(backtest_command)
+    app.command("ablate")(ablate_command)
+    app.command("report")(report_command)
+
+
+def _config(*, law="log_power", n_boot=1000, seed=0, method="mle", metric=None, tolerance=0.1,
+            min_checkpoints=3, workers=1, ablations=None, cutoffs=True):
+    from fitting.backtest import BacktestConfig
+    from fitting.predict import FitConfig
+
+    fit = FitConfig(law=law, n_boot=n_boot, seed=seed, method=method, metric=metric)
+    return BacktestConfig(fit=fit, tolerance=tolerance, min_checkpoints=min_checkpoints,
+                          workers=workers, ablations=ablations, cutoffs=cutoffs)
+
+
+def _ablations(drop_smallest, drop_largest, last_k, base):
+    from fitting.backtest import AblationSpec
+
+    return AblationSpec(drop_smallest=tuple(drop_smallest), drop_largest=tuple(drop_largest),
+                        last_k=tuple(last_k), base=base)
+
+
+def backtest_command(
+    results_dir: Annotated[Path, typer.Argument(help=RESULTS_HELP)],
+    task: Task = None, law: Law = "log_power", n_boot: NBoot = 1000, seed: Seed = 0,
+    method: Method = "mle", metric: Metric = None, tolerance: Tolerance = 0.1,
+    min_checkpoints: MinCkpt = 3, workers: Workers = 1,
+    ablations: Annotated[bool, typer.Option("--ablations", help="also run the Table-2 ablations")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON list on stdout")] = False,
+) -> None:
+    """Hold out the most expensive checkpoints, refit, predict: how far ahead (in FLOPs) does it work?"""
+    from fitting.backtest import AblationSpec, backtest, backtests_json
+    from fitting.schema import load_results
+
+    config = _config(law=law, n_boot=n_boot, seed=seed, method=method, metric=metric, tolerance=tolerance,
+                     min_checkpoints=min_checkpoints, workers=workers,
+                     ablations=AblationSpec() if ablations else None)
+    folder = load_results(results_dir)
+    results = backtest(folder, config, tasks=task or None, progress=True)
+    if as_json:
+        typer.echo(json.dumps(backtests_json(results), indent=2))
+        return
+    _print_backtests(results, folder.metadata.get("simulated", False))
+    if ablations:
+        _print_ablations(results)
+
+
+def ablate_command(
+    results_dir: Annotated[Path, typer.Argument(help=RESULTS_HELP)],
+    task: Task = None, law: Law = "log_power", seed: Seed = 0, method: Method = "mle",
+    metric: Metric = None, tolerance: Tolerance = 0.1, min_checkpoints: MinCkpt = 3, workers: Workers = 1,
+    drop_smallest: DropSmall = [1], drop_largest: DropLarge = [1], last_k: LastK = [6, 4],
+    base: Base = "pre_emergence",
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON list on stdout")] = False,
+) -> None:
+    """The paper's Table 2: MLE error (nats) when data levels, subsets or checkpoints are removed."""
+    from fitting.backtest import backtest
+    from fitting.schema import load_results
+
+    config = _config(law=law, n_boot=0, seed=seed, method=method, metric=metric, tolerance=tolerance,
+                     min_checkpoints=min_checkpoints, workers=workers, cutoffs=False,
+                     ablations=_ablations(drop_smallest, drop_largest, last_k, base))
+    results = backtest(load_results(results_dir), config, tasks=task or None, progress=True)
+    if as_json:
+        typer.echo(json.dumps([dict(task=r.task, ground_truth_loss=r.ground_truth_loss,
+                                    ablations=[a.to_json() for a in r.ablations]) for r in results], indent=2))
+    else:
+        _print_ablations(results)
+
+
+def report_command(
+    results_dir: Annotated[Path, typer.Argument(help=RESULTS_HELP)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for index.html, report.md and the PNGs")],
+    task: Task = None, law: Law = "log_power", n_boot: NBoot = 1000, seed: Seed = 0,
+    method: Method = "mle", metric: Metric = None, tolerance: Tolerance = 0.1,
+    min_checkpoints: MinCkpt = 3, workers: Workers = 1,
+    ablations: Annotated[bool, typer.Option(help="include the Table-2 ablations")] = True,
+) -> None:
+    """Write an HTML page and a Markdown file with the fits, the backtest and the ablations."""
+    from fitting.backtest import AblationSpec
+    from fitting.report import write_report
+
+    config = _config(law=law, n_boot=n_boot, seed=seed, method=method, metric=metric, tolerance=tolerance,
+                     min_checkpoints=min_checkpoints, workers=workers,
+                     ablations=AblationSpec() if ablations else None)
+    paths = write_report(results_dir, out, config, tasks=task or None, progress=True)
+    typer.echo(f"wrote {paths.html} and {paths.markdown} ({len(paths.figures)} figures)")
+
+
+# --------------------------------------------------------------------------- printing
+
+
+def _fmt(x, spec: str = ".3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _mark(flag) -> str:
+    return "-" if flag is None else ("yes" if flag else "[red]no[/]")
+
+
+def _print_backtests(results, simulated: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    summary = Table(title="Backtest: how far ahead the prediction works" + (" — SIMULATED data" if simulated else ""))
+    for name in ("task", "truth (nats)", "first post-emergence", "FLOP x", "FLOP x (strict)", "coverage"):
+        summary.add_column(name, justify="left" if name in ("task", "first post-emergence") else "right")
+    for r in results:
+        cov, n = r.coverage
+        summary.add_row(r.task, _fmt(r.ground_truth_loss) if r.emerged else "never emerged",
+                        r.post_emergence_checkpoint or "-", _fmt(r.flop_multiplier, ".2f"),
+                        _fmt(r.flop_multiplier_strict, ".2f"), f"{cov}/{n}" if n else "-")
+    console.print(summary)
+    for r in results:
+        console.print(_cutoff_table(r))
+        if r.note:
+            console.print(f"[dim]{r.task}: {r.note}[/]", highlight=False)
+    console.print(f"[dim]success: |MLE − truth| <= {results[0].tolerance if results else 0.1:g} nats; "
+                  "FLOP x = FLOPs(first post-emergence checkpoint) / FLOPs(most capable checkpoint of the "
+                  "earliest success); strict: every larger cutoff also succeeds; *: the cutoff already keeps a "
+                  "post-emergence checkpoint[/]")
+
+
+def _cutoff_table(r):
+    from rich.table import Table
+
+    table = Table(title=f"{r.task}: cutoffs", title_justify="left")
+    for name in ("max FLOPs", "ckpts", "most capable", "MLE", "p5", "p95", "error", "ok", "covered"):
+        table.add_column(name, justify="left" if name == "most capable" else "right", no_wrap=True)
+    for c in r.cutoffs:
+        table.add_row(f"{c.max_flops:.2e}", str(c.n_checkpoints), c.most_capable + ("" if c.pre_emergence is not False else " *"),
+                      _fmt(c.emergence_loss), _fmt(c.p05), _fmt(c.p95), _fmt(c.error, "+.3f"),
+                      _mark(c.success), _mark(c.covered))
+    return table
+
+
+def _print_ablations(results) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from fitting.backtest import ablation_table
+
+    tab = ablation_table(results)
+    console = Console()
+    if tab is None:
+        console.print("no ablation could be run (no finetune results or too few pre-emergence checkpoints)")
+        return
+    table = Table(title=f"Ablations: |MLE error| in nats (✗: > {tab.tolerance:g} or fit failed)")
+    table.add_column("variant")
+    for t in tab.tasks:
+        table.add_column(t, justify="right")
+    for row in tab.rows:
+        table.add_row(row, *(tab.cell_text(row, t) for t in tab.tasks))
+    console.print(table)

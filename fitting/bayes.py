@@ -1,0 +1,567 @@
+r"""Bayesian hierarchical emergence law (PyMC), with diagnostics that gate the answer.
+
+The likelihood is the maximum-likelihood fit's (``fitting.law``), written again in PyTensor:
+for evaluation i of task t on a checkpoint of pretraining loss :math:`L_i`, finetuned on
+:math:`D_i` examples (:math:`D_0` for few-shot), with :math:`y_i` of :math:`n_i` items correct,
+
+.. math::
+
+    y_i &\sim \mathrm{Binomial}\big(n_i,\ \mathrm{clip}(p_i, \epsilon, 1-\epsilon)\big) \\
+    p_i &= B_t + \Delta_t [\text{few-shot}] + A_t\, h\big(E_t(D_i) - L_i\big) \\
+    E_t(D) &= k_t (\log D)^{\alpha_t} + C_t \quad\text{or}\quad k_t D^{\alpha_t} + C_t
+
+Hierarchy (partial pooling across tasks, so a task with thin data borrows strength):
+
+.. math::
+
+    \log A_t \sim N(\mu_A, \sigma_A), \quad \log k_t \sim N(\mu_k, \sigma_k), \quad
+    \log \alpha_t \sim N(\mu_\alpha, \sigma_\alpha)
+
+with weakly informative hyperpriors (:class:`Priors`). The elbow offset :math:`C_t`, the base
+:math:`B_t` (logit-normal around the task's chance level) and :math:`\Delta_t` are per task.
+Optional extra level: each finetuning subset (task, D, subset seed) shifts its elbow by
+:math:`\epsilon_s \sim N(0, \sigma_s)` (different random subsets help differently).
+
+Centred parameterisation by default: with informative binomial data the non-centred form
+gave ~200 divergences and 10x the time here; ``centered=False`` selects it.
+
+The ReLU kink makes the log-density non-differentiable on a set of measure zero; NUTS copes
+(0 divergences on the default simulated data, see docs/bayes.md). ``LawSpec(hinge="softplus",
+temperature=...)`` smooths it inside the sampler if a dataset needs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import polars as pl
+
+from emergence.errors import DiagnosticsError, FitError, MissingExtraError
+from fitting import law as law_
+from fitting.schema import FEW_SHOT, PROPORTION_METRICS, ResultsFolder
+
+PERCENTILES = (5, 10, 25, 50, 75, 90, 95)
+EPS = 1e-6  # probabilities are clipped to [EPS, 1 - EPS] (a saturated curve has p = 1)
+TASK_VARS = ("A", "B", "k", "alpha", "C", "delta", "emergence_loss")
+BAYES_FORMS = ("log_power", "power", "no_delta", "softplus")  # LAW_FORMS the model supports
+
+
+def _import_pymc():
+    try:
+        import pymc as pm
+        import pytensor.tensor as pt
+    except ImportError:  # pragma: no cover - depends on the install
+        raise MissingExtraError("pymc", "bayes") from None
+    return pm, pt
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class Priors:
+    """Weakly informative priors. Loss scales are nats/token; A is accuracy per nat.
+
+    ``*_mu`` are (mean, sd) of a Normal on the population mean of the log parameter;
+    ``*_sigma`` the scale of a HalfNormal on the population sd (between-task spread).
+    A misspelt key fails loudly: build from a dict with :meth:`from_dict`.
+    """
+
+    log_A_mu: tuple[float, float] = (float(np.log(0.5)), 1.0)  # A ~ 0.5 acc/nat, x/e^2 at 95%
+    log_A_sigma: float = 0.5
+    log_k_mu: tuple[float, float] = (float(np.log(0.1)), 1.0)  # elbow shift per (log D)^α
+    log_k_sigma: float = 0.5
+    log_alpha_mu: tuple[float, float] = (0.0, 0.5)  # α near 1 for the log power law
+    log_alpha_sigma: float = 0.25
+    C_sd: float = 0.5  # C_t ~ N(midpoint of the task's losses, C_sd · max(loss range, 0.5))
+    B_logit_sd: float = 1.0  # logit B_t ~ N(logit(chance_t), B_logit_sd)
+    delta_sd: float = 0.05  # Δ_t ~ N(0, delta_sd): the few-shot base shift, in accuracy
+    subset_sigma: float = 0.02  # σ_s ~ HalfNormal(subset_sigma) nats (extra level only)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Priors":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise FitError(f"unknown prior {unknown[0]!r}; known priors: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    @classmethod
+    def for_law(cls, spec: law_.LawSpec) -> "Priors":
+        """Defaults per elbow form: the power law D^α needs a small α (D spans 1e0..1e4)."""
+        if spec.elbow == "power":
+            return cls(log_k_mu=(float(np.log(0.05)), 1.0), log_alpha_mu=(float(np.log(0.3)), 0.5))
+        return cls()
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """How to sample. ``sampler="nutpie"`` needs the nutpie extra; seeds make runs reproducible."""
+
+    sampler: Literal["pymc", "nutpie"] = "pymc"
+    chains: int = 4
+    draws: int = 1000
+    tune: int = 1000
+    cores: int = 2
+    seed: int = 0
+    target_accept: float = 0.9
+    progressbar: bool = True
+
+    def __post_init__(self) -> None:
+        if self.sampler not in ("pymc", "nutpie"):
+            raise FitError(f"sampler must be 'pymc' or 'nutpie', got {self.sampler!r}")
+        for name in ("chains", "draws", "tune", "cores"):
+            if getattr(self, name) < 1:
+                raise FitError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Diagnostics every task must pass before its numbers are reported."""
+
+    r_hat_max: float = 1.01
+    ess_min: float = 400.0  # bulk and tail
+    max_divergences: int = 0
+
+
+@dataclass(frozen=True)
+class BayesConfig:
+    """Everything that determines a posterior (hashed into the saved netCDF)."""
+
+    law: law_.LawSpec = law_.LawSpec()
+    priors: Priors | None = None  # None: Priors.for_law(law)
+    sampler: SamplerConfig = SamplerConfig()
+    centered: bool = True
+    subset_effect: bool = False  # extra level: elbow jitter per finetuning subset
+    gate: Gate = Gate()
+
+    def __post_init__(self) -> None:
+        if self.law.ceiling:
+            raise FitError("the Bayesian model supports law forms log_power, power, no_delta, "
+                           "softplus; not 'ceiling'")
+        if self.priors is None:
+            object.__setattr__(self, "priors", Priors.for_law(self.law))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hash(self, data: "BayesData | None" = None) -> str:
+        """sha256 of the config without run-cosmetic fields, plus the data when given."""
+        cfg = self.to_dict()
+        cfg["sampler"].pop("progressbar")
+        payload = json.dumps(cfg, sort_keys=True, default=str)
+        if data is not None:
+            payload += data.fingerprint()
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class BayesData:
+    """The observations of several tasks, aligned 1-D arrays of length N (one per evaluation)."""
+
+    tasks: tuple[str, ...]
+    levels: tuple[str, ...]  # "few_shot", then finetuning sizes as text, ascending
+    level_values: np.ndarray  # (n_levels,) D per level; D_0 for few_shot
+    curves: tuple[str, ...]  # "task|n_train|subset_seed" of each finetuning subset
+    task_idx: np.ndarray  # (N,) int
+    level_idx: np.ndarray  # (N,) int
+    curve_idx: np.ndarray  # (N,) int, -1 for few-shot rows
+    loss: np.ndarray  # (N,) pretraining loss, nats
+    few_shot: np.ndarray  # (N,) bool
+    correct: np.ndarray  # (N,) int items correct
+    n_items: np.ndarray  # (N,) int
+    chance: np.ndarray  # (n_tasks,)
+    checkpoint: tuple[str, ...] = ()  # (N,) checkpoint name per row (for FLOPs and reports)
+
+    @property
+    def n_obs(self) -> int:
+        return int(self.loss.shape[0])
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for arr in (self.task_idx, self.level_idx, self.curve_idx, self.loss, self.correct, self.n_items):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        h.update("|".join(self.tasks + self.levels).encode())
+        return h.hexdigest()[:16]
+
+    def task_loss_range(self) -> tuple[np.ndarray, np.ndarray]:
+        """(n_tasks,) midpoint and width of each task's checkpoint losses."""
+        lo = np.array([self.loss[self.task_idx == t].min() for t in range(len(self.tasks))])
+        hi = np.array([self.loss[self.task_idx == t].max() for t in range(len(self.tasks))])
+        return (lo + hi) / 2, hi - lo
+
+    def subset(self, tasks: Sequence[str]) -> "BayesData":
+        """The same observations restricted to ``tasks`` (e.g. one task fitted alone)."""
+        return _frame_to_data(self.to_frame().filter(pl.col("task").is_in(list(tasks))), self.level_values[0])
+
+    def to_frame(self) -> pl.DataFrame:
+        level_n = np.where(self.few_shot, 0, self.level_values[self.level_idx]).astype(np.int64)
+        seeds = [int(self.curves[c].split("|")[2]) if c >= 0 else 0 for c in self.curve_idx]
+        return pl.DataFrame(dict(
+            task=[self.tasks[t] for t in self.task_idx], n_train=level_n, subset_seed=seeds,
+            few_shot=self.few_shot, pretrain_loss=self.loss, correct=self.correct,
+            n_items=self.n_items, chance=self.chance[self.task_idx],
+            checkpoint=list(self.checkpoint) or [""] * self.n_obs,
+        ))
+
+
+def bayes_data(folder: ResultsFolder, tasks: Sequence[str] | None = None, d0: float = 1.0) -> BayesData:
+    """Item counts per evaluation for ``tasks`` (all tasks when None), validated for the model."""
+    df = folder.joined()
+    wanted = list(tasks) if tasks else folder.tasks
+    unknown = sorted(set(wanted) - set(folder.tasks))
+    if unknown:
+        raise FitError(f"task {unknown[0]!r} is not in the results (tasks: {', '.join(folder.tasks)})")
+    df = df.filter(pl.col("task").is_in(wanted))
+    bad = df.filter(~pl.col("metric").is_in(list(PROPORTION_METRICS)))
+    if not bad.is_empty():
+        raise FitError(f"task {bad['task'][0]!r}: metric {bad['metric'][0]!r} has no item counts; "
+                       "the Bayesian fit needs accuracy-like metrics (binomial likelihood)")
+    frame = df.select(
+        "task", "n_train", "subset_seed", "pretrain_loss", "n_items", "chance", "checkpoint",
+        few_shot=pl.col("setting") == FEW_SHOT,
+        correct=(pl.col("value") * pl.col("n_items")).round().cast(pl.Int64),
+    )
+    return _frame_to_data(frame, d0)
+
+
+def _frame_to_data(frame: pl.DataFrame, d0: float) -> BayesData:
+    frame = frame.sort("task", "few_shot", "n_train", "subset_seed", "pretrain_loss", descending=[False, True, False, False, True])
+    tasks = tuple(frame["task"].unique(maintain_order=True).to_list())
+    for task in tasks:
+        if frame.filter((pl.col("task") == task) & ~pl.col("few_shot")).is_empty():
+            raise FitError(f"task {task!r}: no finetune results; the emergence law needs finetuning "
+                           "data levels (few-shot results alone give only the ground-truth elbow)")
+    sizes = sorted(set(frame.filter(~pl.col("few_shot"))["n_train"].to_list()))
+    levels = ("few_shot",) + tuple(str(n) for n in sizes)
+    level_of = {n: i + 1 for i, n in enumerate(sizes)}
+    few = frame["few_shot"].to_numpy()
+    curve_keys = [f"{t}|{n}|{s}" for t, n, s in frame.select("task", "n_train", "subset_seed").iter_rows()]
+    curves = tuple(dict.fromkeys(k for k, f in zip(curve_keys, few) if not f))
+    curve_of = {c: i for i, c in enumerate(curves)}
+    chance = frame.group_by("task").agg(pl.col("chance").first())
+    chance_of = dict(chance.iter_rows())
+    return BayesData(
+        tasks=tasks, levels=levels, level_values=np.array([d0] + sizes, dtype=float), curves=curves,
+        task_idx=np.array([tasks.index(t) for t in frame["task"]]),
+        level_idx=np.array([0 if f else level_of[n] for n, f in zip(frame["n_train"], few)]),
+        curve_idx=np.array([-1 if f else curve_of[k] for k, f in zip(curve_keys, few)]),
+        loss=frame["pretrain_loss"].to_numpy().astype(float), few_shot=few.astype(bool),
+        correct=frame["correct"].to_numpy(), n_items=frame["n_items"].to_numpy(),
+        chance=np.array([chance_of[t] for t in tasks], dtype=float),
+        checkpoint=tuple(frame["checkpoint"].to_list()),
+    )
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def _elbow_basis(level_values: np.ndarray, form: str) -> tuple[np.ndarray, np.ndarray]:
+    """(log of the base of the power, mask) per level so that E = mask·k·exp(α·logbase) + C.
+
+    Precomputed in numpy so the gradient never meets 0**α at D = 1 (log 1 = 0).
+    """
+    base = np.log(level_values) if form == "log_power" else level_values
+    mask = (base > 0).astype(float)
+    return np.log(np.where(base > 0, base, 1.0)), mask
+
+
+def _population(pm, name: str, mu_prior: tuple[float, float], sigma_scale: float, centered: bool):
+    """exp of a (task,) Normal drawn from a shared population; returns the positive parameter."""
+    mu = pm.Normal(f"mu_log_{name}", mu_prior[0], mu_prior[1])
+    sigma = pm.HalfNormal(f"sigma_log_{name}", sigma_scale)
+    if centered:
+        log_x = pm.Normal(f"log_{name}", mu, sigma, dims="task")
+    else:
+        z = pm.Normal(f"z_log_{name}", 0.0, 1.0, dims="task")
+        log_x = pm.Deterministic(f"log_{name}", mu + sigma * z, dims="task")
+    return pm.Deterministic(name, pm.math.exp(log_x), dims="task")
+
+
+def _task_parameters(pm, data: BayesData, config: BayesConfig) -> dict:
+    pr = config.priors
+    mid, width = data.task_loss_range()
+    chance = np.clip(data.chance, 0.005, 0.995)
+    theta = {
+        "A": _population(pm, "A", pr.log_A_mu, pr.log_A_sigma, config.centered),
+        "k": _population(pm, "k", pr.log_k_mu, pr.log_k_sigma, config.centered),
+        "alpha": _population(pm, "alpha", pr.log_alpha_mu, pr.log_alpha_sigma, config.centered),
+        "C": pm.Normal("C", mid, pr.C_sd * np.maximum(width, 0.5), dims="task"),
+        "B": pm.Deterministic("B", pm.math.invlogit(pm.Normal(
+            "logit_B", np.log(chance / (1 - chance)), pr.B_logit_sd, dims="task")), dims="task"),
+    }
+    theta["delta"] = (pm.Normal("delta", 0.0, pr.delta_sd, dims="task") if config.law.delta
+                      else pm.Data("delta", np.zeros(len(data.tasks)), dims="task"))
+    return theta
+
+
+def _hinge(pt, x, spec: law_.LawSpec):
+    if spec.hinge == "relu":
+        return pt.maximum(x, 0.0)
+    return spec.temperature * pt.softplus(x / spec.temperature)
+
+
+def _subset_jitter(pm, pt, data: BayesData, config: BayesConfig):
+    """(N,) elbow shift of each row's finetuning subset (0 for few-shot rows)."""
+    if not config.subset_effect:
+        return 0.0
+    sigma = pm.HalfNormal("sigma_subset", config.priors.subset_sigma)
+    if config.centered:
+        eps = pm.Normal("subset_shift", 0.0, sigma, dims="curve")
+    else:
+        z = pm.Normal("z_subset_shift", 0.0, 1.0, dims="curve")
+        eps = pm.Deterministic("subset_shift", sigma * z, dims="curve")
+    padded = pt.concatenate([eps, pt.zeros(1)])  # index -1 (few-shot) picks the 0
+    return padded[data.curve_idx]
+
+
+def build_model(data: BayesData, config: BayesConfig = BayesConfig()):
+    """The hierarchical emergence law as a PyMC model with dims task, level, curve, obs.
+
+    The observations live in ``pm.Data`` containers, so one compiled model serves datasets of
+    the same design (``pm.set_data`` / nutpie ``with_data``): compile time dominates small fits.
+    """
+    pm, pt = _import_pymc()
+    coords = {"task": data.tasks, "level": data.levels, "curve": data.curves, "obs": np.arange(data.n_obs)}
+    log_base, mask = _elbow_basis(data.level_values, config.law.elbow)
+    with pm.Model(coords=coords) as model:
+        correct = pm.Data("correct_obs", data.correct, dims="obs")
+        n_items = pm.Data("n_items", data.n_items, dims="obs")
+        loss = pm.Data("pretrain_loss", data.loss, dims="obs")
+        th = _task_parameters(pm, data, config)
+        shape = th["k"][:, None] * pt.exp(th["alpha"][:, None] * log_base[None, :]) * mask[None, :]
+        elbow = pm.Deterministic("elbow", shape + th["C"][:, None], dims=("task", "level"))
+        pm.Deterministic("emergence_loss", elbow[:, 0], dims="task")
+        e_obs = elbow[data.task_idx, data.level_idx] + _subset_jitter(pm, pt, data, config)
+        base = th["B"][data.task_idx] + th["delta"][data.task_idx] * data.few_shot
+        p = base + th["A"][data.task_idx] * _hinge(pt, e_obs - loss, config.law)
+        pm.Binomial("correct", n=n_items, p=pt.clip(p, EPS, 1 - EPS), observed=correct, dims="obs")
+    return model
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def sample(model, sampler: SamplerConfig, log_likelihood: bool = True):
+    """Posterior draws as ArviZ InferenceData (pointwise log-likelihood included for LOO)."""
+    pm, _ = _import_pymc()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        if sampler.sampler == "nutpie":
+            idata = _sample_nutpie(model, sampler)
+        else:
+            idata = pm.sample(
+                draws=sampler.draws, tune=sampler.tune, chains=sampler.chains, cores=sampler.cores,
+                random_seed=sampler.seed, target_accept=sampler.target_accept, model=model,
+                progressbar=sampler.progressbar, compute_convergence_checks=False,
+            )
+        if log_likelihood:
+            pm.compute_log_likelihood(idata, model=model, progressbar=False)
+    return idata
+
+
+def compile_nutpie(model):
+    """Compile once for nutpie; reuse with ``compiled.with_data(correct_obs=...)``."""
+    try:
+        import nutpie
+    except ImportError:
+        raise MissingExtraError("nutpie", "nutpie") from None
+    return nutpie.compile_pymc_model(model)
+
+
+def _sample_nutpie(model, sampler: SamplerConfig, compiled=None):
+    import nutpie
+
+    compiled = compiled if compiled is not None else compile_nutpie(model)
+    return nutpie.sample(
+        compiled, draws=sampler.draws, tune=sampler.tune, chains=sampler.chains,
+        cores=sampler.cores, seed=sampler.seed, progress_bar=sampler.progressbar,
+        target_accept=sampler.target_accept,
+    )
+
+
+def prior_predictive(data: BayesData, config: BayesConfig = BayesConfig(), draws: int = 500):
+    """Prior and prior-predictive draws (is the prior plausible before seeing accuracies?)."""
+    pm, _ = _import_pymc()
+    model = build_model(data, config)
+    return pm.sample_prior_predictive(draws, model=model, random_seed=config.sampler.seed)
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def _task_of(var, coord) -> str:
+    if "task" in var.dims:
+        return str(coord["task"])
+    if "curve" in var.dims:
+        return str(coord["curve"]).split("|")[0]
+    return "population"
+
+
+def _scan(stat, check: str, bad, limit: str) -> list[str]:
+    """One failure line per (task, variable) whose ``stat`` value is ``bad``."""
+    out = []
+    for name, var in stat.data_vars.items():
+        flat = var.stack(_i=var.dims) if var.dims else var.expand_dims("_i")
+        for i in range(flat.sizes["_i"]):
+            value = float(flat[i])
+            if bad(value):
+                coord = {d: flat[i][d].item() for d in var.dims}
+                label = f"{name}[{', '.join(str(v) for v in coord.values())}]" if coord else name
+                out.append(f"task {_task_of(var, coord)}: {check} of {label} = {value:.3g} ({limit})")
+    return out
+
+
+def check_diagnostics(idata, gate: Gate = Gate()) -> list[str]:
+    """Failures of the gate, one readable line each (empty when everything passes)."""
+    import arviz as az
+
+    post = idata.posterior
+    names = [v for v in post.data_vars if v not in ("elbow",) and post[v].size // (post.sizes["chain"] * post.sizes["draw"]) <= 512]
+    failures = _scan(az.rhat(idata, var_names=names), "r_hat", lambda v: not v <= gate.r_hat_max,
+                     f"> {gate.r_hat_max}")
+    for method in ("bulk", "tail"):
+        ess = az.ess(idata, var_names=names, method=method)
+        failures += _scan(ess, f"{method} ESS", lambda v: not v >= gate.ess_min, f"< {gate.ess_min:.0f}")
+    n_div = int(idata.sample_stats["diverging"].sum())
+    if n_div > gate.max_divergences:
+        failures.append(f"all tasks (joint model): {n_div} divergent transitions (> {gate.max_divergences})")
+    return failures
+
+
+def enforce_gate(failures: list[str], allow_bad: bool = False) -> None:
+    """Raise DiagnosticsError listing every failure, or warn when ``allow_bad``."""
+    if not failures:
+        return
+    shown = "; ".join(failures[:8]) + (f"; ... {len(failures) - 8} more" if len(failures) > 8 else "")
+    message = f"MCMC diagnostics failed: {shown}"
+    if not allow_bad:
+        raise DiagnosticsError(message + " (rerun with more --tune/--draws, or --allow-bad-diagnostics)")
+    warnings.warn(message, stacklevel=2)
+
+
+# --------------------------------------------------------------------------- the estimator
+
+
+class HierarchicalEmergenceLaw:
+    """Fit the hierarchical emergence law to several tasks at once (scikit-learn style).
+
+    Fitted attributes: ``data_``, ``model_``, ``idata_`` (ArviZ), ``failures_`` (gate lines),
+    ``config_hash_``.
+    """
+
+    def __init__(self, config: BayesConfig = BayesConfig()):
+        self.config = config
+
+    def fit(self, data: BayesData) -> "HierarchicalEmergenceLaw":
+        self.data_ = data
+        self.model_ = build_model(data, self.config)
+        self.idata_ = sample(self.model_, self.config.sampler)
+        self.config_hash_ = self.config.hash(data)
+        self.idata_.posterior.attrs.update(self._attrs())
+        self.failures_ = check_diagnostics(self.idata_, self.config.gate)
+        return self
+
+    def _attrs(self) -> dict[str, str]:
+        return {"emergence_config_hash": self.config_hash_, "emergence_law": self.config.law.label,
+                "emergence_config": json.dumps(self.config.to_dict(), default=str),
+                "emergence_tasks": json.dumps(list(self.data_.tasks))}
+
+    def emergence_draws(self) -> dict[str, np.ndarray]:
+        """Per task, the flattened posterior draws of the emergence loss (nats)."""
+        post = self.idata_.posterior["emergence_loss"]
+        return {t: post.sel(task=t).values.reshape(-1) for t in self.data_.tasks}
+
+    def percentiles(self) -> dict[str, dict[str, float]]:
+        """Per task, the emergence-loss posterior percentiles p05 … p95 (Table 3 layout)."""
+        return {t: percentile_dict(d) for t, d in self.emergence_draws().items()}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return save_posterior(self.idata_, path)
+
+
+def percentile_dict(draws: np.ndarray, prefix: str = "p") -> dict[str, float]:
+    values = np.percentile(np.asarray(draws, float), PERCENTILES)
+    return {f"{prefix}{q:02d}": float(v) for q, v in zip(PERCENTILES, values)}
+
+
+# --------------------------------------------------------------------------- persistence
+
+
+def save_posterior(idata, path: str | os.PathLike) -> Path:
+    """Write ``idata`` as netCDF atomically (the old file or the new one, never half)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        idata.to_netcdf(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_posterior(path: str | os.PathLike, expected_hash: str | None = None):
+    """Read a saved posterior; refuse one whose config hash differs from ``expected_hash``."""
+    import arviz as az
+
+    path = Path(path)
+    if not path.is_file():
+        raise FitError(f"{path}: posterior file not found")
+    idata = az.from_netcdf(path)
+    found = idata.posterior.attrs.get("emergence_config_hash")
+    if expected_hash is not None and found != expected_hash:
+        raise FitError(f"{path}: posterior was sampled with config {found}, expected {expected_hash}; "
+                       "refit instead of reusing it")
+    return idata
+
+
+# --------------------------------------------------------------------------- model comparison
+
+
+def compare_laws(data: BayesData, forms: Sequence[str] = ("log_power", "power", "no_delta"),
+                 base: BayesConfig = BayesConfig()) -> list[dict[str, Any]]:
+    """Fit each law form and rank them by PSIS-LOO (``az.compare``); one row per form."""
+    import arviz as az
+
+    fits = {}
+    for form in forms:
+        if form not in BAYES_FORMS:
+            raise FitError(f"law form {form!r} is not supported by the Bayesian fit "
+                           f"(choose from {', '.join(BAYES_FORMS)})")
+        spec = dataclasses.replace(law_.LAW_FORMS[form], d0=base.law.d0)
+        cfg = dataclasses.replace(base, law=spec, priors=None)
+        fits[form] = HierarchicalEmergenceLaw(cfg).fit(data)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning)  # Pareto-k warnings are reported
+        table = az.compare({f: fit.idata_ for f, fit in fits.items()}, ic="loo")
+    return [_compare_row(form, row, fits[form]) for form, row in table.iterrows()]
+
+
+def _compare_row(form: str, row, fit: HierarchicalEmergenceLaw) -> dict[str, Any]:
+    import arviz as az
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning)
+        loo = az.loo(fit.idata_, pointwise=True)
+    return {
+        "law": form, "rank": int(row["rank"]), "elpd_loo": float(row["elpd_loo"]),
+        "p_loo": float(row["p_loo"]), "elpd_diff": float(row["elpd_diff"]),
+        "dse": float(row["dse"]), "weight": float(row["weight"]), "se": float(row["se"]),
+        "pareto_k_over_0.7": int((loo.pareto_k.values > 0.7).sum()),
+        "diagnostics_ok": not fit.failures_,
+    }

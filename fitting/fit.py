@@ -1,0 +1,676 @@
+"""Maximum-likelihood fit of the emergence law to one task's results.
+
+Public API
+----------
+``TaskData``
+    The aligned arrays one task's fit needs (one entry per evaluation row, plus a small
+    per-checkpoint table), built with ``TaskData.from_folder(folder, task)`` and subset with
+    ``select_checkpoints``, ``select_levels``, ``drop_levels``, ``select_subset_seeds``.
+``EmergenceLawFit(spec, likelihood, n_starts, seed).fit(data) -> self``
+    scikit-learn style estimator. Fitted attributes: ``theta_`` (P,), ``params_`` (dict),
+    ``emergence_loss_`` (float, or ``None`` when the fit did not converge), ``converged_``,
+    ``loglik_``, ``message_``, ``n_obs_``. ``predict(loss, n_train, few_shot)`` and
+    ``loglik(data)`` (held-out log-likelihood).
+``fit_ground_truth(data) -> GroundTruth``
+    The few-shot elbow of all checkpoints (the backtest's truth), or null when few-shot
+    performance has not left its base (likelihood-ratio test + minimal rise, see below).
+``compare_laws(data, forms) -> list[LawComparison]``
+    Leave-one-checkpoint-out held-out log-likelihood of each law form.
+
+Likelihood (``likelihood=``)
+    ``"binomial"`` (default, accuracy-like metrics): successes = round(value · n_items) out of
+    n_items per row. The law is an identity link, so predicted probabilities outside (0, 1)
+    are possible; outside [ε, 1 − ε] (ε = 1e-6) the negative log-likelihood is continued by
+    its quadratic expansion (C¹, minimum at p ≈ 0 or 1), so the optimiser is pushed back
+    instead of seeing -inf or a reward for an impossible probability.
+    ``"gaussian"``: unweighted least squares on ``value`` (the paper's setting and any metric),
+    σ profiled out of the reported log-likelihood.
+
+Optimiser
+    Deterministic multi-start: ``n_starts`` starting points (one heuristic start plus a Latin
+    hypercube drawn from ``seed`` inside a data-scaled box) are run together by a vectorised
+    projected Levenberg-Marquardt / Fisher-scoring loop (all starts in one numpy batch, analytic
+    Jacobian), and the best one is polished with ``scipy.optimize.minimize(method="L-BFGS-B")``
+    inside the same bounds. ``converged_`` is True when the polish reports success or the batch
+    loop met its tolerance at the same optimum; otherwise the fit says so
+    (``emergence_loss_ is None`` and ``message_`` gives the reason). The same batch loop
+    refits bootstrap resamples (``fitting.uncertainty``).
+
+Parameter sharing follows the paper (see ``fitting.law``): A, B, Δ, U shared by every data
+level and the few-shot curve; only the elbow moves with D through k, α, C.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, replace
+from typing import Literal, Sequence
+
+import numpy as np
+from scipy import optimize, special, stats
+
+from emergence.errors import FitError
+from fitting import law as law_
+from fitting.schema import FEW_SHOT, PROPORTION_METRICS, ResultsFolder
+
+Likelihood = Literal["binomial", "gaussian"]
+LIKELIHOODS = ("binomial", "gaussian")
+EPS = 1e-6  # the binomial terms are exact inside [EPS, 1 - EPS], extended quadratically outside
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """One task's evaluations as aligned arrays (N rows) plus its checkpoints (K)."""
+
+    task: str
+    metric: str
+    chance: float
+    # per row (N,)
+    loss: np.ndarray
+    n_train: np.ndarray  # int; 0 for few-shot rows
+    few_shot: np.ndarray  # bool
+    subset_seed: np.ndarray  # int
+    value: np.ndarray
+    n_items: np.ndarray  # int
+    ckpt: np.ndarray  # int index into the per-checkpoint arrays below
+    # per checkpoint (K,)
+    checkpoints: tuple[str, ...]
+    families: tuple[str, ...]
+    ckpt_loss: np.ndarray
+    ckpt_flops: np.ndarray
+
+    # ----------------------------------------------------------- construction
+
+    @classmethod
+    def from_folder(cls, folder: ResultsFolder, task: str, metric: str | None = None) -> "TaskData":
+        """Select ``task`` (and ``metric``; default accuracy, or the task's only metric)."""
+        import polars as pl
+
+        if task not in folder.tasks:
+            near = difflib.get_close_matches(task, folder.tasks, n=3)
+            hint = f"; did you mean {', '.join(near)}?" if near else f"; known tasks: {', '.join(folder.tasks)}"
+            raise FitError(f"unknown task {task!r}{hint}")
+        rows = folder.joined().filter(pl.col("task") == task)
+        metric = _choose_metric(rows["metric"].unique().sort().to_list(), task, metric)
+        rows = rows.filter(pl.col("metric") == metric).sort("pretrain_loss", "checkpoint", "setting", "n_train", "subset_seed", descending=[True, False, False, False, False])
+        ckpts = rows.unique("checkpoint", keep="first", maintain_order=True)
+        names = tuple(ckpts["checkpoint"].to_list())
+        index = {name: i for i, name in enumerate(names)}
+        value = rows["value"].to_numpy().astype(float)
+        n_items = rows["n_items"].to_numpy().astype(np.int64)
+        return cls(
+            task=task, metric=metric, chance=float(np.median(rows["chance"].to_numpy())),
+            loss=rows["pretrain_loss"].to_numpy().astype(float),
+            n_train=rows["n_train"].to_numpy().astype(np.int64),
+            few_shot=(rows["setting"] == FEW_SHOT).to_numpy(),
+            subset_seed=rows["subset_seed"].to_numpy().astype(np.int64),
+            value=value, n_items=n_items,
+            ckpt=np.array([index[c] for c in rows["checkpoint"].to_list()], dtype=np.int64),
+            checkpoints=names, families=tuple(ckpts["family"].to_list()),
+            ckpt_loss=ckpts["pretrain_loss"].to_numpy().astype(float),
+            ckpt_flops=ckpts["flops"].to_numpy().astype(float),
+        )
+
+    # ----------------------------------------------------------- properties
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.loss)
+
+    @property
+    def n_checkpoints(self) -> int:
+        return len(self.checkpoints)
+
+    @property
+    def proportion(self) -> bool:
+        """True for accuracy-like metrics (binomial likelihood allowed)."""
+        return self.metric in PROPORTION_METRICS
+
+    @property
+    def successes(self) -> np.ndarray:
+        """Correct items per row: round(value · n_items)."""
+        return np.rint(self.value * self.n_items).astype(np.int64)
+
+    @property
+    def has_finetune(self) -> bool:
+        return bool((~self.few_shot).any())
+
+    @property
+    def data_levels(self) -> list[int]:
+        return sorted(set(self.n_train[~self.few_shot].tolist()))
+
+    @property
+    def subset_seeds(self) -> list[int]:
+        return sorted(set(self.subset_seed[~self.few_shot].tolist()))
+
+    @property
+    def max_flops(self) -> float:
+        return float(self.ckpt_flops.max())
+
+    # ----------------------------------------------------------- subsets
+
+    def select_rows(self, mask: np.ndarray) -> "TaskData":
+        """Keep the rows where ``mask`` (N,) is True; checkpoints left without rows are dropped."""
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (self.n_rows,):
+            raise ValueError(f"row mask must have shape ({self.n_rows},), got {mask.shape}")
+        kept = np.unique(self.ckpt[mask])
+        remap = np.full(self.n_checkpoints, -1)
+        remap[kept] = np.arange(len(kept))
+        per_row = {f: getattr(self, f)[mask] for f in _ROW_FIELDS}
+        per_row["ckpt"] = remap[self.ckpt[mask]]
+        return replace(
+            self, **per_row, checkpoints=tuple(self.checkpoints[i] for i in kept),
+            families=tuple(self.families[i] for i in kept),
+            ckpt_loss=self.ckpt_loss[kept], ckpt_flops=self.ckpt_flops[kept],
+        )
+
+    def select_checkpoints(self, which: Sequence[str] | np.ndarray) -> "TaskData":
+        """Keep checkpoints given by name or by a boolean mask over ``checkpoints`` (K,)."""
+        which = np.asarray(which)
+        if which.dtype == bool:
+            if which.shape != (self.n_checkpoints,):
+                raise ValueError(f"checkpoint mask must have shape ({self.n_checkpoints},)")
+            keep = which
+        else:
+            unknown = set(which.tolist()) - set(self.checkpoints)
+            if unknown:
+                raise FitError(f"task {self.task!r} has no results for checkpoint(s) {sorted(unknown)}")
+            keep = np.isin(np.array(self.checkpoints, dtype=object), which)
+        return self.select_rows(keep[self.ckpt])
+
+    def select_max_flops(self, max_flops: float) -> "TaskData":
+        """Keep checkpoints with FLOPs <= ``max_flops`` (a backtest cutoff)."""
+        return self.select_checkpoints(self.ckpt_flops <= max_flops)
+
+    def select_levels(self, levels: Sequence[int]) -> "TaskData":
+        """Keep finetune rows whose ``n_train`` is in ``levels`` (few-shot rows always kept)."""
+        return self.select_rows(self.few_shot | np.isin(self.n_train, list(levels)))
+
+    def drop_levels(self, levels: Sequence[int]) -> "TaskData":
+        """Drop finetune rows whose ``n_train`` is in ``levels``."""
+        return self.select_rows(self.few_shot | ~np.isin(self.n_train, list(levels)))
+
+    def select_subset_seeds(self, seeds: Sequence[int]) -> "TaskData":
+        """Keep finetune rows whose ``subset_seed`` is in ``seeds`` (few-shot rows always kept)."""
+        return self.select_rows(self.few_shot | np.isin(self.subset_seed, list(seeds)))
+
+    def few_shot_only(self) -> "TaskData":
+        return self.select_rows(self.few_shot)
+
+
+_ROW_FIELDS = ("loss", "n_train", "few_shot", "subset_seed", "value", "n_items")
+
+
+def _choose_metric(metrics: list[str], task: str, metric: str | None) -> str:
+    if metric is not None:
+        if metric not in metrics:
+            raise FitError(f"task {task!r} has no rows with metric {metric!r} (it has: {', '.join(metrics)})")
+        return metric
+    if len(metrics) == 1:
+        return metrics[0]
+    if "accuracy" in metrics:
+        return "accuracy"
+    raise FitError(f"task {task!r} has several metrics ({', '.join(metrics)}); choose one with --metric")
+
+
+# --------------------------------------------------------------------------- law + Jacobian
+
+
+def performance_jacobian(spec: law_.LawSpec, theta: np.ndarray, loss, n_train, few_shot):
+    """Performance (B, N) and its Jacobian d perf / d theta (B, N, P) for theta (B, P).
+
+    The same maths as :func:`fitting.law.performance` (tested against it), written out so the
+    optimiser gets exact derivatives. ReLU derivative at the kink is taken as 0.
+    """
+    theta = np.atleast_2d(theta)
+    par = {k: v[:, None] for k, v in spec.unpack(theta).items()}  # each (B, 1)
+    fs = np.asarray(few_shot, dtype=bool)
+    d = np.where(fs, spec.d0, np.maximum(np.asarray(n_train, dtype=float), 1.0))  # (N,)
+    x = np.log(d) if spec.elbow == "log_power" else d
+    t = x ** par["alpha"]  # (B, N)
+    log_x = np.log(np.where(x > 0, x, 1.0))
+    e_k, e_alpha = t, np.where(x > 0, par["k"] * t * log_x, 0.0)
+    gap = par["k"] * t + par["C"] - np.asarray(loss, dtype=float)
+    h, dh = _hinge_and_slope(gap, spec)
+    base = par["B"] + np.where(fs, par["delta"], 0.0)
+    if spec.ceiling:
+        room = np.maximum(par["U"] - base, 1e-6)
+        g = par["A"] * h / room
+        q = np.exp(-g)
+        perf = base + room * -np.expm1(-g)
+        d_a, d_h, d_base, d_u = q * h, q * par["A"], q * (1 + g), 1 - q * (1 + g)
+    else:
+        perf = base + par["A"] * h
+        d_a, d_h, d_base, d_u = h, par["A"] * np.ones_like(h), np.ones_like(h), None
+    d_e = d_h * dh
+    cols = dict(A=d_a, B=d_base, k=d_e * e_k, alpha=d_e * e_alpha, C=d_e,
+                delta=d_base * fs, U=d_u)
+    jac = np.stack([np.broadcast_to(cols[n], perf.shape) for n in spec.param_names], axis=-1)
+    return perf, jac
+
+
+def _hinge_and_slope(x, spec: law_.LawSpec):
+    if spec.hinge == "relu":
+        return np.maximum(x, 0.0), (x > 0).astype(float)
+    tau = spec.temperature
+    return tau * np.logaddexp(0.0, x / tau), special.expit(x / tau)
+
+
+# --------------------------------------------------------------------------- likelihood
+
+
+def binomial_terms(p, y, n):
+    """Per-row negative log-likelihood (without the constant), its d/dp, and Fisher weight.
+
+    The law's identity link can put p outside (0, 1). Outside [EPS, 1 - EPS] the negative
+    log-likelihood is continued by its second-order expansion at the clip point (curvature at
+    least the Fisher information), so it stays C¹, grows away from the valid range, and its
+    minimum stays at p ≈ 0 or 1: an impossible probability is never rewarded.
+    """
+    pc = np.clip(p, EPS, 1 - EPS)
+    nll = -(y * np.log(pc) + (n - y) * np.log1p(-pc))
+    grad = -(y / pc - (n - y) / (1 - pc))
+    fisher = n / (pc * (1 - pc))
+    curv = np.maximum(y / pc**2 + (n - y) / (1 - pc) ** 2, fisher)
+    dp = p - pc
+    return nll + dp * (grad + 0.5 * curv * dp), grad + curv * dp, np.where(dp == 0, fisher, curv)
+
+
+def gaussian_terms(p, v, _n=None):
+    """Half squared error per row, its d/dp, and weight 1 (least squares)."""
+    r = p - v
+    return 0.5 * r * r, r, np.ones_like(r)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What the optimiser minimises: rows, targets (possibly one set per batch member), bounds.
+
+    ``y`` and ``n`` are (N,) or (B, N): successes and trials for the binomial likelihood, or
+    values and row weights for the Gaussian one (weights are checkpoint multiplicities in a
+    bootstrap resample).
+    """
+
+    spec: law_.LawSpec
+    likelihood: str
+    loss: np.ndarray
+    n_train: np.ndarray
+    few_shot: np.ndarray
+    y: np.ndarray
+    n: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+
+    def terms(self, p):
+        if self.likelihood == "binomial":
+            return binomial_terms(p, self.y, self.n)
+        nll, score, w = gaussian_terms(p, self.y)
+        return self.n * nll, self.n * score, self.n * w
+
+    def objective(self, theta):
+        """(B,) objective for theta (B, P)."""
+        perf = law_.performance(self.spec, theta, self.loss, self.n_train, self.few_shot)
+        return self.terms(np.atleast_2d(perf))[0].sum(-1)
+
+    def value_and_grad(self, theta):
+        perf, jac = performance_jacobian(self.spec, theta, self.loss, self.n_train, self.few_shot)
+        nll, score, weight = self.terms(perf)
+        return nll.sum(-1), np.einsum("bn,bnp->bp", score, jac), perf, jac, weight
+
+
+def lm_batch(problem: Problem, theta0: np.ndarray, max_iter: int = 200, tol: float = 1e-9):
+    """Projected Levenberg-Marquardt (Fisher scoring) on a batch of independent problems.
+
+    theta0 (B, P) -> (theta (B, P), objective (B,), converged (B,) bool, iterations).
+    Each member has its own damping λ; a step is accepted when it lowers the objective.
+    Bounds are handled by projection with an active set (a parameter at a bound whose gradient
+    points outward is frozen for that step). Converged, with atol = ``tol·(1 + |f|)``: the
+    Newton decrement g·step of the free parameters is below atol (smooth optimum), or an
+    accepted step gained less than atol, or λ grew past 1e8 because no step lowers f (the
+    ReLU's likelihood has kinks at the data's losses, where the optimum often sits).
+    """
+    theta = np.clip(np.atleast_2d(theta0).astype(float), problem.lower, problem.upper)
+    lam = np.full(len(theta), 1e-3)
+    done = np.zeros(len(theta), dtype=bool)
+    f = problem.objective(theta)
+    eye = np.eye(theta.shape[1])
+    for it in range(1, max_iter + 1):
+        act = np.flatnonzero(~done)
+        if not len(act):
+            return theta, f, done, it - 1
+        sub = _subproblem(problem, act)
+        _, grad, _, jac, weight = sub.value_and_grad(theta[act])
+        hess = np.einsum("bnp,bn,bnq->bpq", jac, weight, jac)
+        step, grad = _damped_step(theta[act], grad, hess, lam[act], problem, eye)
+        decrement = np.einsum("bp,bp->b", grad, step)
+        trial = np.clip(theta[act] - step, problem.lower, problem.upper)
+        f_new = sub.objective(trial)
+        better = f_new < f[act]
+        gain = np.where(better, f[act] - f_new, 0.0)
+        theta[act[better]], f[act[better]] = trial[better], f_new[better]
+        lam[act] = np.where(better, np.maximum(lam[act] / 3, 1e-9), lam[act] * 4)
+        atol = tol * (1 + np.abs(f[act]))
+        flat = (np.abs(decrement) < atol) & (lam[act] < 1e6)  # gradient ~0 (smooth optimum)
+        stalled = better & (gain < atol)  # an accepted step gained nothing (e.g. at a ReLU kink)
+        stuck = lam[act] > 1e8  # no step in any direction lowers f: a corner optimum
+        done[act[flat | stalled | stuck]] = True
+    return theta, f, done, max_iter
+
+
+def _damped_step(theta, grad, hess, lam, problem: Problem, eye):
+    """Solve (H + λ·diag H) step = g over the free parameters (active-set projection)."""
+    frozen = ((theta <= problem.lower) & (grad > 0)) | ((theta >= problem.upper) & (grad < 0))
+    free = (~frozen).astype(float)
+    grad = grad * free
+    hess = hess * free[:, :, None] * free[:, None, :] + frozen[:, :, None] * eye
+    diag = np.einsum("bpp->bp", hess)
+    scale = np.maximum(diag, 1e-8 * diag.max(-1, keepdims=True) + 1e-12)  # Marquardt scaling
+    system = np.nan_to_num(hess + lam[:, None, None] * scale[:, :, None] * eye)
+    step = np.linalg.solve(system, np.nan_to_num(grad)[..., None])[..., 0]
+    return step * free, grad
+
+
+def _subproblem(problem: Problem, rows: np.ndarray) -> Problem:
+    """The batch members ``rows`` of a problem whose targets are per member (B, N)."""
+    if problem.y.ndim == 1 and problem.n.ndim == 1:
+        return problem
+    y = problem.y[rows] if problem.y.ndim == 2 else problem.y
+    n = problem.n[rows] if problem.n.ndim == 2 else problem.n
+    return replace(problem, y=y, n=n)
+
+
+def polish(problem: Problem, theta0: np.ndarray, max_iter: int = 500):
+    """Refine one solution with scipy's L-BFGS-B inside the bounds (the field's optimiser)."""
+    scale = np.maximum(np.abs(theta0), 1e-2)  # optimise theta / scale: comparable magnitudes
+
+    def fun(z):
+        f, g, *_ = problem.value_and_grad((z * scale)[None])
+        return float(f[0]), g[0] * scale
+
+    res = optimize.minimize(
+        fun, theta0 / scale, jac=True, method="L-BFGS-B",
+        bounds=list(zip(problem.lower / scale, problem.upper / scale)),
+        options=dict(maxiter=max_iter, ftol=1e-13, gtol=1e-7),
+    )
+    return res.x * scale, float(res.fun), bool(res.success), str(res.message)
+
+
+# --------------------------------------------------------------------------- bounds + starts
+
+
+def bounds(spec: law_.LawSpec, data: TaskData, likelihood: str) -> tuple[np.ndarray, np.ndarray]:
+    """Box for each parameter (documented in docs/law.md); data-scaled for losses and values."""
+    lo_l, hi_l = float(data.loss.min()), float(data.loss.max())
+    if likelihood == "binomial":
+        v_lo, v_hi = 0.0, 1.0
+    else:
+        span = float(np.ptp(data.value)) or 1.0
+        v_lo, v_hi = float(data.value.min()) - span, float(data.value.max()) + span
+    box = dict(
+        A=(1e-6, 100.0 / max(v_hi - v_lo, 1e-12) if likelihood == "gaussian" else 100.0),
+        B=(v_lo, v_hi), k=(0.0, 10.0),
+        alpha=(0.02, 4.0) if spec.elbow == "log_power" else (0.001, 2.0),
+        C=(lo_l - 3.0, hi_l + 3.0), delta=(v_lo - v_hi, v_hi - v_lo), U=(v_lo, v_hi),
+    )
+    lo, hi = zip(*(box[n] for n in spec.param_names))
+    return np.array(lo), np.array(hi)
+
+
+def starts(spec: law_.LawSpec, data: TaskData, n_starts: int, seed: int) -> np.ndarray:
+    """(n_starts, P) deterministic starting points: one heuristic, the rest a Latin hypercube.
+
+    The box is in interpretable units: base near chance, slope, the few-shot elbow within or
+    below the data, and the elbow shift at the largest data level (k is derived from it).
+    """
+    lo_l, hi_l = float(data.loss.min()), float(data.loss.max())
+    span = max(hi_l - lo_l, 0.05)
+    base = float(np.clip(np.quantile(data.value, 0.1), data.value.min(), data.value.max()))
+    top = float(data.value.max())
+    d_max = float(max(data.data_levels or [spec.d0 + 1.0]))
+    unit = stats.qmc.LatinHypercube(d=5, seed=seed).random(max(n_starts - 1, 0))
+    a = np.concatenate([[0.5], unit[:, 0]])
+    shift = np.concatenate([[0.5], unit[:, 1]]) * span  # elbow shift at d_max, nats
+    alpha = np.concatenate([[0.5], unit[:, 2]])
+    c = lo_l - 0.5 * span + np.concatenate([[0.6], unit[:, 3]]) * 1.5 * span
+    if spec.elbow == "log_power":
+        alpha = 0.3 + 1.7 * alpha
+        k = shift / np.log(d_max) ** alpha
+    else:
+        alpha = 0.05 + 0.7 * alpha
+        k = shift / d_max**alpha
+        c = c - k * spec.d0**alpha  # so that the few-shot elbow k·D0^α + C sits in the box
+    slope = (top - base + 1e-3) / span * np.exp(np.log(0.5) + a * np.log(8.0))
+    cols = dict(A=slope, B=np.full_like(a, base), k=k, alpha=alpha, C=c,
+                delta=np.zeros_like(a), U=np.full_like(a, min(top + 0.02, 1.0) if data.proportion else top))
+    return np.stack([cols[n] for n in spec.param_names], axis=-1)
+
+
+# --------------------------------------------------------------------------- estimator
+
+
+def make_problem(spec: law_.LawSpec, data: TaskData, likelihood: str, y=None, n=None) -> Problem:
+    """The optimisation problem of ``data``; ``y``/``n`` override targets (bootstrap)."""
+    lower, upper = bounds(spec, data, likelihood)
+    if likelihood == "binomial":
+        y = data.successes.astype(float) if y is None else y
+        n = data.n_items.astype(float) if n is None else n
+    else:
+        y = data.value if y is None else y
+        n = np.ones(data.n_rows) if n is None else n
+    return Problem(spec, likelihood, data.loss, data.n_train, data.few_shot, y, n, lower, upper)
+
+
+def binomial_loglik(p, y, n) -> np.ndarray:
+    """Full binomial log-likelihood per row (with the log binomial coefficient)."""
+    log_choose = special.gammaln(n + 1) - special.gammaln(y + 1) - special.gammaln(n - y + 1)
+    return log_choose - binomial_terms(p, y, n)[0]
+
+
+class EmergenceLawFit:
+    """Maximum-likelihood emergence law for one task (see the module docstring)."""
+
+    def __init__(self, spec: law_.LawSpec = law_.LawSpec(), likelihood: Likelihood = "binomial",
+                 n_starts: int = 24, seed: int = 0, max_iter: int = 300):
+        self.spec = spec
+        self.likelihood = likelihood
+        self.n_starts = n_starts
+        self.seed = seed
+        self.max_iter = max_iter
+
+    def _validate(self, data: TaskData) -> None:
+        if not isinstance(self.spec, law_.LawSpec):
+            raise FitError(f"spec must be a LawSpec, got {type(self.spec).__name__}")
+        if self.likelihood not in LIKELIHOODS:
+            raise FitError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+        if self.likelihood == "binomial" and not data.proportion:
+            raise FitError(f"task {data.task!r}: metric {data.metric!r} is not a proportion of items; "
+                           "use --likelihood gaussian")
+        if not data.has_finetune:
+            raise FitError(f"task {data.task!r} has only few-shot results: the emergence law needs "
+                           "finetune results (the ground-truth elbow still works)")
+        n_free = len(self.spec.param_names)
+        if data.n_checkpoints < 3 or data.n_rows <= n_free:
+            raise FitError(f"task {data.task!r}: {data.n_checkpoints} checkpoint(s) and {data.n_rows} "
+                           f"rows are too few for the {n_free}-parameter law (need >= 3 checkpoints)")
+
+    def fit(self, data: TaskData) -> "EmergenceLawFit":
+        self._validate(data)
+        problem = make_problem(self.spec, data, self.likelihood)
+        theta0 = starts(self.spec, data, self.n_starts, self.seed)
+        theta, f, done, _ = lm_batch(problem, theta0, max_iter=self.max_iter)
+        best = int(np.argmin(f))
+        polished, f_pol, ok, message = polish(problem, theta[best], max_iter=2 * self.max_iter)
+        if f_pol <= f[best]:
+            theta_hat, f_hat = polished, f_pol
+        else:
+            theta_hat, f_hat = theta[best], float(f[best])
+        agree = abs(f_pol - f[best]) <= 1e-6 * (1 + abs(f[best]))
+        self.converged_ = bool(ok or (done[best] and agree))
+        self.message_ = message if self.converged_ else f"did not converge: {message}"
+        self.theta_ = theta_hat
+        self.params_ = dict(zip(self.spec.param_names, theta_hat.tolist()))
+        self.n_obs_ = data.n_rows
+        self.n_checkpoints_ = data.n_checkpoints
+        self.start_objectives_ = f
+        self.loglik_ = self.loglik(data)
+        e = float(law_.emergence_loss(self.spec, theta_hat))
+        self.emergence_loss_ = e if self.converged_ else None
+        self._data = data
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "theta_"):
+            raise FitError("this EmergenceLawFit is not fitted yet; call fit(data) first")
+
+    def predict(self, loss, n_train, few_shot) -> np.ndarray:
+        """Predicted performance (N,) for aligned rows."""
+        self._check_fitted()
+        return law_.performance(self.spec, self.theta_, loss, n_train, few_shot)
+
+    def loglik(self, data: TaskData, theta: np.ndarray | None = None) -> float:
+        """Log-likelihood of ``data`` under the fitted (or given) parameters.
+
+        Binomial: the full binomial log-likelihood. Gaussian: normal with σ² = the mean squared
+        residual of the training fit (so a held-out set is scored with the training σ).
+        """
+        theta = self.theta_ if theta is None else theta
+        p = law_.performance(self.spec, theta, data.loss, data.n_train, data.few_shot)
+        if self.likelihood == "binomial":
+            return float(binomial_loglik(p, data.successes.astype(float), data.n_items.astype(float)).sum())
+        if not hasattr(self, "sigma2_"):
+            self.sigma2_ = max(float(np.mean((p - data.value) ** 2)), 1e-12)
+        r2 = (p - data.value) ** 2
+        return float(np.sum(-0.5 * (np.log(2 * np.pi * self.sigma2_) + r2 / self.sigma2_)))
+
+
+# --------------------------------------------------------------------------- ground truth
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """The few-shot elbow fitted to all checkpoints (null when performance has not left B).
+
+    ``emerged`` is True when (1) a likelihood-ratio test of the hinge B + A·relu(E − L) against
+    a flat line rejects at ``alpha_level`` (LR referred to χ² with 2 df: conservative-ish for
+    the hinge's unidentified E under the null, see docs/law.md), (2) the fitted rise at the best
+    checkpoint, A·(E − L_min), is at least ``min_rise`` (absolute metric units), and (3) at
+    least two checkpoints lie past the elbow (one point cannot place it). ``elbow_loss`` is set
+    only then.
+    """
+
+    elbow_loss: float | None
+    emerged: bool
+    A: float
+    B: float
+    E: float
+    lr_stat: float
+    p_value: float
+    rise: float
+    n_past_elbow: int
+    reason: str
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def fit_ground_truth(data: TaskData, likelihood: Likelihood = "binomial", alpha_level: float = 1e-3,
+                     min_rise: float = 0.05, spec: law_.LawSpec = law_.LawSpec()) -> GroundTruth:
+    """Fit the hinge to the few-shot rows of every checkpoint in ``data``."""
+    few = data.few_shot_only() if data.few_shot.any() else None
+    if few is None or few.n_rows < 3:
+        n = 0 if few is None else few.n_rows
+        return GroundTruth(None, False, np.nan, np.nan, np.nan, 0.0, 1.0, 0.0, 0,
+                           f"{n} few-shot rows; need >= 3")
+    if likelihood == "binomial" and not few.proportion:
+        likelihood = "gaussian"
+    gt_spec = law_.LawSpec(elbow="log_power", hinge=spec.hinge, temperature=spec.temperature,
+                           delta=False, ceiling=False, d0=1.0)  # E = C at D0 = 1
+    # the hinge as the law with k = 0: parameters (A, B, k, alpha, C); k and alpha pinned
+    problem = make_problem(gt_spec, few, likelihood)
+    lower, upper = problem.lower.copy(), problem.upper.copy()
+    lower[2] = upper[2] = 0.0
+    lower[3] = upper[3] = 1.0
+    problem = replace(problem, lower=lower, upper=upper)
+    grid = np.linspace(few.loss.min() - 0.05, few.loss.max() + 0.05, 24)
+    span = max(float(np.ptp(few.loss)), 0.05)
+    base = float(np.quantile(few.value, 0.25))
+    theta0 = np.stack([np.full_like(grid, (few.value.max() - base + 1e-3) / span),
+                       np.full_like(grid, base), np.zeros_like(grid), np.ones_like(grid), grid], -1)
+    theta, f, _, _ = lm_batch(problem, theta0)
+    best = theta[int(np.argmin(f))]
+    A, B, E = float(best[0]), float(best[1]), float(best[4])
+    ll_hinge = _loglik_rows(problem, best, few, likelihood)
+    ll_flat = _flat_loglik(few, likelihood)
+    lr = max(2.0 * (ll_hinge - ll_flat), 0.0)
+    p_value = float(stats.chi2.sf(lr, df=2))
+    rise = A * max(E - float(few.loss.min()), 0.0)
+    n_past = int(np.sum(few.ckpt_loss < E))
+    if p_value >= alpha_level:
+        reason = f"few-shot performance has not left its base (likelihood-ratio p = {p_value:.2g})"
+    elif rise < min_rise:
+        reason = f"rise above base {rise:.3f} < {min_rise}"
+    elif n_past < 2:
+        reason = f"only {n_past} checkpoint past the elbow; need >= 2"
+    else:
+        reason = "emerged"
+    emerged = reason == "emerged"
+    return GroundTruth(E if emerged else None, emerged, A, B, E, lr, p_value, rise, n_past, reason)
+
+
+def _loglik_rows(problem: Problem, theta: np.ndarray, data: TaskData, likelihood: str) -> float:
+    p = law_.performance(problem.spec, theta, data.loss, data.n_train, data.few_shot)
+    if likelihood == "binomial":
+        return float(binomial_loglik(p, data.successes.astype(float), data.n_items.astype(float)).sum())
+    rss = float(np.sum((p - data.value) ** 2))
+    return _gauss_profile(rss, data.n_rows)
+
+
+def _flat_loglik(data: TaskData, likelihood: str) -> float:
+    if likelihood == "binomial":
+        y, n = data.successes.astype(float), data.n_items.astype(float)
+        p = np.full(data.n_rows, y.sum() / n.sum())
+        return float(binomial_loglik(p, y, n).sum())
+    return _gauss_profile(float(np.sum((data.value - data.value.mean()) ** 2)), data.n_rows)
+
+
+def _gauss_profile(rss: float, n: int) -> float:
+    return -0.5 * n * (np.log(2 * np.pi * max(rss, 1e-300) / n) + 1)
+
+
+# --------------------------------------------------------------------------- law comparison
+
+
+@dataclass(frozen=True)
+class LawComparison:
+    """Held-out log-likelihood of one law form (leave-one-checkpoint-out, summed over folds)."""
+
+    form: str
+    heldout_loglik: float
+    n_folds: int
+    n_failed: int  # folds whose fit did not converge (scored anyway at their final parameters)
+    delta: float = 0.0  # heldout_loglik minus the best form's (0 for the winner)
+
+
+def compare_laws(data: TaskData, forms: dict[str, law_.LawSpec] | None = None,
+                 likelihood: Likelihood = "binomial", n_starts: int = 12, seed: int = 0) -> list[LawComparison]:
+    """Leave-one-checkpoint-out held-out log-likelihood of each law form, best first.
+
+    Each fold refits the law without one checkpoint's rows (checkpoints are the correlated
+    unit) and scores those rows; the sum over folds is comparable across forms.
+    """
+    forms = law_.LAW_FORMS if forms is None else forms
+    out = []
+    for name, spec in forms.items():
+        total, failed = 0.0, 0
+        for k in range(data.n_checkpoints):
+            held = data.ckpt == k
+            model = EmergenceLawFit(spec, likelihood, n_starts=n_starts, seed=seed).fit(data.select_rows(~held))
+            failed += not model.converged_
+            total += model.loglik(data.select_rows(held))
+        out.append(LawComparison(name, total, data.n_checkpoints, failed))
+    best = max(c.heldout_loglik for c in out)
+    return sorted((replace(c, delta=c.heldout_loglik - best) for c in out), key=lambda c: -c.heldout_loglik)

@@ -1,0 +1,240 @@
+"""The importer registry and the steps every import shares.
+
+An importer reads one public format and returns an :class:`Imported`: a checkpoints table
+whose ``family``, ``params``, ``tokens`` or ``pretrain_loss`` may still be null where the
+source does not record them, a few-shot results table, optional items, and provenance. This
+module then completes the checkpoints (user table, command-line defaults, an explicitly chosen
+loss proxy), refuses what is still missing with one line that says how to supply it, and
+writes a validated folder with :func:`fitting.schema.write_results`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import polars as pl
+
+from emergence.errors import ContractError, SourceError
+from fitting import schema
+from fitting.importers.losses import chinchilla_loss, CHINCHILLA_SOURCE
+from fitting.importers.tables import read_checkpoint_table, read_task_table
+from fitting.importers.tasks import TaskInfo
+
+IMPORTER_VERSION = "1"
+REQUIRED = ("family", "params", "tokens", "pretrain_loss")
+FEW_SHOT_ONLY_NOTE = (
+    "few-shot results only (no finetune rows): the ground-truth few-shot elbow and the "
+    "loss-vs-FLOPs law can be fitted; the emergence law (a prediction before emergence) "
+    "needs finetune results at several data levels"
+)
+
+# A loss proxy: checkpoints table -> (loss per row, nullable; one-line description).
+LossProxy = Callable[[pl.DataFrame], tuple[pl.Series, str]]
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """Everything an import may be told beyond the source path (one object, passed whole)."""
+
+    checkpoints: Path | None = None  # user checkpoint table (CSV/TOML)
+    tasks: Path | None = None  # user task table: task, n_items, chance
+    loss_proxy: str | None = None  # name of a documented proxy, opt-in only
+    loss_column: str | None = None  # gadre: which validation loss is pretrain_loss
+    num_fewshot: int | None = None  # pythia: which shot count to import
+    metric: str | None = None  # the source metric to import (acc, acc_norm, exact_match, ...)
+    only_tasks: tuple[str, ...] = ()  # import only these tasks
+    keep_subtasks: bool = False  # pythia: keep the 57 MMLU subjects instead of one "mmlu"
+    family: str | None = None  # default family for checkpoints the source gives none
+    params: int | None = None  # single-checkpoint defaults (lm-eval)
+    tokens: int | None = None
+    pretrain_loss: float | None = None
+    overwrite: bool = False
+
+    def user_tasks(self) -> dict[str, TaskInfo]:
+        return read_task_table(self.tasks) if self.tasks else {}
+
+
+@dataclass
+class Imported:
+    """One importer's output before completion (see module docstring)."""
+
+    checkpoints: pl.DataFrame
+    results: pl.DataFrame
+    items: pl.DataFrame | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    loss_proxies: dict[str, LossProxy] = field(default_factory=dict)
+
+
+Importer = Callable[[Path, ImportOptions], Imported]
+
+
+def _registry() -> dict[str, Importer]:
+    from fitting.importers import gadre, lmeval, obsscaling, pythia
+
+    return {"lm-eval": lmeval.read, "pythia": pythia.read, "obsscaling": obsscaling.read, "gadre": gadre.read}
+
+
+FORMATS = ("lm-eval", "pythia", "obsscaling", "gadre")
+
+
+def import_results(fmt: str, path: str | Path, out: str | Path, options: ImportOptions = ImportOptions()) -> schema.ResultsFolder:
+    """Read ``path`` in format ``fmt`` and write a validated few-shot results folder to ``out``."""
+    importer = _lookup(fmt)
+    out = Path(out)
+    _check_out(out, options.overwrite)
+    path = Path(path)
+    if not path.exists():
+        raise SourceError(f"{path}: not found")
+    imported = importer(path, options)
+    imported = _select_tasks(imported, options.only_tasks, path)
+    checkpoints = complete_checkpoints(imported, options, fmt)
+    metadata = _metadata(fmt, path, imported, options)
+    metadata["pretrain_loss_sources"] = dict(checkpoints["pretrain_loss_source"].value_counts().iter_rows())
+    return schema.write_results(out, checkpoints, imported.results, imported.items, metadata)
+
+
+def _lookup(fmt: str) -> Importer:
+    importers = _registry()
+    if fmt not in importers:
+        near = difflib.get_close_matches(fmt, FORMATS, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ContractError(f"unknown import format {fmt!r} (known: {', '.join(FORMATS)}){hint}")
+    return importers[fmt]
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    existing = [f for f in (schema.CHECKPOINTS_FILE, schema.RESULTS_FILE) if (out / f).exists()]
+    if existing and not overwrite:
+        raise ContractError(f"{out}: already holds {existing[0]}; pass --overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise ContractError(f"{out}: exists and is not a folder")
+
+
+def _select_tasks(imported: Imported, only: tuple[str, ...], path: Path) -> Imported:
+    """Keep only the chosen tasks, and only checkpoints (and items) that still have results."""
+    if only:
+        _check_task_names(imported.results, only, path)
+        imported.results = imported.results.filter(pl.col("task").is_in(list(only)))
+        if imported.items is not None:
+            imported.items = imported.items.filter(pl.col("task").is_in(list(only)))
+    used = imported.results["checkpoint"].unique().implode()
+    imported.checkpoints = imported.checkpoints.filter(pl.col("checkpoint").is_in(used))
+    return imported
+
+
+def _check_task_names(results: pl.DataFrame, only: tuple[str, ...], path: Path) -> None:
+    known = sorted(results["task"].unique().to_list())
+    for task in only:
+        if task not in known:
+            near = difflib.get_close_matches(task, known, n=3)
+            hint = f"did you mean {', '.join(near)}?" if near else f"{len(known)} tasks, e.g. {', '.join(known[:8])}"
+            raise SourceError(f"{path}: no task {task!r} in this source ({hint})")
+
+
+# --------------------------------------------------------------------------- completion
+
+
+def complete_checkpoints(imported: Imported, options: ImportOptions, fmt: str) -> pl.DataFrame:
+    """Fill source gaps from the user table, then defaults, then an opted-in loss proxy."""
+    ckpts = _with_loss_source(imported.checkpoints, "source")
+    if options.checkpoints:
+        ckpts = _apply_user_table(ckpts, options.checkpoints)
+    ckpts = _apply_defaults(ckpts, options)
+    if options.loss_proxy:
+        ckpts = _apply_loss_proxy(ckpts, imported, options.loss_proxy, fmt)
+    _require_complete(ckpts, imported, fmt)
+    return ckpts
+
+
+def _with_loss_source(ckpts: pl.DataFrame, label: str) -> pl.DataFrame:
+    for name, dtype in schema.CHECKPOINT_COLUMNS.items():
+        if name not in ckpts.columns:
+            ckpts = ckpts.with_columns(pl.lit(None, dtype).alias(name))
+    source = pl.when(pl.col("pretrain_loss").is_not_null()).then(pl.lit(label)).otherwise(pl.lit(None, pl.String))
+    return ckpts.with_columns(source.alias("pretrain_loss_source"))
+
+
+def _apply_user_table(ckpts: pl.DataFrame, path: Path) -> pl.DataFrame:
+    table = read_checkpoint_table(path)
+    known = ckpts["checkpoint"].to_list()
+    for name in table.frame["checkpoint"].to_list():
+        if name not in set(known):
+            near = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else f"; names look like {known[0]!r}"
+            raise SourceError(f"{path}: checkpoint {name!r} is not in the imported data{hint}")
+    joined = ckpts.join(table.frame, on="checkpoint", how="left", suffix="__user")
+    fills = []
+    for name in table.frame.columns:
+        if name == "checkpoint":
+            continue
+        fills.append(pl.coalesce(pl.col(f"{name}__user").cast(ckpts.schema[name]), pl.col(name)).alias(name))
+    if "pretrain_loss" in table.frame.columns:
+        fills.append(pl.when(pl.col("pretrain_loss__user").is_not_null()).then(pl.lit(f"user table {path}"))
+                     .otherwise(pl.col("pretrain_loss_source")).alias("pretrain_loss_source"))
+    return joined.with_columns(fills).select(ckpts.columns)
+
+
+def _apply_defaults(ckpts: pl.DataFrame, options: ImportOptions) -> pl.DataFrame:
+    defaults = {"family": options.family, "params": options.params, "tokens": options.tokens,
+                "pretrain_loss": options.pretrain_loss}
+    single = {k: v for k, v in defaults.items() if k != "family" and v is not None}
+    if single and ckpts.height != 1:
+        name = next(iter(single))
+        raise SourceError(f"--{name.replace('_', '-')} sets one checkpoint's value but this import has "
+                          f"{ckpts.height} checkpoints; give them in a --checkpoints table instead")
+    fills = [pl.col(k).fill_null(pl.lit(v, ckpts.schema[k])) for k, v in defaults.items() if v is not None]
+    if options.pretrain_loss is not None:
+        fills.append(pl.col("pretrain_loss_source").fill_null(pl.lit("--pretrain-loss option")))
+    return ckpts.with_columns(fills) if fills else ckpts
+
+
+def _apply_loss_proxy(ckpts: pl.DataFrame, imported: Imported, name: str, fmt: str) -> pl.DataFrame:
+    proxies = {"chinchilla": chinchilla_proxy, **imported.loss_proxies}
+    if name not in proxies:
+        raise SourceError(f"unknown --loss-proxy {name!r} for {fmt} (available: {', '.join(sorted(proxies))})")
+    loss, description = proxies[name](ckpts)
+    missing = loss.is_null() & ckpts["pretrain_loss"].is_null()
+    if missing.any():
+        row = int(missing.arg_true()[0])
+        raise SourceError(f"--loss-proxy {name}: no proxy value for checkpoint {ckpts['checkpoint'][row]!r} "
+                          f"({description})")
+    fill = ckpts["pretrain_loss"].is_null()
+    return ckpts.with_columns(
+        pl.when(fill).then(loss).otherwise(pl.col("pretrain_loss")).alias("pretrain_loss"),
+        pl.when(fill).then(pl.lit(f"proxy {name}: {description}")).otherwise(pl.col("pretrain_loss_source"))
+        .alias("pretrain_loss_source"),
+    )
+
+
+def chinchilla_proxy(ckpts: pl.DataFrame) -> tuple[pl.Series, str]:
+    """The Chinchilla fit L(N, D) evaluated at each checkpoint's params and tokens."""
+    return chinchilla_loss(ckpts["params"], ckpts["tokens"]), CHINCHILLA_SOURCE
+
+
+def _require_complete(ckpts: pl.DataFrame, imported: Imported, fmt: str) -> None:
+    for column in REQUIRED:
+        nulls = ckpts[column].is_null().arg_true()
+        if len(nulls):
+            name = ckpts["checkpoint"][int(nulls[0])]
+            raise SourceError(f"checkpoint {name!r} has no {column}: the {fmt} source does not record it "
+                              f"({len(nulls)} of {ckpts.height} checkpoints lack it); {_hint(column, imported)}")
+
+
+def _hint(column: str, imported: Imported) -> str:
+    table = f"give --checkpoints FILE with columns checkpoint,{column}"
+    if column == "pretrain_loss":
+        proxies = sorted({"chinchilla", *imported.loss_proxies})
+        return f"{table}, or opt in to a proxy with --loss-proxy {'|'.join(proxies)} (marked as a proxy in the output)"
+    if column == "family":
+        return f"{table} (or --family NAME for every checkpoint lacking one)"
+    return f"{table} (or --{column} N when importing a single checkpoint)"
+
+
+def _metadata(fmt: str, path: Path, imported: Imported, options: ImportOptions) -> dict[str, Any]:
+    meta = {"import": {"format": fmt, "source": str(path.resolve()), "importer_version": IMPORTER_VERSION,
+                       "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in options.__dict__.items()}},
+            "few_shot_only": True, "note": FEW_SHOT_ONLY_NOTE}
+    return {**meta, **imported.metadata}

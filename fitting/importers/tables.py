@@ -1,0 +1,116 @@
+"""Small user-supplied tables that complete what a public results file lacks.
+
+``--checkpoints FILE`` (CSV or TOML), one row per checkpoint, keyed by the checkpoint name the
+importer prints::
+
+    checkpoint,family,params,tokens,pretrain_loss,flops
+    EleutherAI/pythia-160m@step143000,pythia,162322944,299892736000,2.31,
+
+or in TOML, one ``[[checkpoint]]`` table per row with the same keys. Only ``checkpoint`` is
+required; every other column present overrides (or supplies) that value.
+
+``--tasks FILE`` (CSV or TOML ``[[task]]``): ``task,n_items,chance`` overriding per-task facts.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from emergence.errors import SourceError
+from fitting.importers.sources import check_positive, csv_line, numeric_column, read_csv, require_file
+from fitting.importers.tasks import TaskInfo
+
+CHECKPOINT_TABLE_COLUMNS = {"family": "text", "params": "count", "tokens": "count",
+                            "pretrain_loss": "positive", "flops": "positive"}
+TASK_TABLE_COLUMNS = {"n_items": "count", "chance": "proportion"}
+
+
+@dataclass(frozen=True)
+class UserTable:
+    """A validated user table: ``key`` column plus typed value columns, and where it came from."""
+
+    frame: pl.DataFrame
+    path: Path
+
+
+def read_checkpoint_table(path: Path) -> UserTable:
+    return _read_table(path, "checkpoint", CHECKPOINT_TABLE_COLUMNS)
+
+
+def read_task_table(path: Path) -> dict[str, TaskInfo]:
+    table = _read_table(path, "task", TASK_TABLE_COLUMNS)
+    for column in TASK_TABLE_COLUMNS:
+        if column not in table.frame.columns or table.frame[column].null_count():
+            raise SourceError(f"{path}: every row needs {column!r} (columns: task, n_items, chance)")
+    return {
+        row["task"]: TaskInfo(int(row["n_items"]), float(row["chance"]), f"user task table {path}")
+        for row in table.frame.iter_rows(named=True)
+    }
+
+
+def _read_table(path: Path, key: str, columns: dict[str, str]) -> UserTable:
+    require_file(path, "table")
+    frame, line_of = _read_toml(path, key) if path.suffix.lower() == ".toml" else _read_csv(path, key)
+    unknown = [c for c in frame.columns if c != key and c not in columns]
+    if unknown:
+        raise SourceError(f"{path}: unknown column {unknown[0]!r} (allowed: {key}, {', '.join(columns)})")
+    frame = frame.with_columns(pl.col(key).cast(pl.String))
+    _check_keys(frame, path, key, line_of)
+    casts = [_typed(frame, path, name, kind, line_of) for name, kind in columns.items() if name in frame.columns]
+    return UserTable(frame.with_columns(casts) if casts else frame, path)
+
+
+def _read_csv(path: Path, key: str):
+    return read_csv(path, [key]), csv_line
+
+
+def _read_toml(path: Path, key: str):
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise SourceError(f"{path}: not valid TOML ({err})") from None
+    rows = doc.get(key)
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise SourceError(f"{path}: expected one or more [[{key}]] tables")
+    if any(key not in r for r in rows):
+        n = next(i for i, r in enumerate(rows) if key not in r)
+        raise SourceError(f"{path}: [[{key}]] entry {n + 1} has no {key!r} key")
+    names = sorted({k for r in rows for k in r})
+    try:
+        frame = pl.DataFrame([{k: r.get(k) for k in names} for r in rows], infer_schema_length=None)
+    except (pl.exceptions.PolarsError, TypeError) as err:
+        raise SourceError(f"{path}: mixed value types in one column ({err})") from None
+    return frame, lambda row: f"[[{key}]] entry {row + 1}"
+
+
+def _check_keys(frame: pl.DataFrame, path: Path, key: str, line_of) -> None:
+    nulls = frame[key].is_null().arg_true()
+    if len(nulls):
+        raise SourceError(f"{path}, {line_of(int(nulls[0]))}, column {key!r}: is empty")
+    repeat = (~frame[key].is_first_distinct()).arg_true()
+    if len(repeat):
+        row = int(repeat[0])
+        raise SourceError(f"{path}, {line_of(row)}, column {key!r}: duplicate {frame[key][row]!r}")
+
+
+def _typed(frame: pl.DataFrame, path: Path, name: str, kind: str, line_of) -> pl.Series:
+    if kind == "text":
+        return frame[name].cast(pl.String)
+    values = numeric_column(frame, path, name, line_of)
+    if kind == "proportion":
+        bad = ((values < 0) | (values > 1) | values.is_nan()).fill_null(False).arg_true()
+        if len(bad):
+            raise SourceError(f"{path}, {line_of(int(bad[0]))}, column {name!r}: {values[int(bad[0])]!r} outside [0, 1]")
+        return values
+    check_positive(values, path, name, line_of)
+    if kind == "count":
+        fractional = (values != values.round(0)).fill_null(False).arg_true()
+        if len(fractional):
+            row = int(fractional[0])
+            raise SourceError(f"{path}, {line_of(row)}, column {name!r}: {values[row]!r} is not a whole number")
+        return values.cast(pl.Int64)
+    return values

@@ -1,0 +1,266 @@
+"""The per-task pipeline that the CLI, the backtest and the report all call.
+
+    data -> EmergenceLawFit (MLE) -> ground truth -> bootstrap -> FLOPs -> TaskPrediction
+
+Public API
+----------
+``FitConfig``            one config object for the whole stage (law form, likelihood, n_boot,
+                         seed, method, ...), passed whole.
+``TaskPrediction``       one task's answer; ``to_json()`` gives the issue's JSON keys (below).
+``predict_data(data, config, *, ground_truth=None, progress=None, simulated=False)``
+                         the pipeline on a ``TaskData`` (the backtest calls this on subsets,
+                         passing the all-checkpoint ``ground_truth`` it computed once).
+``predict_task(folder, task, config, progress=None)``
+``predict_all(folder, config, tasks=None, progress=False) -> list[TaskPrediction]``
+
+Methods: ``config.method == "mle"`` runs here. ``"bayes"`` is dispatched lazily to
+``fitting.bayes`` (another module; it must provide
+``predict_data(data, config, *, ground_truth=None, progress=None, simulated=False)`` returning a
+``TaskPrediction`` with ``method="bayes"``, and may provide
+``predict_all(folder, config, tasks=None, progress=False)`` for a pooled multi-task fit, which
+``predict_all`` then uses instead of the per-task loop). Percentile keys are shared, so the
+tables of both methods line up.
+
+Few-shot-only data (no finetune rows): no prediction can be made; the record has
+``emergence_loss = null``, ``converged = false`` and a ``note`` saying so, while the
+ground-truth elbow and the FLOPs of that elbow are still reported.
+
+JSON keys of ``TaskPrediction.to_json()``: ``task, method, law, likelihood, emergence_loss,
+emergence_loss_p05 … _p95 (p05 p10 p25 p50 p75 p90 p95), ground_truth_loss, emerged,
+ground_truth (details), emergence_flops, emergence_flops_p05 … _p95, flops_multiple,
+flops_multiple_p05 … _p95, flops_extrapolated, flops_law, ground_truth_flops, max_flops,
+converged, message, n_checkpoints, n_rows, n_boot, n_boot_failed, params, loglik, simulated,
+note``. Numbers that do not exist are ``null``, never NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from emergence.errors import FitError
+from fitting import compute
+from fitting import law as law_
+from fitting.fit import EmergenceLawFit, GroundTruth, TaskData, fit_ground_truth
+from fitting.schema import ResultsFolder
+from fitting.uncertainty import PERCENTILES, Progress, bootstrap
+
+METHODS = ("mle", "bayes")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Everything that decides a prediction. ``law`` is a key of ``LAW_FORMS`` or a LawSpec."""
+
+    law: str | law_.LawSpec = "log_power"
+    likelihood: str = "binomial"
+    n_boot: int = 1000
+    seed: int = 0
+    method: str = "mle"
+    n_starts: int = 24
+    items: str = "observed"  # bootstrap item resampling: observed | fitted | none
+    compute_law: str = "auto"  # auto | pooled (fitting.compute.choose_law)
+    metric: str | None = None  # default: accuracy, or the task's only metric
+    gt_alpha: float = 1e-3  # ground truth: likelihood-ratio test level
+    gt_min_rise: float = 0.05  # ground truth: minimal rise above base (metric units)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.law, str) and self.law not in law_.LAW_FORMS:
+            raise FitError(f"unknown law {self.law!r}; choose one of {', '.join(law_.LAW_FORMS)}")
+        if self.likelihood not in ("binomial", "gaussian"):
+            raise FitError(f"likelihood must be 'binomial' or 'gaussian', got {self.likelihood!r}")
+        if self.method not in METHODS:
+            raise FitError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.n_boot < 0:
+            raise FitError(f"n_boot must be >= 0, got {self.n_boot}")
+        if self.items not in ("observed", "fitted", "none"):
+            raise FitError(f"items must be observed, fitted or none, got {self.items!r}")
+
+    @property
+    def spec(self) -> law_.LawSpec:
+        return law_.LAW_FORMS[self.law] if isinstance(self.law, str) else self.law
+
+    @property
+    def law_name(self) -> str:
+        return self.law if isinstance(self.law, str) else self.law.label
+
+
+@dataclass
+class TaskPrediction:
+    """One task's prediction. Loss in nats; FLOPs absolute; multiples of ``max_flops``."""
+
+    task: str
+    method: str
+    law: str
+    likelihood: str
+    emergence_loss: float | None
+    emergence_loss_pct: dict[int, float | None]
+    ground_truth: GroundTruth | None
+    emergence_flops: float | None
+    emergence_flops_pct: dict[int, float | None]
+    flops_multiple: float | None
+    flops_multiple_pct: dict[int, float | None]
+    flops_extrapolated: bool | None
+    flops_law: str | None
+    ground_truth_flops: float | None
+    max_flops: float
+    converged: bool
+    message: str
+    n_checkpoints: int
+    n_rows: int
+    n_boot: int
+    n_boot_failed: int
+    params: dict[str, float] = field(default_factory=dict)
+    loglik: float | None = None
+    simulated: bool = False
+    note: str = ""
+    samples: np.ndarray | None = None  # bootstrap (or posterior) emergence-loss samples; not in JSON
+
+    @property
+    def ground_truth_loss(self) -> float | None:
+        return None if self.ground_truth is None else self.ground_truth.elbow_loss
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(task=self.task, method=self.method, law=self.law,
+                                   likelihood=self.likelihood, emergence_loss=self.emergence_loss)
+        out.update(_pct_keys("emergence_loss", self.emergence_loss_pct))
+        gt = self.ground_truth
+        out.update(ground_truth_loss=self.ground_truth_loss, emerged=None if gt is None else gt.emerged,
+                   ground_truth=None if gt is None else gt.to_json(),
+                   emergence_flops=self.emergence_flops)
+        out.update(_pct_keys("emergence_flops", self.emergence_flops_pct))
+        out["flops_multiple"] = self.flops_multiple
+        out.update(_pct_keys("flops_multiple", self.flops_multiple_pct))
+        out.update(flops_extrapolated=self.flops_extrapolated, flops_law=self.flops_law,
+                   ground_truth_flops=self.ground_truth_flops, max_flops=self.max_flops,
+                   converged=self.converged, message=self.message, n_checkpoints=self.n_checkpoints,
+                   n_rows=self.n_rows, n_boot=self.n_boot, n_boot_failed=self.n_boot_failed,
+                   params=self.params, loglik=self.loglik, simulated=self.simulated, note=self.note)
+        return _clean(out)
+
+
+def _pct_keys(prefix: str, pct: dict[int, float | None]) -> dict[str, float | None]:
+    return {f"{prefix}_p{q:02d}": pct.get(q) for q in PERCENTILES}
+
+
+def _clean(x):
+    """NaN/inf -> None, numpy scalars -> Python, recursively (valid JSON)."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def predict_data(data: TaskData, config: FitConfig = FitConfig(), *, ground_truth: GroundTruth | None = None,
+                 progress: Progress | None = None, simulated: bool = False) -> TaskPrediction:
+    """Fit, bootstrap and convert one task's data (see module docstring)."""
+    if config.method == "bayes":
+        from fitting import bayes  # lazy: PyMC is an extra
+
+        return bayes.predict_data(data, config, ground_truth=ground_truth, progress=progress, simulated=simulated)
+    if ground_truth is None:
+        ground_truth = fit_ground_truth(data, config.likelihood, config.gt_alpha, config.gt_min_rise, config.spec)
+    record = _empty_record(data, config, ground_truth, simulated)
+    if not data.has_finetune:
+        record.note = ("few-shot results only: the emergence law needs finetune results, so no "
+                       "prediction (the ground-truth elbow and the compute law still work)")
+        return _with_flops(record, data, config)
+    model = EmergenceLawFit(config.spec, config.likelihood, n_starts=config.n_starts, seed=config.seed).fit(data)
+    record.converged, record.message = model.converged_, model.message_
+    record.params, record.loglik = model.params_, model.loglik_
+    if not model.converged_:
+        record.note = "maximum-likelihood fit did not converge: no prediction"
+        return _with_flops(record, data, config)
+    record.emergence_loss = model.emergence_loss_
+    if config.n_boot > 0:
+        boot = bootstrap(data, model, config.n_boot, config.seed, config.items, progress=progress)
+        record.emergence_loss_pct = dict(boot.percentiles)
+        record.n_boot, record.n_boot_failed, record.samples = boot.n_boot, boot.n_failed, boot.emergence_loss
+    return _with_flops(record, data, config)
+
+
+def _empty_record(data: TaskData, config: FitConfig, gt: GroundTruth, simulated: bool) -> TaskPrediction:
+    return TaskPrediction(
+        task=data.task, method=config.method, law=config.law_name, likelihood=config.likelihood,
+        emergence_loss=None, emergence_loss_pct={}, ground_truth=gt, emergence_flops=None,
+        emergence_flops_pct={}, flops_multiple=None, flops_multiple_pct={}, flops_extrapolated=None,
+        flops_law=None, ground_truth_flops=None, max_flops=data.max_flops, converged=False,
+        message="", n_checkpoints=data.n_checkpoints, n_rows=data.n_rows, n_boot=0,
+        n_boot_failed=0, simulated=simulated,
+    )
+
+
+def _with_flops(record: TaskPrediction, data: TaskData, config: FitConfig) -> TaskPrediction:
+    """Fill the FLOPs fields (prediction and ground truth) from the compute law."""
+    try:
+        law = compute.choose_law(data.ckpt_loss, data.ckpt_flops, data.families, config.compute_law)
+    except FitError as err:
+        record.note = "; ".join(filter(None, [record.note, f"no FLOPs conversion: {err}"]))
+        return record
+    record.flops_law = law.label
+    if record.ground_truth_loss is not None:
+        record.ground_truth_flops = compute._finite(float(law.flops(record.ground_truth_loss)))
+    if record.emergence_loss is None:
+        return record
+    conv = compute.convert(law, record.emergence_loss, record.emergence_loss_pct, data.max_flops)
+    record.emergence_flops, record.flops_multiple = conv.flops, conv.multiple
+    record.emergence_flops_pct, record.flops_multiple_pct = conv.flops_percentiles, conv.multiple_percentiles
+    record.flops_extrapolated = conv.extrapolated
+    if conv.note:
+        record.note = "; ".join(filter(None, [record.note, conv.note]))
+    return record
+
+
+def predict_task(folder: ResultsFolder, task: str, config: FitConfig = FitConfig(),
+                 progress: Progress | None = None) -> TaskPrediction:
+    """The pipeline for one task of a results folder."""
+    data = TaskData.from_folder(folder, task, config.metric)
+    return predict_data(data, config, progress=progress, simulated=is_simulated(folder))
+
+
+def predict_all(folder: ResultsFolder, config: FitConfig = FitConfig(), tasks: list[str] | None = None,
+                progress: bool = False) -> list[TaskPrediction]:
+    """Every task (or ``tasks``), in order; bootstrap progress on stderr when ``progress``."""
+    tasks = folder.tasks if tasks is None else list(tasks)
+    for task in tasks:
+        TaskData.from_folder(folder, task, config.metric)  # validate every name before any work
+    if config.method == "bayes":
+        from fitting import bayes
+
+        if hasattr(bayes, "predict_all"):
+            return bayes.predict_all(folder, config, tasks=tasks, progress=progress)
+    if not progress:
+        return [predict_task(folder, t, config) for t in tasks]
+    return _with_progress(folder, config, tasks)
+
+
+def _with_progress(folder: ResultsFolder, config: FitConfig, tasks: list[str]) -> list[TaskPrediction]:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    out = []
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        for task in tasks:
+            tid = bar.add_task(f"bootstrap {task}", total=max(config.n_boot, 1))
+            out.append(predict_task(folder, task, config,
+                                    progress=lambda done, total, tid=tid: bar.update(tid, completed=done)))
+            bar.update(tid, completed=max(config.n_boot, 1))
+    return out
+
+
+def is_simulated(folder: ResultsFolder) -> bool:
+    return bool(folder.metadata.get("simulated", False))

@@ -1,0 +1,292 @@
+"""Hugging Face transformers engine: CPU or GPU, the default.
+
+Multiple choice is where it beats lm-evaluation-harness: lm-eval runs context + choice once per
+choice; here each request's context runs once (a batch of right-padded contexts, keeping the
+KV cache and only the logits at each context's last position), and the choices then run on
+copies of that cache, so an MMLU item with four one-token answers costs one context pass
+instead of four. Tokenisation, truncation and summation follow ``harvest/engines/base.py``
+(lm-eval's rules), so the numbers agree with lm-eval's to float rounding.
+
+Loading uses ``use_safetensors=True`` and ``trust_remote_code`` only when the ModelRef says so;
+anything that will not load is a one-line :class:`~emergence.errors.CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from emergence.errors import CheckpointError, SpecError
+from harvest.engines import engine_version
+from harvest.engines.base import ChoiceRequest, ChoiceScore, GenerateRequest, ModelRef
+
+DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(err).__name__}: {first[:300]}"
+
+
+def load_model(ref: ModelRef, device: str):
+    """(model, tokenizer) for ``ref``; one-line CheckpointError when it will not load."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress bars are on stderr
+    where = ref.path if ref.revision is None else f"{ref.path}@{ref.revision}"
+    if Path(ref.path).is_absolute() and not Path(ref.path).is_dir():
+        raise CheckpointError(f"checkpoint {where}: folder not found")
+    dtype = "auto" if ref.dtype == "auto" else getattr(torch, DTYPES.get(ref.dtype, "float32"))
+    common = {"revision": ref.revision, "trust_remote_code": ref.trust_remote_code,
+              "local_files_only": _offline()}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(ref.path, use_safetensors=True, dtype=dtype, **common)
+        tok = AutoTokenizer.from_pretrained(ref.path, **common)
+    except Exception as err:  # OSError, ValueError, EnvironmentError, hub errors: all "cannot load"
+        raise CheckpointError(f"checkpoint {where}: cannot load ({_one_line(err)})") from None
+    model.to(device).eval()
+    return model, tok
+
+
+def _offline() -> bool:
+    """HF_HUB_OFFLINE=1 (read now, not at import): no hub calls, so a miss fails at once."""
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-eval's split: trailing context spaces move to the continuation; split by count."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = tok.encode(context + continuation)
+    ctx = tok.encode(context)
+    return ctx, whole[len(ctx):]
+
+
+class HFEngine:
+    """Engine over one base checkpoint (optionally with PEFT LoRA adapters on top)."""
+
+    name = "hf"
+
+    def __init__(self, ref: ModelRef, *, batch_size: int = 16, device: str = "cpu",
+                 max_length: int | None = None, **unknown: Any):
+        if unknown:
+            raise SpecError(f"engine 'hf': unknown option(s) {', '.join(sorted(unknown))} "
+                            "(allowed: batch_size, device, max_length)")
+        self.ref, self.device, self.batch_size = ref, device, int(batch_size)
+        self.model, self.tok = load_model(ref, device)
+        self.max_length = int(max_length or self._model_max_length())
+        self._peft = None  # a PeftModel wrapping self.model once an adapter is used
+        self._adapters: dict[str, str] = {}  # adapter path -> adapter name
+        params = inspect.signature(self.model.forward).parameters
+        self._keeps_logits = "logits_to_keep" in params
+
+    def _model_max_length(self) -> int:
+        n = getattr(self.model.config, "max_position_embeddings", None)
+        return int(n) if n else 2048
+
+    def version(self) -> str:
+        return engine_version(self.name)
+
+    def close(self) -> None:
+        self.model = self._peft = None
+
+    # ------------------------------------------------------------------ adapters
+
+    @contextmanager
+    def _using(self, adapter: str | None) -> Iterator[Any]:
+        """The model to run: the base, or the base with a LoRA adapter active."""
+        import torch
+
+        with torch.inference_mode():
+            if adapter is None:
+                if self._peft is None:
+                    yield self.model
+                else:
+                    with self._peft.disable_adapter():
+                        yield self._peft
+            else:
+                self._activate(adapter)
+                yield self._peft
+
+    def _activate(self, adapter: str) -> None:
+        from peft import PeftModel
+
+        path = Path(adapter)
+        if not (path / "adapter_model.safetensors").is_file():
+            raise CheckpointError(f"adapter {adapter}: no adapter_model.safetensors (safetensors only)")
+        name = self._adapters.get(str(path))
+        if name is None:
+            name = "a" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+            try:
+                if self._peft is None:
+                    self._peft = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+                else:
+                    self._peft.load_adapter(str(path), adapter_name=name)
+            except Exception as err:
+                raise CheckpointError(f"adapter {adapter}: cannot load ({_one_line(err)})") from None
+            self._peft.eval()
+            self._adapters[str(path)] = name
+        self._peft.set_adapter(name)
+
+    # ------------------------------------------------------------------ multiple choice
+
+    def score_choices(self, requests: Sequence[ChoiceRequest], adapter: str | None = None) -> list[ChoiceScore]:
+        encoded = [self._encode_request(r) for r in requests]
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))  # long first
+        out: list[ChoiceScore | None] = [None] * len(encoded)
+        with self._using(adapter) as model:
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start:start + self.batch_size]
+                for i, score in zip(batch, self._score_batch(model, [encoded[i] for i in batch])):
+                    out[i] = score
+        return out  # type: ignore[return-value]
+
+    def _encode_request(self, req: ChoiceRequest) -> tuple[list[int], list[list[int]]]:
+        """(context ids, continuation ids per choice), the context cut on the left to fit."""
+        pairs = [encode_pair(self.tok, req.context, c) for c in req.continuations]
+        ctx, conts = pairs[0][0], [p[1] for p in pairs]
+        longest = max(len(c) for c in conts)
+        if longest >= self.max_length:
+            raise SpecError(f"a continuation of {longest} tokens does not fit max_length {self.max_length}")
+        # fed: ctx + cont[:-1], at most max_length tokens (lm-eval: whole[-(max_length+1):][:-1])
+        overflow = len(ctx) + longest - 1 - self.max_length
+        return (ctx[overflow:] if overflow > 0 else ctx), conts
+
+    def _score_batch(self, model, batch: list[tuple[list[int], list[list[int]]]]) -> list[ChoiceScore]:
+        import torch
+
+        ctx_lens = [len(ctx) for ctx, _ in batch]
+        ids, mask = self._right_pad([ctx for ctx, _ in batch])
+        last = torch.tensor(ctx_lens, device=self.device) - 1  # [B] position of each context's last token
+        out = model(input_ids=ids, attention_mask=mask, use_cache=True, **self._keep(last))
+        first_lp = self._last_logprobs(out.logits, last)  # [B, V]: predicts each choice's first token
+        sums = [[float(first_lp[b, cont[0]]) if cont else 0.0 for cont in conts] for b, (_, conts) in enumerate(batch)]
+        self._add_continuations(model, batch, out.past_key_values, mask, ctx_lens, sums)
+        return [ChoiceScore(tuple(s), tuple(len(c) for c in conts)) for s, (_, conts) in zip(sums, batch)]
+
+    def _keep(self, last) -> dict:
+        """Ask the model for logits only at the positions we read (saves the LM-head cost)."""
+        return {"logits_to_keep": last.unique()} if self._keeps_logits else {}
+
+    def _last_logprobs(self, logits, last):
+        import torch
+
+        if self._keeps_logits:  # logits: [B, n_unique, V] at sorted unique positions
+            col = torch.searchsorted(last.unique(), last)
+        else:  # logits: [B, T, V]
+            col = last
+        rows = logits[torch.arange(len(last)), col]  # [B, V]
+        return torch.log_softmax(rows.float(), dim=-1)
+
+    def _add_continuations(self, model, batch, cache, ctx_mask, ctx_lens, sums) -> None:
+        """Tokens 2.. of every multi-token choice, run on copies of its context's cache."""
+        import torch
+
+        rows = [(b, j) for b, (_, conts) in enumerate(batch) for j, c in enumerate(conts) if len(c) > 1]
+        if not rows:
+            return
+        feed = [batch[b][1][j][:-1] for b, j in rows]  # predicts tokens 1..n-1
+        ids, cmask = self._right_pad(feed)
+        src = torch.tensor([b for b, _ in rows], device=self.device)
+        cache.batch_select_indices(src)  # [B, ...] -> [R, ...] copies of each row's context
+        width = ids.shape[1]
+        pos = torch.tensor([ctx_lens[b] for b, _ in rows], device=self.device)[:, None] + torch.arange(width, device=self.device)
+        mask = torch.cat([ctx_mask[src], cmask], dim=1)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                       use_cache=True).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1)  # [R, U, V]
+        for r, (b, j) in enumerate(rows):
+            target = torch.tensor(batch[b][1][j][1:], device=self.device)
+            sums[b][j] += float(logprobs[r, torch.arange(len(target)), target].sum())
+
+    def _right_pad(self, seqs: list[list[int]]):
+        import torch
+
+        width = max(len(s) for s in seqs)
+        ids = torch.zeros(len(seqs), width, dtype=torch.long)
+        mask = torch.zeros(len(seqs), width, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, :len(s)] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(self, requests: Sequence[GenerateRequest], adapter: str | None = None) -> list[str]:
+        out: list[str] = []
+        with self._using(adapter) as model:
+            for start in range(0, len(requests), self.batch_size):
+                out.extend(self._generate_batch(model, requests[start:start + self.batch_size]))
+        return out
+
+    def _generate_batch(self, model, batch: Sequence[GenerateRequest]) -> list[str]:
+        import torch
+
+        encoded = [self.tok.encode(r.prompt) for r in batch]
+        budget = max(r.max_new_tokens for r in batch)
+        encoded = [e[-(self.max_length - budget):] for e in encoded]  # left-truncate to fit
+        width = max(len(e) for e in encoded)
+        pad = self._pad_id()
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros(len(batch), width, dtype=torch.long)
+        for i, e in enumerate(encoded):  # left padding: every prompt ends at the last column
+            ids[i, width - len(e):] = torch.tensor(e, dtype=torch.long)
+            mask[i, width - len(e):] = 1
+        stops = sorted({s for r in batch for s in r.stop})
+        gen = model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                             max_new_tokens=budget, do_sample=False, pad_token_id=pad,
+                             stop_strings=stops or None, tokenizer=self.tok if stops else None)
+        texts = self.tok.batch_decode(gen[:, width:], skip_special_tokens=True)
+        return [_cut(text, r.stop) for text, r in zip(texts, batch)]
+
+    def _pad_id(self) -> int:
+        for tid in (self.tok.pad_token_id, self.tok.eos_token_id, 0):
+            if tid is not None:
+                return int(tid)
+        return 0
+
+    # ------------------------------------------------------------------ pretraining loss
+
+    def token_nll(self, texts: Sequence[str], max_length: int) -> tuple[float, int]:
+        """Windows per ``base.py``: consecutive ``max_length``-token windows of each text."""
+        windows = [w for text in texts for w in _windows(self.tok.encode(text), max_length) if len(w) > 1]
+        windows.sort(key=len, reverse=True)
+        total, count = 0.0, 0
+        per_batch = max(1, (self.batch_size * 256) // max_length)  # about batch_size*256 tokens
+        with self._using(None) as model:
+            for start in range(0, len(windows), per_batch):
+                nll, n = self._window_nll(model, windows[start:start + per_batch])
+                total, count = total + nll, count + n
+        return total, count
+
+    def _window_nll(self, model, windows: list[list[int]]) -> tuple[float, int]:
+        import torch
+
+        ids, mask = self._right_pad(windows)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()  # [B, T-1, V]
+        labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="sum")
+        return float(nll), int((labels != -100).sum())
+
+
+def _windows(ids: list[int], size: int) -> list[list[int]]:
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
+
+
+def _cut(text: str, stops: Sequence[str]) -> str:
+    """``text`` up to the first occurrence of any stop string."""
+    cut = len(text)
+    for s in stops:
+        at = text.find(s)
+        if s and at != -1:
+            cut = min(cut, at)
+    return text[:cut]

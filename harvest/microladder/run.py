@@ -1,0 +1,267 @@
+"""The micro-ladder end to end: pretrain every size, then harvest, fit, backtest and report.
+
+    out/
+      heldout_background.jsonl    pretraining-loss text (background language only, all sizes)
+      heldout_mixed.jsonl         background + task blocks (recorded in the manifest only)
+      models/<size>/step_XXXXXX/  HF checkpoints (config, safetensors, tokenizer)
+      harvest.toml                the harvest spec naming every checkpoint and task
+      results/                    checkpoints / results / items .parquet (the real harvest)
+      fit.json backtest.json report/   what the fitting stage made of it
+      manifest.json               command, versions, seeds, configs, wall times
+
+Pretraining runs as subprocesses, one torch thread each, ``parallel`` at a time, largest first
+(measured on 2 cores: two single-thread processes beat one two-thread process 8–15x). Every
+stage is resumable: a finished size has ``done.json``, the harvest resumes its own units.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from importlib import metadata
+from pathlib import Path
+
+from emergence.errors import EmergenceError
+from harvest.microladder.corpus import SEQ_LEN, Corpus, CorpusConfig
+from harvest.microladder.pretrain import SIZES, TrainConfig
+
+HELDOUT_SEEDS = {"background": 20_000, "mixed": 20_001}
+
+
+class LadderError(EmergenceError):
+    """A micro-ladder stage failed (its log file is named in the message)."""
+
+
+@dataclass(frozen=True)
+class LadderConfig:
+    """Everything that determines a micro-ladder run (recorded whole in the manifest)."""
+
+    sizes: tuple[str, ...] = ("s3", "s2", "s1", "s0")
+    train: TrainConfig = TrainConfig(steps=1500, first_checkpoint=40, n_checkpoints=10)
+    corpus: CorpusConfig = CorpusConfig()
+    tasks: tuple[str, ...] = ("ml_copy", "ml_recall")
+    shots: int = 2
+    n_test: int = 400
+    heldout_docs: int = 256
+    data_levels: tuple[int, ...] = (4, 16, 64, 256)
+    subset_seeds: tuple[int, ...] = (0, 1)
+    recipe: dict = field(default_factory=lambda: {"method": "full", "lr": 3e-4, "epochs": 4.0, "min_steps": 30,
+                                                  "batch_size": 32, "weight_decay": 0.0})
+    parallel: int = 2  # pretraining processes at a time
+    shards: int = 2  # sweep shards run side by side
+    sweep: bool = True
+
+
+def quick_config() -> LadderConfig:
+    """Minutes, for tests: two tiny sizes, few steps, small evals, a 2-level sweep."""
+    return LadderConfig(
+        sizes=("t1", "t0"), train=TrainConfig(steps=60, first_checkpoint=20, n_checkpoints=3, batch_size=8,
+                                              heldout_docs=8, log_every=20),
+        n_test=40, heldout_docs=16, data_levels=(4, 16), subset_seeds=(0,), shards=1,
+        recipe={"method": "full", "lr": 3e-4, "epochs": 1.0, "min_steps": 4, "batch_size": 8},
+    )
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def write_heldout(out: Path, cfg: LadderConfig) -> dict[str, Path]:
+    """The held-out documents as JSONL (one ``{"text": ...}`` per line)."""
+    corpus, paths = Corpus(cfg.corpus), {}
+    for name, seed in HELDOUT_SEEDS.items():
+        path = out / f"heldout_{name}.jsonl"
+        texts = corpus.heldout_texts(cfg.heldout_docs, seed, with_tasks=(name == "mixed"))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+        tmp.replace(path)
+        paths[name] = path
+    return paths
+
+
+def pretrain_command(size: str, out: Path, cfg: LadderConfig) -> list[str]:
+    train = {k: v for k, v in asdict(cfg.train).items() if k != "size"}
+    corpus = asdict(cfg.corpus)
+    return [sys.executable, "-m", "harvest.microladder.pretrain", "--size", size, "--out", str(out),
+            "--config", json.dumps(train), "--corpus", json.dumps(corpus)]
+
+
+def single_thread_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def pretrain_all(models: Path, cfg: LadderConfig, say) -> dict[str, float]:
+    """Train every size (``cfg.parallel`` processes at a time); wall seconds per size."""
+    queue, running, walls = list(cfg.sizes), {}, {}
+    while queue or running:
+        while queue and len(running) < cfg.parallel:
+            size = queue.pop(0)
+            log = open(models / f"{size}.log", "a")
+            proc = subprocess.Popen(pretrain_command(size, models / size, cfg), stdout=log, stderr=subprocess.STDOUT,
+                                    env=single_thread_env())
+            running[size] = (proc, time.time(), log)
+            say(f"pretraining {size} (pid {proc.pid})")
+        time.sleep(1.0)
+        for size, (proc, start, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[size]
+            if proc.returncode != 0:
+                for other, *_ in running.values():
+                    other.terminate()
+                raise LadderError(f"pretraining {size} failed (exit {proc.returncode}); see {models / f'{size}.log'}")
+            walls[size] = round(time.time() - start, 1)
+            say(f"pretrained {size} in {walls[size]} s")
+    return walls
+
+
+def checkpoint_rows(models: Path, cfg: LadderConfig) -> list[dict]:
+    """One row per saved checkpoint, from each size's training log."""
+    rows = []
+    for size in cfg.sizes:
+        for line in (models / size / "train_log.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            if "checkpoint" in rec and (models / size / rec["checkpoint"]).is_dir():
+                rows.append({"size": size, **rec})
+    return rows
+
+
+def write_spec(out: Path, rows: list[dict], cfg: LadderConfig) -> Path:
+    """The harvest spec (TOML) over every checkpoint and task; paths relative to ``out``."""
+    lines = ["# written by harvest.microladder.run", f"seed = {cfg.train.seed}", "",
+             "[engine]", 'name = "hf"', "batch_size = 32", "",
+             "[held_out]", 'path = "heldout_background.jsonl"', f"window = {SEQ_LEN}", ""]
+    for r in rows:
+        lines += ["[[checkpoints]]", f'name = "{r["size"]}-{r["checkpoint"]}"',
+                  f'path = "models/{r["size"]}/{r["checkpoint"]}"', f'family = "microladder-{r["size"]}"',
+                  f'params = {r["params"]}', f'tokens = {r["tokens"]}', ""]
+    for task in cfg.tasks:
+        lines += ["[[tasks]]", f'task = "{task}"', f"shots = {cfg.shots}", f"seed = {cfg.train.seed + 1234}",
+                  "[tasks.options]", f"n_test = {cfg.n_test}", ""]
+    if cfg.sweep:
+        lines += ["[sweep]", f"n_train = {list(cfg.data_levels)}", f"subset_seeds = {list(cfg.subset_seeds)}",
+                  "nested = true", "eval_shots = 0", "", "[sweep.recipe]"]
+        lines += [f"{k} = {json.dumps(v)}" for k, v in cfg.recipe.items()]
+    path = out / "harvest.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def emergence(args: list[str], log: Path, *, capture: bool = False) -> str:
+    """Run ``emergence ARGS`` (a subprocess: the real CLI); raise with the log on failure."""
+    cmd = [str(Path(sys.executable).with_name("emergence")), *args]
+    with open(log, "a") as f:
+        f.write(f"$ {' '.join(cmd)}\n")
+        f.flush()
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE if capture else f, stderr=f, env=single_thread_env(),
+                              text=True)
+    if proc.returncode != 0:
+        raise LadderError(f"`emergence {' '.join(args)}` failed (exit {proc.returncode}); see {log}")
+    return proc.stdout if capture else ""
+
+
+def harvest(out: Path, spec: Path, cfg: LadderConfig, say) -> dict[str, float]:
+    """Few-shot eval, then the finetune sweep in ``cfg.shards`` side-by-side shards, then merge."""
+    results, log, walls = out / "results", out / "harvest.log", {}
+    t0 = time.time()
+    emergence(["harvest", "eval", str(spec), "--out", str(results), "--quiet"], log)
+    walls["eval_s"] = round(time.time() - t0, 1)
+    say(f"few-shot harvest done in {walls['eval_s']} s")
+    if cfg.sweep:
+        t0 = time.time()
+        run_sweep(results, spec, cfg, log)
+        walls["sweep_s"] = round(time.time() - t0, 1)
+        say(f"finetune sweep done in {walls['sweep_s']} s")
+    return walls
+
+
+def run_sweep(results: Path, spec: Path, cfg: LadderConfig, log: Path) -> None:
+    if cfg.shards <= 1:
+        emergence(["harvest", "sweep", str(spec), "--out", str(results), "--quiet"], log)
+        return
+    procs = [subprocess.Popen([str(Path(sys.executable).with_name("emergence")), "harvest", "sweep", str(spec),
+                               "--out", str(results), "--shard", f"{i}/{cfg.shards}", "--quiet"],
+                              stdout=open(log.with_suffix(f".shard{i}.log"), "a"), stderr=subprocess.STDOUT,
+                              env=single_thread_env()) for i in range(cfg.shards)]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise LadderError(f"sweep shard failed (exit codes {codes}); see {log.with_suffix('.shard0.log')}")
+    emergence(["harvest", "sweep", str(spec), "--out", str(results), "--quiet"], log)  # merge: every cell is done
+
+
+def analyse(out: Path, say) -> dict[str, str]:
+    """``emergence fit`` / ``backtest`` / ``report`` on the results; records what failed, never hides it."""
+    log, status = out / "analysis.log", {}
+    for name, args in (("fit", ["fit", "results", "--json"]), ("backtest", ["backtest", "results", "--json"])):
+        try:
+            text = emergence([args[0], str(out / args[1]), *args[2:]], log, capture=True)
+            (out / f"{name}.json").write_text(text)
+            status[name] = "ok"
+        except LadderError as err:
+            status[name] = str(err)
+        say(f"{name}: {status[name]}")
+    try:
+        emergence(["report", str(out / "results"), "--out", str(out / "report")], log)
+        status["report"] = "ok"
+    except LadderError as err:
+        status["report"] = str(err)
+    say(f"report: {status['report']}")
+    return status
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+def versions() -> dict[str, str]:
+    libs = ("torch", "transformers", "tokenizers", "safetensors", "peft", "polars", "numpy", "emergence")
+    out = {"python": platform.python_version()}
+    for lib in libs:
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            out[lib] = "missing"
+    return out
+
+
+def write_manifest(out: Path, cfg: LadderConfig, command: str, walls: dict, rows: list[dict], status: dict) -> Path:
+    manifest = {
+        "command": command, "config": asdict(cfg), "versions": versions(),
+        "seeds": {"pretrain": cfg.train.seed, "language": "corpus.LANGUAGE_SEED", "heldout": HELDOUT_SEEDS,
+                  "fewshot": cfg.train.seed + 1234, "subset_seeds": list(cfg.subset_seeds)},
+        "pretrain_loss": "mean nats/token on heldout_background.jsonl (background language only, shared by all sizes)",
+        "wall_time_s": walls, "checkpoints": rows, "analysis": status,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+    }
+    path = out / "manifest.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, default=str))
+    tmp.replace(path)
+    return path
+
+
+def run_ladder(out: Path, cfg: LadderConfig, *, command: str = "", say=print, analysis: bool = True) -> Path:
+    """Pretrain, harvest, analyse; returns the manifest path. Reruns resume every stage."""
+    unknown = [s for s in cfg.sizes if s not in SIZES]
+    if unknown:
+        raise LadderError(f"unknown model size {unknown[0]!r} (known: {', '.join(sorted(SIZES))})")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "models").mkdir(exist_ok=True)
+    t0, walls = time.time(), {}
+    write_heldout(out, cfg)
+    walls["pretrain_by_size_s"] = pretrain_all(out / "models", cfg, say)
+    walls["pretrain_s"] = round(time.time() - t0, 1)
+    rows = checkpoint_rows(out / "models", cfg)
+    spec = write_spec(out, rows, cfg)
+    walls.update(harvest(out, spec, cfg, say))
+    status = analyse(out, say) if analysis else {}
+    walls["total_s"] = round(time.time() - t0, 1)
+    return write_manifest(out, cfg, command, walls, rows, status)
+
+
+def with_overrides(cfg: LadderConfig, **changes) -> LadderConfig:
+    return replace(cfg, **{k: v for k, v in changes.items() if v is not None})

@@ -1,0 +1,113 @@
+"""Resumable storage: one Parquet part per unit of work, compacted into the contract's tables.
+
+A unit (one checkpoint's pretraining loss, or one checkpoint x task x setting evaluation) is
+keyed by :func:`unit_key`, a sha256 of everything that determines its numbers (checkpoint and
+revision, task config, prompt hash, engine and library versions). Its rows go to
+``RESULTS_DIR/parts/<kind>/<key>.parquet``, written atomically (temp file + rename), so after a
+``kill -9`` a part is either whole or absent; a restarted run skips every part that exists and
+computes the rest, so it writes no duplicates and gives the same numbers.
+
+Part formats (extra columns are allowed and carried along):
+
+- ``loss``: one row ``checkpoint, pretrain_loss, bits_per_byte, loss_tokens, loss_bytes,
+  loss_documents, loss_window``.
+- evaluation kinds (``eval``; the finetuning sweep adds its own kinds): one row per item with
+  the items columns of :mod:`fitting.schema` plus ``metric`` and ``chance`` and any per-unit
+  constants (``shots``, ``prompt_hash``, costs, ...). :func:`compact` derives each results row
+  (``value`` = mean of ``correct``, ``n_items`` = row count) and keeps the per-unit constants as
+  extra results columns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import polars as pl
+import pyarrow.parquet as pq
+
+from fitting.schema import ITEM_COLUMNS, ITEM_KEY, METADATA_KEY, ResultsFolder, write_parquet_atomic, write_results
+
+PARTS_DIR = "parts"
+ITEM_EXTRA = ("gold",)  # item-level columns kept in items.parquet besides the contract's
+RESULT_GROUP = [k for k in ITEM_KEY if k != "item_id"]
+
+
+def unit_key(**parts: Any) -> str:
+    """sha256 of the canonical JSON of ``parts``: equal inputs, equal key."""
+    canonical = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Store:
+    """The parts folder of one results folder."""
+
+    def __init__(self, out_dir: str | os.PathLike):
+        self.root = Path(out_dir)
+        self.parts = self.root / PARTS_DIR
+
+    def path(self, kind: str, key: str) -> Path:
+        return self.parts / kind / f"{key}.parquet"
+
+    def has(self, kind: str, key: str) -> bool:
+        return self.path(kind, key).is_file()
+
+    def write(self, kind: str, key: str, rows: pl.DataFrame, meta: dict[str, Any] | None = None) -> None:
+        """Write one unit's rows atomically; ``meta`` (timings, config) goes to Parquet metadata."""
+        write_parquet_atomic(rows, self.path(kind, key), {"unit": key, "kind": kind, **(meta or {})})
+
+    def read(self, kind: str, keys: Iterable[str]) -> pl.DataFrame:
+        frames = [pl.read_parquet(self.path(kind, k)) for k in keys]
+        return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+
+    def meta(self, kind: str, key: str) -> dict[str, Any]:
+        raw = (pq.read_schema(self.path(kind, key)).metadata or {}).get(METADATA_KEY, b"{}")
+        return json.loads(raw)
+
+    def remove_stale_temps(self) -> int:
+        """Delete temp files left by a killed writer (never a finished part)."""
+        stale = list(self.parts.rglob(".*.tmp")) if self.parts.is_dir() else []
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return len(stale)
+
+
+def results_from_items(items: pl.DataFrame) -> pl.DataFrame:
+    """One results row per unit: accuracy = mean(correct), n_items, and the per-unit constants."""
+    constant = [c for c in items.columns if c not in ITEM_COLUMNS and c not in ITEM_EXTRA]
+    return (
+        items.group_by(RESULT_GROUP, maintain_order=True)
+        .agg(pl.col("correct").cast(pl.Float64).mean().alias("value"), pl.len().cast(pl.Int64).alias("n_items"),
+             *[pl.col(c).first() for c in constant])
+    )
+
+
+def compact(store: Store, checkpoints: pl.DataFrame, units: Iterable[tuple[str, str]],
+            metadata: dict[str, Any] | None = None) -> ResultsFolder:
+    """Write ``checkpoints.parquet``, ``results.parquet`` and ``items.parquet`` from the parts.
+
+    ``units`` are the (kind, key) evaluation parts of this run, so parts left by an older,
+    different spec never mix in. Validated by :func:`fitting.schema.write_results`.
+    """
+    by_kind: dict[str, list[str]] = {}
+    for kind, key in units:
+        by_kind.setdefault(kind, []).append(key)
+    frames = [store.read(kind, keys) for kind, keys in by_kind.items()]
+    rows = pl.concat(frames, how="diagonal_relaxed") if frames else _empty_items()
+    results = results_from_items(rows) if rows.height else _empty_results()
+    keep = [c for c in (*ITEM_COLUMNS, *ITEM_EXTRA) if c in rows.columns]
+    items = rows.select(keep).sort(ITEM_KEY) if rows.height else None
+    return write_results(store.root, checkpoints, results.sort(RESULT_GROUP), items, metadata)
+
+
+def _empty_items() -> pl.DataFrame:
+    return pl.DataFrame(schema=ITEM_COLUMNS)
+
+
+def _empty_results() -> pl.DataFrame:
+    from fitting.schema import RESULT_COLUMNS
+
+    return pl.DataFrame(schema=RESULT_COLUMNS)

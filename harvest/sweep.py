@@ -1,0 +1,569 @@
+"""The finetuning sweep: every (checkpoint, task, n_train, subset_seed) cell finetuned, then
+evaluated with the Harvest I engines, one resumable Parquet part per cell.
+
+    spec [sweep] ──▶ SweepPlan (data levels, cells keyed by content hash)
+       ──▶ base units (pretraining loss, few-shot: harvest.evaluate, resumable)
+       ──▶ executor (local | ray | shard) ──▶ per cell:
+              draw subset ─▶ load ─▶ finetune ─▶ save adapter ─▶ evaluate ─▶ write part
+       ──▶ compact (base units + cells) ──▶ checkpoints / results / items .parquet, manifest
+
+The ``[sweep]`` table (every key optional except the data levels)::
+
+    [sweep]
+    n_train = [8, 32, 128]                # data levels, or a geometric series up to the
+    # n_train = { min = 8, count = 5 }    # full train split (``max =`` caps it)
+    subset_seeds = [0, 1]                 # random subsets per level
+    nested = true                         # smaller subsets inside larger ones (same seed)
+    eval_shots = 0                        # shots when scoring finetuned models
+    tasks = ["synthetic_arithmetic"]      # task names of the spec (default: all)
+    checkpoints = ["step1000"]            # checkpoint names (default: all)
+    keep_adapters = false                 # keep adapters/weights under RESULTS_DIR/adapters
+    retries = 2                           # Ray: extra attempts per failed cell
+    num_cpus = 1                          # Ray: resources per cell (num_gpus: 1 when the
+    # num_gpus = 1                        # cluster has GPUs, else 0)
+
+    [sweep.recipe]                        # harvest.finetune.Recipe: method, lora_rank, lr, ...
+    method = "lora"
+
+Cells are finetuned on the task's train split (``Task.train_examples()``: the zero-shot prompt
+and `` " " + answer``) and scored on the task's eval items with ``eval_shots`` shots, so
+training and scoring see the same format. Results rows get ``setting = "finetune"`` and the
+cost columns ``finetune_flops`` (6 x params x training tokens, see :mod:`harvest.finetune`),
+``finetune_tokens``, ``finetune_steps``, ``trainable_params``, ``finetune_method``,
+``eval_tokens`` and ``eval_flops`` (2 x params x evaluation tokens: a forward pass over each
+item's context once plus every choice's tokens, which is what the HF engine computes).
+Timings go to the parts' metadata and the manifest, never into the tables, so equal inputs
+give equal tables on any executor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+import polars as pl
+
+from emergence.errors import EmergenceError, SpecError
+from fitting.schema import FINETUNE
+from harvest.finetune import Recipe
+from harvest.spec import CheckpointSpec, HarvestSpec, TaskSpec
+from harvest.store import Store
+
+FINETUNE_KIND = "finetune"
+ADAPTERS_DIR = "adapters"
+SWEEP_VERSION = "1"  # bump when the cell procedure changes what a cell computes
+SWEEP_KEYS = {"n_train", "subset_seeds", "nested", "eval_shots", "tasks", "checkpoints",
+              "keep_adapters", "retries", "num_cpus", "num_gpus", "recipe"}
+
+
+class SweepError(EmergenceError):
+    """A sweep that cannot finish (missing units to compact, failed cells)."""
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """The parsed ``[sweep]`` table."""
+
+    levels: tuple[int, ...] | None = None  # explicit data levels
+    geometric: tuple[int, int, int | None] | None = None  # (min, count, max)
+    subset_seeds: tuple[int, ...] = (0, 1)
+    nested: bool = True
+    eval_shots: int | None = 0  # None: the task spec's shots
+    tasks: tuple[str, ...] | None = None
+    checkpoints: tuple[str, ...] | None = None
+    keep_adapters: bool = False
+    retries: int = 2
+    num_cpus: float = 1.0
+    num_gpus: float | None = None  # None: 1 when the Ray cluster has GPUs
+    recipe: Recipe = field(default_factory=Recipe)
+
+    def levels_for(self, n_pool: int, task: str) -> list[int]:
+        from harvest.subsets import geometric_levels
+
+        if self.geometric is not None:
+            return geometric_levels(n_pool, *self.geometric)
+        too_big = [n for n in self.levels if n > n_pool]
+        if too_big:
+            raise SpecError(f"sweep.n_train: {too_big[0]} is larger than task {task!r}'s train split ({n_pool} examples)")
+        return list(self.levels)
+
+
+def parse_sweep(spec: HarvestSpec) -> SweepConfig:
+    """Validate ``spec.sweep``; every error names the spec file and the key."""
+    raw = spec.sweep
+    where = f"{spec.source}: sweep"
+    if raw is None:
+        raise SpecError(f"{spec.source}: no [sweep] table (see docs/sweep.md)")
+    unknown = sorted(set(raw) - SWEEP_KEYS)
+    if unknown:
+        raise SpecError(f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(sorted(SWEEP_KEYS))})")
+    levels, geometric = _parse_levels(raw.get("n_train"), where)
+    config = SweepConfig(
+        levels=levels, geometric=geometric,
+        subset_seeds=tuple(_int_list(raw.get("subset_seeds", [0, 1]), f"{where}.subset_seeds", minimum=0)),
+        nested=_typed(raw, "nested", bool, True, where),
+        eval_shots=_typed(raw, "eval_shots", int, 0, where),
+        tasks=_names(raw, "tasks", [t.name for t in spec.tasks], where),
+        checkpoints=_names(raw, "checkpoints", [c.name for c in spec.checkpoints], where),
+        keep_adapters=_typed(raw, "keep_adapters", bool, False, where),
+        retries=_typed(raw, "retries", int, 2, where),
+        num_cpus=float(_typed(raw, "num_cpus", (int, float), 1, where)),
+        num_gpus=_typed(raw, "num_gpus", (int, float), None, where),
+        recipe=Recipe.from_dict(_typed(raw, "recipe", dict, {}, where), f"{where}.recipe"),
+    )
+    if config.retries < 0 or (config.eval_shots is not None and config.eval_shots < 0):
+        raise SpecError(f"{where}: retries and eval_shots must be >= 0")
+    return config
+
+
+def _typed(raw: dict, key: str, kind, default, where: str):
+    value = raw.get(key, default)
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if value is not None and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
+        raise SpecError(f"{where}.{key}: must be {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
+    return value
+
+
+def _int_list(value, where: str, minimum: int) -> list[int]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise SpecError(f"{where}: must be a non-empty list of integers, got {value!r}")
+    if min(value) < minimum or len(set(value)) != len(value):
+        raise SpecError(f"{where}: values must be distinct and >= {minimum}, got {value!r}")
+    return sorted(value)
+
+
+def _parse_levels(value, where: str):
+    if value is None:
+        raise SpecError(f"{where}.n_train: is required (a list like [8, 32, 128] or {{ min = 8, count = 4 }})")
+    if isinstance(value, list):
+        return tuple(_int_list(value, f"{where}.n_train", minimum=1)), None
+    if isinstance(value, dict):
+        extra = sorted(set(value) - {"min", "count", "max"})
+        if extra or "min" not in value or "count" not in value:
+            raise SpecError(f"{where}.n_train: a geometric series takes min, count and optional max; got {value!r}")
+        return None, (int(value["min"]), int(value["count"]), value.get("max"))
+    raise SpecError(f"{where}.n_train: must be a list or a table, got {value!r}")
+
+
+def _names(raw: dict, key: str, known: list[str], where: str) -> tuple[str, ...] | None:
+    if key not in raw:
+        return None
+    names = raw[key]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise SpecError(f"{where}.{key}: must be a list of names, got {names!r}")
+    for name in names:
+        if name not in known:
+            raise SpecError(f"{where}.{key}: {name!r} is not in the spec (known: {', '.join(known)})")
+    return tuple(names)
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One finetuning run and its evaluation; ``key`` hashes everything that determines it."""
+
+    checkpoint: str
+    task: str
+    n_train: int
+    subset_seed: int
+    key: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.checkpoint} · {self.task} · n={self.n_train} · seed={self.subset_seed}"
+
+    def folder_name(self) -> str:
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{self.checkpoint}-{self.task}-n{self.n_train}-s{self.subset_seed}")
+        return f"{safe}-{self.key[:12]}"
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """Everything a worker needs to run any cell (picklable: sent once to Ray workers)."""
+
+    spec: HarvestSpec
+    config: SweepConfig
+    out_dir: Path
+    eval_plans: dict[str, Any]  # task name -> harvest.evaluate.TaskPlan (eval_shots)
+    pools: dict[str, list[tuple[str, str]]]  # task name -> train (prompt, target) pairs
+    cells: tuple[Cell, ...]
+
+    def checkpoint(self, name: str) -> CheckpointSpec:
+        return next(c for c in self.spec.checkpoints if c.name == name)
+
+    def adapter_dir(self, cell: Cell) -> Path:
+        return self.out_dir / ADAPTERS_DIR / cell.folder_name()
+
+
+def plan_sweep(spec: HarvestSpec, out_dir: str | Path, config: SweepConfig | None = None) -> SweepPlan:
+    """Data levels per task and every cell, in order (checkpoint, task, n_train, seed)."""
+    from harvest.evaluate import plan_task
+
+    config = config or parse_sweep(spec)
+    tasks = [t for t in spec.tasks if config.tasks is None or t.name in config.tasks]
+    if not tasks:
+        raise SpecError(f"{spec.source}: the sweep has no tasks (add [[tasks]])")
+    eval_plans = {t.name: plan_task(_eval_task_spec(t, config)) for t in tasks}
+    pools = {name: plan.task.train_examples() for name, plan in eval_plans.items()}
+    checkpoints = [c for c in spec.checkpoints if config.checkpoints is None or c.name in config.checkpoints]
+    cells = tuple(
+        _cell(spec, config, c, eval_plans[t.name], pools[t.name], n, s)
+        for c in checkpoints for t in tasks
+        for n in config.levels_for(len(pools[t.name]), t.name) for s in config.subset_seeds
+    )
+    return SweepPlan(spec, config, Path(out_dir), eval_plans, pools, cells)
+
+
+def _eval_task_spec(ts: TaskSpec, config: SweepConfig) -> TaskSpec:
+    return ts if config.eval_shots is None else replace(ts, shots=config.eval_shots)
+
+
+def pool_hash(pool: list[tuple[str, str]]) -> str:
+    h = hashlib.sha256()
+    for prompt, target in pool:
+        h.update(prompt.encode() + b"\x1f" + target.encode() + b"\x1e")
+    return h.hexdigest()
+
+
+def _cell(spec, config, ckpt, plan, pool, n_train, seed) -> Cell:
+    from importlib import metadata
+
+    from harvest.evaluate import eval_unit_key
+
+    training = {"recipe": config.recipe.to_dict(), "nested": config.nested, "pool": pool_hash(pool),
+                "sweep_version": SWEEP_VERSION, "peft": metadata.version("peft")}
+    key = eval_unit_key(ckpt, plan, spec.engine, setting=FINETUNE, n_train=n_train, subset_seed=seed,
+                        adapter=training)
+    return Cell(ckpt.name, plan.spec.name, n_train, seed, key)
+
+
+# --------------------------------------------------------------------------- one cell
+
+
+class Phases:
+    """Wall seconds per phase of a cell (load, finetune, save, eval_load, eval, write)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def device_for(plan: SweepPlan) -> str:
+    import torch
+
+    return plan.spec.engine.options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train_cell(plan: SweepPlan, cell: Cell, phases: Phases) -> dict[str, Any]:
+    """Finetune one cell and save its adapter (or weights) with its stats; resumable."""
+    from harvest.engines.hf import load_model
+    from harvest.finetune import finetune, read_stats, save_finetuned
+    from harvest.subsets import draw_subset
+
+    folder = plan.adapter_dir(cell)
+    stats = read_stats(folder)
+    if stats is not None:  # trained before a kill, not yet evaluated
+        return stats
+    examples = draw_subset(plan.pools[cell.task], cell.n_train, cell.subset_seed, plan.config.nested)
+    with phases("load"):
+        model, tok = load_model(plan.checkpoint(cell.checkpoint).ref, device_for(plan))
+    with phases("finetune"):
+        result = finetune(model, tok, examples, plan.config.recipe, seed=cell.subset_seed)
+    with phases("save"):
+        save_finetuned(result, tok, folder)
+    return read_stats(folder)
+
+
+def eval_tokens(plan: SweepPlan, task: str, tokenizer) -> int:
+    """Tokens one evaluation runs: each item's context once plus every choice (or the prompt)."""
+    from harvest.engines.hf import encode_pair
+
+    total = 0
+    for item in plan.eval_plans[task].items:
+        if item.continuations is None:  # generation: the prompt (generated tokens not counted)
+            total += len(tokenizer.encode(item.context))
+            continue
+        pairs = [encode_pair(tokenizer, item.context, c) for c in item.continuations]
+        total += len(pairs[0][0]) + sum(len(cont) for _, cont in pairs)
+    return total
+
+
+def cost_columns(stats: dict[str, Any], n_eval_tokens: int) -> dict[str, Any]:
+    return {
+        "finetune_method": stats["method"], "finetune_steps": stats["steps"],
+        "finetune_tokens": stats["tokens"], "finetune_flops": float(stats["flops"]),
+        "trainable_params": stats["trainable_params"], "eval_tokens": n_eval_tokens,
+        "eval_flops": 2.0 * stats["params"] * n_eval_tokens,
+    }
+
+
+def evaluate_cell(plan: SweepPlan, cell: Cell, engine, stats: dict[str, Any], tokenizer,
+                  phases: Phases) -> pl.DataFrame:
+    """Score the finetuned model and attach the cell's cost columns."""
+    from harvest.evaluate import evaluate_task
+
+    adapter = str(plan.adapter_dir(cell)) if stats["method"] == "lora" else None
+    with phases("eval"):
+        rows = evaluate_task(engine, plan.eval_plans[cell.task], cell.checkpoint, setting=FINETUNE,
+                             n_train=cell.n_train, subset_seed=cell.subset_seed, adapter=adapter)
+    costs = cost_columns(stats, eval_tokens(plan, cell.task, tokenizer))
+    dtypes = {str: pl.String, int: pl.Int64, float: pl.Float64}
+    return rows.with_columns(pl.lit(v, dtypes[type(v)]).alias(k) for k, v in costs.items())
+
+
+def write_cell(plan: SweepPlan, cell: Cell, rows: pl.DataFrame, stats, phases: Phases) -> None:
+    with phases("write"):
+        meta = {"cell": cell.label, "phases": phases.seconds, "finetune": stats}
+        Store(plan.out_dir).write(FINETUNE_KIND, cell.key, rows, meta)
+        if not plan.config.keep_adapters:
+            shutil.rmtree(plan.adapter_dir(cell), ignore_errors=True)
+
+
+def open_engine(plan: SweepPlan, cell: Cell, stats: dict[str, Any]):
+    """An engine for scoring ``cell``: the base checkpoint (LoRA) or the saved weights (full)."""
+    from harvest.engines import load_engine
+
+    ckpt = plan.checkpoint(cell.checkpoint)
+    ref = ckpt.ref if stats["method"] == "lora" else replace(ckpt.ref, path=str(plan.adapter_dir(cell)), revision=None)
+    return load_engine(plan.spec.engine.name, ref, plan.spec.engine.options)
+
+
+def load_tokenizer(plan: SweepPlan, checkpoint: str):
+    from transformers import AutoTokenizer
+
+    ref = plan.checkpoint(checkpoint).ref
+    return AutoTokenizer.from_pretrained(ref.path, revision=ref.revision, trust_remote_code=ref.trust_remote_code)
+
+
+def run_cell(plan: SweepPlan, cell: Cell) -> dict[str, float]:
+    """Train, evaluate and write one cell in this process (a Ray task's body); returns phases."""
+    phases = Phases()
+    stats = train_cell(plan, cell, phases)
+    with phases("eval_load"):
+        engine = open_engine(plan, cell, stats)
+        tokenizer = load_tokenizer(plan, cell.checkpoint)
+    try:
+        rows = evaluate_cell(plan, cell, engine, stats, tokenizer, phases)
+    finally:
+        engine.close()
+    write_cell(plan, cell, rows, stats, phases)
+    return phases.seconds
+
+
+# --------------------------------------------------------------------------- base units and compaction
+
+
+def base_spec(spec: HarvestSpec, checkpoints: list[str]) -> HarvestSpec:
+    """The spec restricted to some checkpoints (for the base units of a shard or Ray task)."""
+    return replace(spec, checkpoints=tuple(c for c in spec.checkpoints if c.name in checkpoints))
+
+
+def run_base(spec: HarvestSpec, out_dir: Path, checkpoints: list[str], show_progress: bool) -> float:
+    """Pretraining loss and few-shot of ``checkpoints`` (harvest.evaluate, resumable); seconds."""
+    from harvest.evaluate import run_harvest
+
+    if not checkpoints:
+        return 0.0
+    start = time.perf_counter()
+    run_harvest(base_spec(spec, checkpoints), out_dir, show_progress=show_progress)
+    return time.perf_counter() - start
+
+
+def base_units(spec: HarvestSpec, docs_hash: str) -> list[tuple[str, str]]:
+    """(kind, key) of the loss and few-shot parts the tables need."""
+    from harvest.evaluate import EVAL_KIND, LOSS_KIND, eval_unit_key, loss_unit_key, plan_tasks
+
+    units = [(EVAL_KIND, eval_unit_key(c, p, spec.engine)) for c in spec.checkpoints for p in plan_tasks(spec)]
+    units += [(LOSS_KIND, loss_unit_key(c, spec, docs_hash)) for c in spec.checkpoints if c.pretrain_loss is None]
+    return units
+
+
+def held_out_hash(spec: HarvestSpec) -> str:
+    from harvest.loss import documents_hash, read_documents
+
+    return "" if spec.held_out is None else documents_hash(read_documents(spec.held_out))
+
+
+def missing_units(plan: SweepPlan, docs_hash: str) -> list[str]:
+    """Labels of the units not yet in the store (empty: ready to compact)."""
+    store = Store(plan.out_dir)
+    missing = [f"{kind} {key[:12]}" for kind, key in base_units(plan.spec, docs_hash) if not store.has(kind, key)]
+    return missing + [c.label for c in plan.cells if not store.has(FINETUNE_KIND, c.key)]
+
+
+def compact_sweep(plan: SweepPlan, docs_hash: str):
+    """Write the contract tables from every base unit and every finished cell of the plan."""
+    from harvest.evaluate import EVAL_KIND, checkpoint_table
+    from harvest.store import compact
+
+    store = Store(plan.out_dir)
+    units = [u for u in base_units(plan.spec, docs_hash) if u[0] == EVAL_KIND]
+    units += [(FINETUNE_KIND, c.key) for c in plan.cells if store.has(FINETUNE_KIND, c.key)]
+    meta = {"spec_hash": plan.spec.spec_hash, "sweep": {"recipe": plan.config.recipe.to_dict(),
+                                                       "nested": plan.config.nested,
+                                                       "eval_shots": plan.config.eval_shots}}
+    return compact(store, checkpoint_table(plan.spec, store, docs_hash), units, meta)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class SweepReport:
+    """What a sweep (or shard, or merge) did and wrote."""
+
+    n_cells: int  # cells of this run (a shard's share)
+    computed: int
+    skipped: int  # already done (resumed)
+    failed: list[dict[str, Any]]
+    missing: list[str]  # units of the whole sweep not in the results folder yet
+    phase_seconds: dict[str, float]
+    wall_seconds: float
+    tables: Any = None  # fitting.schema.ResultsFolder once compacted
+
+
+def run_sweep(spec: HarvestSpec | str | Path, out_dir: str | Path, *, executor: str = "local",
+              address: str | None = None, shard: tuple[int, int] | None = None,
+              keep_adapters: bool = False, show_progress: bool = True) -> SweepReport:
+    """Run the sweep of ``spec`` into ``out_dir`` (resumable); compact when the base is complete."""
+    from harvest.executors import run_base_isolated, run_local, run_ray, shard_cells, shard_checkpoints
+    from harvest.progress import harvest_progress
+
+    if executor not in ("local", "ray"):
+        raise SpecError(f"--executor: must be 'local' or 'ray', got {executor!r}")
+    plan = _plan_from(spec, out_dir, keep_adapters)
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    cells, base = list(plan.cells), [c.name for c in plan.spec.checkpoints]
+    if shard is not None:
+        cells, base = shard_cells(cells, *shard), shard_checkpoints(base, *shard)
+    else:  # the only writer: clear temp files a killed run left (never done for shards)
+        Store(plan.out_dir).remove_stale_temps()
+    docs_hash, start = held_out_hash(plan.spec), time.perf_counter()
+    base = _base_pending(plan, base, docs_hash)
+    with harvest_progress(show_progress) as progress:
+        bar = progress.add_task(f"finetune sweep ({executor})", total=len(cells))
+        advance = lambda cell: progress.advance(bar)  # noqa: E731
+        progress.advance(bar, len(cells) - len(_pending(plan, cells)))
+        if executor == "ray":
+            outcome = run_ray(plan, cells, base, address, advance)
+        else:
+            base_seconds = run_base_isolated(plan, base, show_progress)
+            outcome = run_local(plan, cells, advance)
+            outcome.add_phases({"base": base_seconds})
+    return _finish(plan, docs_hash, len(cells), outcome, start, _run_name(executor, shard))
+
+
+def merge_sweep(spec: HarvestSpec | str | Path, out_dir: str | Path, sources: list[str | Path]) -> SweepReport:
+    """Copy the parts of shard folders into ``out_dir`` and compact them."""
+    from harvest.executors import Outcome, copy_parts
+
+    plan = _plan_from(spec, out_dir, False)
+    start = time.perf_counter()
+    for source in sources:
+        if not (Path(source) / "parts").is_dir():
+            raise SpecError(f"{source}: no parts folder (is it a sweep's --out folder?)")
+        copy_parts(Path(source), plan.out_dir)
+    return _finish(plan, held_out_hash(plan.spec), len(plan.cells), Outcome(), start, "merge")
+
+
+def _plan_from(spec, out_dir, keep_adapters: bool) -> SweepPlan:
+    from harvest.spec import load_spec
+
+    spec = spec if isinstance(spec, HarvestSpec) else load_spec(spec)
+    config = parse_sweep(spec)
+    if keep_adapters:
+        config = replace(config, keep_adapters=True)
+    return plan_sweep(spec, out_dir, config)
+
+
+def _pending(plan: SweepPlan, cells) -> list[Cell]:
+    store = Store(plan.out_dir)
+    return [c for c in cells if not store.has(FINETUNE_KIND, c.key)]
+
+
+def _base_pending(plan: SweepPlan, names: list[str], docs_hash: str) -> list[str]:
+    """Checkpoints among ``names`` whose loss or few-shot parts are missing."""
+    store = Store(plan.out_dir)
+    return [n for n in names
+            if not all(store.has(k, key) for k, key in base_units(base_spec(plan.spec, [n]), docs_hash))]
+
+
+def _run_name(executor: str, shard: tuple[int, int] | None) -> str:
+    return executor if shard is None else f"shard-{shard[0]}-of-{shard[1]}"
+
+
+def _finish(plan: SweepPlan, docs_hash: str, n_cells: int, outcome, start: float, run: str) -> SweepReport:
+    missing = missing_units(plan, docs_hash)
+    base_missing = [m for m in missing if m.startswith(("eval ", "loss "))]
+    tables = None if base_missing else compact_sweep(plan, docs_hash)
+    report = SweepReport(n_cells, outcome.computed, outcome.skipped, outcome.failed, missing,
+                         outcome.phase_seconds, time.perf_counter() - start, tables)
+    _write_run_log(plan, report, run)
+    return report
+
+
+def _write_run_log(plan: SweepPlan, report: SweepReport, run: str) -> None:
+    """Append this run to ``sweep-<run>.json`` (one file per executor/shard: no write races)."""
+    import json
+    import os
+    import tempfile
+
+    from harvest.manifest import library_versions
+
+    path = plan.out_dir / f"sweep-{run}.json"
+    try:
+        runs = json.loads(path.read_text())["runs"]
+    except (OSError, ValueError, KeyError):
+        runs = []
+    runs.append({"finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cells": report.n_cells,
+                 "computed": report.computed, "skipped": report.skipped, "failed": report.failed,
+                 "missing": len(report.missing), "phase_seconds": report.phase_seconds,
+                 "wall_seconds": round(report.wall_seconds, 3)})
+    doc = {"spec": plan.spec.source, "spec_hash": plan.spec.spec_hash, "versions": library_versions(),
+           "sweep": {"recipe": plan.config.recipe.to_dict(), "nested": plan.config.nested,
+                     "eval_shots": plan.config.eval_shots, "subset_seeds": list(plan.config.subset_seeds),
+                     "n_cells": len(plan.cells)}, "runs": runs}
+    fd, tmp = tempfile.mkstemp(dir=plan.out_dir, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+def summarize(report: SweepReport, out_dir: str | Path) -> str:
+    """One or two lines for the terminal."""
+    line = (f"sweep: {report.n_cells} cells ({report.computed} computed, {report.skipped} already done, "
+            f"{len(report.failed)} failed) in {report.wall_seconds:.1f} s")
+    if report.tables is not None:
+        t = report.tables
+        items = 0 if t.items is None else t.items.height
+        line += f"\nwrote {out_dir}: {t.checkpoints.height} checkpoints, {t.results.height} results, {items} items"
+    if report.missing:
+        line += (f"\n{len(report.missing)} units of the sweep are not in {out_dir} yet (e.g. {report.missing[0]}): "
+                 "run the other shards, then 'emergence harvest merge'")
+    return line
+
+
+def check_report(report: SweepReport, out_dir: str | Path) -> None:
+    """Raise (exit non-zero) when cells failed after their retries."""
+    if report.failed:
+        first = report.failed[0]
+        raise SweepError(f"{len(report.failed)} cell(s) failed after retries (first: {first['what']}: "
+                         f"{first['error']}); errors are recorded in {out_dir}/sweep-*.json; rerun to retry")

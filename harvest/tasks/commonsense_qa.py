@@ -1,0 +1,33 @@
+"""CommonsenseQA (Talmor et al.): 5 choices, scored on the letter (lm-eval's format).
+
+Hub: ``tau/commonsense_qa``; columns ``id``, ``question``, ``question_concept``, ``choices``
+(``{"label": ["A".."E"], "text": [...]}``), ``answerKey`` ("A".."E"). The hub's test split has
+no answers, so the eval split is ``validation`` and shots come from ``train``.
+"""
+
+from __future__ import annotations
+
+from harvest.tasks.base import Doc, MultipleChoiceTask
+
+
+class CommonsenseQA(MultipleChoiceTask):
+    name = "commonsense_qa"
+    version = "1"
+    prompt_format = "[shots] Question: {question}\\nA. {t0}\\nB. {t1}\\nC. {t2}\\nD. {t3}\\nE. {t4}\\nAnswer:  -> ' A'..' E'"
+    eval_split = "validation"
+    fewshot_split = "train"
+    default_shots = 6
+    hub_dataset = "tau/commonsense_qa"
+    id_column = "id"
+    n_choices = 5
+
+    def doc_to_text(self, doc: Doc) -> str:
+        ch = doc["choices"]
+        options = "".join(f"{label}. {text}\n" for label, text in zip(ch["label"], ch["text"]))
+        return f"Question: {doc['question'].strip()}\n{options}Answer:"
+
+    def choices(self, doc: Doc) -> list[str]:
+        return list(doc["choices"]["label"])
+
+    def gold(self, doc: Doc) -> int:
+        return list(doc["choices"]["label"]).index(doc["answerKey"])

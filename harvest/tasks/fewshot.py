@@ -1,0 +1,71 @@
+"""Deterministic k-shot prompts, built exactly as lm-evaluation-harness builds them.
+
+One ``random.Random(seed)`` per task; for each eval row, in order, ``rnd.sample(pool, k)``
+(when the pool is the eval split itself: ``k + 1`` rows drawn and the row itself dropped).
+So a prompt depends on the seed, the pool and the row's position among the eval rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+
+from harvest.tasks.base import FEWSHOT_DELIMITER, TARGET_DELIMITER, Doc, Task
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One scored item: its prompt and what counts as correct."""
+
+    item_id: str
+    context: str
+    continuations: tuple[str, ...] | None  # multiple choice: " " + each choice
+    gold: int | None
+    doc: Doc
+
+
+def draw_shots(rnd: random.Random, pool: list[Doc], doc: Doc, k: int, same_split: bool) -> list[Doc]:
+    if k == 0:
+        return []
+    if not same_split:
+        return rnd.sample(pool, k)
+    shots = [d for d in rnd.sample(pool, k + 1) if d != doc][:k]
+    if len(shots) < k:  # duplicates of ``doc`` in the pool
+        shots = rnd.sample([d for d in pool if d != doc], k)
+    return shots
+
+
+def build_context(task: Task, doc: Doc, shots: list[Doc]) -> str:
+    demos = "".join(task.doc_to_text(s) + TARGET_DELIMITER + task.target(s) + FEWSHOT_DELIMITER for s in shots)
+    return task.prefix(doc) + demos + task.doc_to_text(doc)
+
+
+def build_items(task: Task, rows: list[tuple[str, Doc]], pool: list[Doc], k: int, seed: int,
+                same_split: bool) -> list[EvalItem]:
+    """``rows`` are (item id, doc) in evaluation order."""
+    if k > len(pool) - (1 if same_split else 0):
+        from emergence.errors import SpecError
+
+        raise SpecError(f"task {task.name!r}: {k} shots requested but the few-shot split has {len(pool)} rows")
+    rnd = random.Random(seed)
+    items = []
+    for item_id, doc in rows:
+        shots = draw_shots(rnd, task.fewshot_pool(pool, doc), doc, k, same_split)
+        context = build_context(task, doc, shots)
+        if task.kind == "multiple_choice":
+            conts = tuple(TARGET_DELIMITER + c for c in task.choices(doc))
+            items.append(EvalItem(item_id, context, conts, task.gold(doc), doc))
+        else:
+            items.append(EvalItem(item_id, context, None, None, doc))
+    return items
+
+
+def prompts_hash(items: list[EvalItem]) -> str:
+    """sha256 over every item's id, context and continuations: what the model is asked."""
+    h = hashlib.sha256()
+    for it in items:
+        for part in (it.item_id, it.context, *(it.continuations or ()), str(it.gold)):
+            h.update(part.encode())
+            h.update(b"\x1f")
+    return h.hexdigest()

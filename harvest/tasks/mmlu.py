@@ -1,0 +1,45 @@
+"""MMLU (Hendrycks et al.): 57 subjects, 4 choices, scored on the letter.
+
+Hub: ``cais/mmlu`` config ``all``; columns ``question`` (str), ``subject`` (str), ``choices``
+(list of 4 str), ``answer`` (int 0-3). Eval split ``test``, shots from ``dev`` of the same
+subject (seeded random sample; lm-eval takes the first k dev rows instead).
+"""
+
+from __future__ import annotations
+
+from harvest.tasks.base import Doc, MultipleChoiceTask
+
+LETTERS = ("A", "B", "C", "D")
+
+
+class MMLU(MultipleChoiceTask):
+    name = "mmlu"
+    version = "1"
+    prompt_format = (
+        "The following are multiple choice questions (with answers) about {subject}.\\n\\n"
+        "[shots] {question}\\nA. {c0}\\nB. {c1}\\nC. {c2}\\nD. {c3}\\nAnswer:  -> ' A'|' B'|' C'|' D'"
+    )
+    eval_split = "test"
+    fewshot_split = "dev"
+    default_shots = 5
+    hub_dataset = "cais/mmlu"
+    hub_config = "all"
+
+    def prefix(self, doc: Doc) -> str:
+        subject = str(doc.get("subject", "")).replace("_", " ").strip()
+        about = f" about {subject}" if subject else ""
+        return f"The following are multiple choice questions (with answers){about}.\n\n"
+
+    def doc_to_text(self, doc: Doc) -> str:
+        options = "".join(f"{letter}. {text}\n" for letter, text in zip(LETTERS, doc["choices"]))
+        return f"{doc['question'].strip()}\n{options}Answer:"
+
+    def choices(self, doc: Doc) -> list[str]:
+        return list(LETTERS[: len(doc["choices"])])
+
+    def gold(self, doc: Doc) -> int:
+        return int(doc["answer"])
+
+    def fewshot_pool(self, pool: list[Doc], doc: Doc) -> list[Doc]:
+        same = [d for d in pool if d.get("subject") == doc.get("subject")]
+        return same or pool

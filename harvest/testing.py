@@ -1,0 +1,108 @@
+"""Tiny local Llama checkpoints for tests and benchmarks: built from a config, never downloaded.
+
+``build_tiny_llama(folder)`` trains a byte-level BPE tokenizer with ``tokenizers`` on a small
+built-in corpus (so any text encodes: digits, letters, punctuation), wraps it in a real
+``PreTrainedTokenizerFast`` (adds BOS, like Llama), builds a ``LlamaForCausalLM`` from a
+``LlamaConfig`` with seeded weights (a larger ``init_std`` or a few ``train_steps`` make
+predictions peaked rather than near-ties, which parity comparisons need), and saves both with safetensors. Sizes: the defaults give ~0.15M
+parameters; ``hidden=320, layers=8, vocab=8192`` gives ~20M (the benchmark's model).
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from pathlib import Path
+
+WORDS = ("the quick brown fox jumps over the lazy dog a cat sat on mat bird sang in tall tree "
+         "Question What is Answer Repeat Does this sentence make sense yes no true false "
+         "following are multiple choice questions with answers about").split()
+
+
+def corpus(n_lines: int = 400, seed: int = 0) -> list[str]:
+    """Lines in the style of the tasks' prompts: words, letters, sums, 'Question:' / 'Answer:'."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n_lines):
+        a, b = rng.randrange(100), rng.randrange(100)
+        letters = " ".join(rng.choice(string.ascii_lowercase) for _ in range(6))
+        words = " ".join(rng.choice(WORDS) for _ in range(8))
+        lines.append(f"Question: What is {a} + {b}?\nA. {a + b}\nB. {a + b + 1}\nAnswer: {rng.choice('ABCD')}\n\n"
+                     f"Repeat: {letters}\n{words}. #### {a + b}\n")
+    return lines
+
+
+def build_tokenizer(folder: Path, vocab_size: int = 512):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` with <s> (BOS, added by default) and </s>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus(), trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    fast.save_pretrained(folder)
+    return fast
+
+
+def build_tiny_llama(folder: str | Path, *, hidden: int = 64, layers: int = 2, heads: int = 2,
+                     vocab_size: int = 512, intermediate: int | None = None, max_positions: int = 1024,
+                     seed: int = 0, train_steps: int = 0, init_std: float = 0.02) -> Path:
+    """Save a seeded tiny Llama and its tokenizer (safetensors) in ``folder``; returns it."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(folder, vocab_size)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate or 2 * hidden,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+        max_position_embeddings=max_positions, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False, initializer_range=init_std,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    if train_steps:
+        _train(model, tok, train_steps, seed)
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def _train(model, tok, steps: int, seed: int) -> None:
+    """A few AdamW steps on the corpus so next-token predictions are peaked."""
+    import torch
+
+    torch.manual_seed(seed)
+    batch = tok(corpus()[:64], return_tensors="pt", padding="longest")
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    optim = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        optim.step()
+        optim.zero_grad()
+    model.eval()
+
+
+def n_params(folder: str | Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(Path(folder) / "model.safetensors"), "pt") as f:
+        for key in f.keys():
+            total += f.get_slice(key).get_shape().numel() if hasattr(f.get_slice(key).get_shape(), "numel") else _prod(f.get_slice(key).get_shape())
+    return total
+
+
+def _prod(shape) -> int:
+    out = 1
+    for s in shape:
+        out *= int(s)
+    return out

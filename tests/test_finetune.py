@@ -1,0 +1,186 @@
+"""The finetuning loop and the subset draws: properties, on a tiny Llama built from a config."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from emergence.errors import SpecError
+from harvest.subsets import draw_subset, geometric_levels, subset_indices
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.harvest
+
+
+# --------------------------------------------------------------------------- subsets
+
+
+def test_nested_subsets_are_contained_in_larger_ones():
+    for seed in (0, 1, 7):
+        small = set(subset_indices(200, 10, seed))
+        large = set(subset_indices(200, 50, seed))
+        assert len(small) == 10 and len(large) == 50
+        assert small <= large
+
+
+def test_independent_subsets_are_separate_draws():
+    # With independent draws a 10-subset of a 200-pool lies inside the 50-subset only by chance
+    # (probability C(50,10)/C(200,10) ~ 1e-7 per seed): five seeds all nested would be a bug.
+    nested = [set(subset_indices(200, 10, s, nested=False)) <= set(subset_indices(200, 50, s, nested=False))
+              for s in range(5)]
+    assert not any(nested)
+
+
+def test_subsets_are_deterministic_and_differ_by_seed():
+    pool = [f"ex{i}" for i in range(100)]
+    assert draw_subset(pool, 20, 3) == draw_subset(pool, 20, 3)
+    assert draw_subset(pool, 20, 3) != draw_subset(pool, 20, 4)
+    # A fixed value pins the hash so a change of algorithm cannot pass silently.
+    assert subset_indices(10, 3, 0) == sorted(subset_indices(10, 3, 0))
+    assert len(set(subset_indices(100, 100, 5))) == 100
+
+
+def test_subset_draws_are_roughly_uniform():
+    # Each index of a 20-pool should be drawn with probability 5/20 over seeds; 400 seeds give
+    # 100 expected hits per index, sd ~8.7: all within 100 +- 45 (over 5 sd) unless biased.
+    counts = [0] * 20
+    for seed in range(400):
+        for i in subset_indices(20, 5, seed):
+            counts[i] += 1
+    assert all(55 <= c <= 145 for c in counts), counts
+
+
+def test_subset_larger_than_pool_is_refused():
+    with pytest.raises(SpecError, match="larger than the train split"):
+        subset_indices(10, 11, 0)
+
+
+def test_geometric_levels_end_at_the_full_split():
+    assert geometric_levels(1000, 10, 3) == [10, 100, 1000]
+    assert geometric_levels(1000, 10, 3, maximum=100) == [10, 32, 100]
+    assert geometric_levels(5, 4, 4) == [4, 5]  # narrow range: duplicates dropped
+    with pytest.raises(SpecError, match="min=0"):
+        geometric_levels(100, 0, 3)
+
+
+# --------------------------------------------------------------------------- finetuning
+
+from harvest.finetune import (  # noqa: E402
+    Recipe, batch_order, collate, encode_examples, finetune, save_finetuned, steps_for,
+)
+
+
+def tiny_tokenizer():
+    """Character-level tokenizer (printable ASCII), no download."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [chr(i) for i in range(32, 127)] + ["\n"]
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def tiny_model(seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.2)
+    return LlamaForCausalLM(config).eval()
+
+
+EXAMPLES = [(f"{a}+{b}=", str((a + b) % 10)) for a in range(10) for b in range(10)]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    torch.set_num_threads(1)
+
+
+def target_loss(model, tok, examples):
+    data = encode_examples(tok, examples, 64)
+    with torch.no_grad():
+        return float(model(**collate(data, 0)).loss)
+
+
+def test_steps_rule_trains_small_and_large_subsets_sensibly():
+    r = Recipe()  # batch 32, 4 epochs, min 30, max 2000
+    assert steps_for(r, 4) == 30  # tiny subset: min_steps, not 1
+    assert steps_for(r, 320) == 40  # 4 epochs of 10 steps
+    assert steps_for(r, 1_000_000) == math.ceil(1_000_000 / 32)  # capped, but still one full epoch
+    assert steps_for(Recipe(max_steps=100), 3200) == 100
+    assert steps_for(Recipe(steps=7), 4) == 7
+
+
+def test_loss_is_on_target_tokens_only_and_truncation_keeps_the_target():
+    tok = tiny_tokenizer()
+    (enc,) = encode_examples(tok, [("abcdef", "XY")], max_length=4)
+    assert len(enc.ids) == 4 and enc.target_start == 2  # "efXY": prompt cut from the left
+    batch = collate([enc, *encode_examples(tok, [("a", "Z")], 64)], pad_id=0)
+    assert batch["labels"].tolist() == [[-100, -100] + list(enc.ids[2:]), [-100, tok("Z")["input_ids"][0], -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+
+
+def test_recipe_rejects_unknown_keys_and_bad_values():
+    with pytest.raises(SpecError, match="unknown key 'learning_rate'"):
+        Recipe.from_dict({"learning_rate": 1e-3})
+    with pytest.raises(SpecError, match="'method' must be one of"):
+        Recipe.from_dict({"method": "prefix"})
+    assert Recipe.from_dict({"target_modules": ["q_proj"]}).target_modules == ("q_proj",)
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_finetuning_lowers_target_loss_and_counts_flops(method):
+    tok = tiny_tokenizer()
+    model = tiny_model()
+    recipe = Recipe(method=method, lr=1e-2 if method == "lora" else 1e-3, steps=40, batch_size=16)
+    before = target_loss(model, tok, EXAMPLES[:32])
+    result = finetune(model, tok, EXAMPLES[:32], recipe, seed=0)
+    after = target_loss(result.model, tok, EXAMPLES[:32])
+    assert after < before - 0.5, (before, after)
+    # Tokens: recomputed independently from the batch order and the encoded lengths.
+    data = encode_examples(tok, EXAMPLES[:32], recipe.max_length)
+    expected = sum(len(data[i].ids) for b in batch_order(32, 16, 40, 0) for i in b)
+    assert result.tokens == expected
+    assert result.target_tokens == 40 * 16  # one answer character per example
+    assert result.flops == 6.0 * result.params * result.tokens
+    if method == "lora":
+        assert 0 < result.trainable_params < result.params / 4
+    else:
+        assert result.trainable_params == result.params
+
+
+def test_lora_leaves_base_weights_untouched():
+    tok, model = tiny_tokenizer(), tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = finetune(model, tok, EXAMPLES[:16], Recipe(lr=1e-2, steps=5), seed=0)
+    base = result.model.get_base_model().state_dict()
+    for name, value in before.items():
+        peft_name = name.replace(".weight", ".base_layer.weight")
+        tensor = base.get(name, base.get(peft_name))
+        assert torch.equal(tensor, value), name
+
+
+def test_finetuning_is_deterministic_given_the_seed():
+    tok = tiny_tokenizer()
+    runs = [finetune(tiny_model(), tok, EXAMPLES[:20], Recipe(steps=8, batch_size=4), seed=s).losses
+            for s in (0, 0, 1)]
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+
+
+def test_saved_adapter_is_safetensors_and_reloads_to_the_same_logits(tmp_path):
+    from peft import PeftModel
+
+    tok = tiny_tokenizer()
+    result = finetune(tiny_model(), tok, EXAMPLES[:16], Recipe(lr=1e-2, steps=5), seed=0)
+    folder = save_finetuned(result, tok, tmp_path / "adapter")
+    names = {p.name for p in folder.iterdir()}
+    assert "adapter_model.safetensors" in names and not any(n.endswith(".bin") for n in names)
+    reloaded = PeftModel.from_pretrained(tiny_model(), folder).eval()
+    batch = collate(encode_examples(tok, EXAMPLES[:4], 64), 0)
+    with torch.no_grad():
+        assert torch.allclose(reloaded(**batch).logits, result.model(**batch).logits, atol=1e-6)

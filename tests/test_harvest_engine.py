@@ -1,0 +1,167 @@
+"""The Hugging Face engine against direct transformers computations on a tiny local Llama."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+
+pytest.importorskip("torch")
+pytestmark = pytest.mark.harvest
+
+import torch  # noqa: E402
+
+from emergence.errors import CheckpointError  # noqa: E402
+from harvest.engines.base import ChoiceRequest, GenerateRequest, ModelRef  # noqa: E402
+from harvest.engines.hf import HFEngine, encode_pair  # noqa: E402
+from harvest.loss import measure_loss  # noqa: E402
+from harvest.testing import build_tiny_llama  # noqa: E402
+
+TOL = 1e-4  # nats: float32 rounding of differently batched matmuls
+
+REQUESTS = [
+    ChoiceRequest("Question: What is 3 + 4?\nAnswer:", (" 7", " 8", " 12 apples", " seventy")),
+    ChoiceRequest("Repeat: a b c", (" a b c", " a c b")),
+    ChoiceRequest("the cat sat on the ", ("mat", "dog jumps over")),  # trailing space moves
+    ChoiceRequest("x", (" y", " zz top")),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.set_num_threads(1)
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny"), init_std=0.1, max_positions=128)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny):
+    return HFEngine(ModelRef(str(tiny)), batch_size=3)
+
+
+def direct_logprob(model, tok, context: str, continuation: str) -> float:
+    """lm-eval's computation: one forward of context + continuation, no sharing, no batching."""
+    ctx, cont = encode_pair(tok, context, continuation)
+    with torch.no_grad():
+        logits = model(torch.tensor([ctx + cont])[:, :-1]).logits[0].float()
+    lp = torch.log_softmax(logits, -1)
+    return sum(float(lp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
+
+
+def test_shared_prefix_scores_equal_one_forward_per_choice(engine):
+    scores = engine.score_choices(REQUESTS)
+    for req, score in zip(REQUESTS, scores):
+        for cont, lp, n in zip(req.continuations, score.logprobs, score.n_tokens):
+            assert lp == pytest.approx(direct_logprob(engine.model, engine.tok, req.context, cont), abs=TOL)
+            assert n == len(encode_pair(engine.tok, req.context, cont)[1])
+
+
+def test_batch_size_does_not_change_scores(tiny, engine):
+    one = HFEngine(ModelRef(str(tiny)), batch_size=1).score_choices(REQUESTS)
+    for a, b in zip(one, engine.score_choices(REQUESTS)):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=TOL)
+
+
+def test_long_context_is_cut_on_the_left(tiny):
+    eng = HFEngine(ModelRef(str(tiny)), max_length=24)
+    req = ChoiceRequest("the cat sat on the mat. " * 20 + "Answer:", (" A", " B b b"))
+    score = eng.score_choices([req])[0]
+    for cont, lp in zip(req.continuations, score.logprobs):
+        ctx, ids = encode_pair(eng.tok, req.context, cont)
+        longest = max(len(encode_pair(eng.tok, req.context, c)[1]) for c in req.continuations)
+        ctx = ctx[len(ctx) + longest - 1 - 24:]
+        with torch.no_grad():
+            lg = torch.log_softmax(eng.model(torch.tensor([ctx + ids])[:, :-1]).logits[0].float(), -1)
+        assert lp == pytest.approx(sum(float(lg[len(ctx) - 1 + i, t]) for i, t in enumerate(ids)), abs=TOL)
+
+
+def test_greedy_generation_with_stop_strings(engine):
+    prompt = "Question: What is 3 + 4?\nAnswer:"
+    ids = engine.tok.encode(prompt)
+    with torch.no_grad():
+        for _ in range(12):  # hand-rolled greedy decoding
+            ids.append(int(engine.model(torch.tensor([ids])).logits[0, -1].argmax()))
+    full = engine.tok.decode(ids[len(engine.tok.encode(prompt)):], skip_special_tokens=True)
+    got = engine.generate([GenerateRequest(prompt, 12), GenerateRequest("Repeat:", 5)])
+    assert got[0] == full
+    stop = full[3:5]
+    cut = engine.generate([GenerateRequest(prompt, 12, (stop,))])[0]
+    assert cut == full[: full.find(stop)]
+
+
+def test_pretraining_loss_matches_a_direct_computation(engine):
+    text = "the quick brown fox jumps over the lazy dog. " * 3
+    ids = engine.tok.encode(text)
+    assert len(ids) <= 128
+    with torch.no_grad():
+        mean = float(engine.model(torch.tensor([ids]), labels=torch.tensor([ids])).loss)
+    m = measure_loss(engine, [text], window=128)
+    assert m.n_tokens == len(ids) - 1
+    assert m.pretrain_loss == pytest.approx(mean, abs=1e-5)
+    assert m.bits_per_byte == pytest.approx(mean * (len(ids) - 1) / (math.log(2) * len(text.encode())), rel=1e-6)
+
+
+def test_windows_are_consecutive_and_each_predicts_all_but_its_first(engine):
+    texts = ["the cat sat on the mat. " * 6, "a bird sang"]
+    nll, n = engine.token_nll(texts, max_length=16)
+    want, count = 0.0, 0
+    for text in texts:
+        ids = engine.tok.encode(text)
+        for start in range(0, len(ids), 16):
+            w = torch.tensor([ids[start:start + 16]])
+            if w.shape[1] < 2:
+                continue
+            with torch.no_grad():
+                want += float(engine.model(w, labels=w).loss) * (w.shape[1] - 1)
+            count += w.shape[1] - 1
+    assert n == count and nll == pytest.approx(want, rel=1e-5)
+
+
+def test_lora_adapter_equals_the_merged_weights(tiny, engine, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny)
+    torch.manual_seed(1)
+    peft = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                           init_lora_weights=False))
+    peft.save_pretrained(tmp_path / "adapter")
+    merged = peft.merge_and_unload()
+    merged.save_pretrained(tmp_path / "merged")
+    engine.tok.save_pretrained(tmp_path / "merged")
+    with_adapter = engine.score_choices(REQUESTS, adapter=str(tmp_path / "adapter"))
+    plain = HFEngine(ModelRef(str(tmp_path / "merged"))).score_choices(REQUESTS)
+    base_again = engine.score_choices(REQUESTS)  # adapter off again
+    for a, m, b, d in zip(with_adapter, plain, base_again, engine.score_choices(REQUESTS, adapter=None)):
+        assert a.logprobs == pytest.approx(m.logprobs, abs=TOL)
+        assert b.logprobs == d.logprobs and a.logprobs != pytest.approx(b.logprobs, abs=1e-3)
+
+
+def test_local_folder_loads_through_from_pretrained_with_revision_none(tiny):
+    eng = HFEngine(ModelRef(str(tiny), revision=None))
+    assert eng.model.config.model_type == "llama" and eng.version().startswith("hf transformers=")
+
+
+@pytest.mark.parametrize("ref, message", [
+    (ModelRef("/nonexistent/model/folder"), "folder not found"),
+    (ModelRef("nobody-here/no-such-model", revision="step1"), "cannot load"),
+])
+def test_unloadable_checkpoint_is_a_quick_one_line_error(monkeypatch, ref, message):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError) as info:
+        HFEngine(ref)
+    assert message in str(info.value) and "\n" not in str(info.value) and ref.path in str(info.value)
+    assert time.perf_counter() - t0 < 20
+
+
+def test_pickle_only_checkpoint_is_refused(tiny, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_text((tiny / name).read_text())
+    torch.save(AutoModelForCausalLM.from_pretrained(tiny).state_dict(), folder / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="cannot load .*safetensors"):
+        HFEngine(ModelRef(str(folder)))

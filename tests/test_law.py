@@ -1,0 +1,91 @@
+"""The emergence law (fitting.law) and its analytic Jacobian (fitting.fit.performance_jacobian)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fitting import law
+from fitting.fit import binomial_terms, performance_jacobian
+
+RNG = np.random.default_rng(0)
+LOSS = np.linspace(2.2, 3.3, 9).repeat(3)
+N_TRAIN = np.tile([0, 16, 1024], 9)
+FEW = N_TRAIN == 0
+
+
+def _theta(spec: law.LawSpec) -> np.ndarray:
+    values = dict(A=0.9, B=0.25, k=0.06, alpha=1.1, C=2.5, delta=0.02, U=0.95)
+    return np.array([values[n] for n in spec.param_names])
+
+
+@pytest.mark.parametrize("form", list(law.LAW_FORMS))
+def test_jacobian_matches_performance_and_finite_differences(form):
+    spec = law.LAW_FORMS[form]
+    theta = _theta(spec)
+    perf, jac = performance_jacobian(spec, theta, LOSS, N_TRAIN, FEW)
+    np.testing.assert_allclose(perf[0], law.performance(spec, theta, LOSS, N_TRAIN, FEW), rtol=1e-12)
+    for i in range(len(theta)):
+        h = 1e-6 * max(abs(theta[i]), 1.0)
+        up, down = theta.copy(), theta.copy()
+        up[i] += h
+        down[i] -= h
+        fd = (law.performance(spec, up, LOSS, N_TRAIN, FEW) - law.performance(spec, down, LOSS, N_TRAIN, FEW)) / (2 * h)
+        np.testing.assert_allclose(jac[0, :, i], fd, atol=1e-5, err_msg=spec.param_names[i])
+
+
+def test_batched_parameters_broadcast():
+    spec = law.LawSpec()
+    theta = np.stack([_theta(spec), _theta(spec) + 0.01])
+    out = law.performance(spec, theta, LOSS, N_TRAIN, FEW)
+    assert out.shape == (2, len(LOSS))
+    np.testing.assert_allclose(out[1], law.performance(spec, theta[1], LOSS, N_TRAIN, FEW))
+
+
+def test_prediction_is_few_shot_elbow():
+    spec = law.LawSpec()
+    theta = _theta(spec)
+    e = law.emergence_loss(spec, theta)
+    assert e == pytest.approx(2.5)  # log D0 = 0 at D0 = 1, so E(D0) = C
+    few = law.performance(spec, theta, np.array([e + 0.1, e - 0.1]), np.zeros(2), np.ones(2, bool))
+    assert few[0] == pytest.approx(0.25 + 0.02)  # at base + delta before the elbow
+    assert few[1] == pytest.approx(0.27 + 0.09)  # slope A past it
+
+
+def test_more_data_moves_the_elbow_to_higher_loss():
+    e = law.elbow(np.array([16, 64, 256, 1024]), k=0.06, alpha=1.0, C=2.5)
+    assert np.all(np.diff(e) > 0)
+
+
+def test_softplus_tends_to_relu_and_ceiling_keeps_slope():
+    x = np.linspace(-0.5, 0.5, 11)
+    np.testing.assert_allclose(law.hinge(x, "softplus", 1e-4), law.hinge(x), atol=1e-3)
+    spec = law.LawSpec(ceiling=True)
+    theta = _theta(spec)
+    loss = np.array([2.5 - 1e-4, 2.5 - 2e-4])
+    p = law.performance(spec, theta, loss, np.zeros(2), np.ones(2, bool))
+    assert (p[1] - p[0]) / 1e-4 == pytest.approx(0.9, rel=1e-3)
+    far = law.performance(spec, theta, np.array([-50.0]), np.zeros(1), np.ones(1, bool))
+    assert far[0] <= 0.95 + 1e-9  # never past the ceiling U
+
+
+def test_lawspec_refuses_bad_values():
+    with pytest.raises(ValueError):
+        law.LawSpec(elbow="cubic")
+    with pytest.raises(ValueError):
+        law.LawSpec(d0=0.5)
+    with pytest.raises(ValueError):
+        law.LawSpec(temperature=0)
+
+
+def test_binomial_terms_gradient_and_no_reward_outside_unit_interval():
+    y, n = np.array([0.0, 30.0, 100.0]), np.array([100.0, 100.0, 100.0])
+    p = np.array([0.05, 0.3, 0.97])
+    nll, score, _ = binomial_terms(p, y, n)
+    fd = (binomial_terms(p + 1e-7, y, n)[0] - binomial_terms(p - 1e-7, y, n)[0]) / 2e-7
+    np.testing.assert_allclose(score, fd, rtol=1e-5)
+    # an impossible probability never scores better than the valid boundary
+    assert binomial_terms(np.array([-0.2]), np.array([0.0]), np.array([100.0]))[0] > \
+        binomial_terms(np.array([0.0]), np.array([0.0]), np.array([100.0]))[0]
+    assert binomial_terms(np.array([1.2]), np.array([100.0]), np.array([100.0]))[0] > \
+        binomial_terms(np.array([1.0]), np.array([100.0]), np.array([100.0]))[0]

@@ -1,0 +1,271 @@
+"""The finetuning sweep end to end on CPU: a tiny Llama at three checkpoints, three data levels,
+two subset seeds, one synthetic task (18 cells). Local, Ray and two merged shards must give the
+same tables; a SIGKILLed sweep must resume without duplicates.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from emergence.errors import SpecError
+
+torch = pytest.importorskip("torch")
+pytestmark = [pytest.mark.harvest, pytest.mark.filterwarnings("ignore::FutureWarning")]
+
+STEPS = (0, 4, 12)  # pretraining steps of the three checkpoints
+LEVELS, SEEDS = (4, 12, 32), (0, 1)
+N_CELLS = len(STEPS) * len(LEVELS) * len(SEEDS)
+
+SWEEP_TABLE = """
+[sweep]
+n_train = [4, 12, 32]
+subset_seeds = [0, 1]
+{extra}
+[sweep.recipe]
+lr = 1e-2
+batch_size = 8
+epochs = 1
+min_steps = 4
+max_steps = 8
+"""
+
+
+def build_sweep_spec(folder: Path, extra: str = "", name: str = "spec.toml") -> Path:
+    """Three tiny checkpoints (0, 4, 12 training steps), held-out text, and the sweep spec."""
+    from harvest.testing import build_tiny_llama, corpus
+
+    for i, steps in enumerate(STEPS):
+        if not (folder / f"ckpt{i}" / "model.safetensors").is_file():
+            build_tiny_llama(folder / f"ckpt{i}", seed=0, train_steps=steps)
+    (folder / "heldout.txt").write_text("".join(corpus(40, seed=1)))
+    checkpoints = "".join(
+        f'[[checkpoints]]\nname = "step{s}"\npath = "ckpt{i}"\nfamily = "tiny"\nparams = 150000\n'
+        f"tokens = {1000 * (s + 1)}\n\n" for i, s in enumerate(STEPS))
+    spec = (
+        '[engine]\nname = "hf"\nbatch_size = 16\n\n[held_out]\npath = "heldout.txt"\nwindow = 64\n\n'
+        + checkpoints
+        + '[[tasks]]\ntask = "synthetic_arithmetic"\nshots = 2\noptions = { n_train = 48, n_test = 16 }\n'
+        + SWEEP_TABLE.format(extra=extra)
+    )
+    (folder / name).write_text(spec)
+    return folder / name
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def spec_path(tmp_path_factory) -> Path:
+    return build_sweep_spec(tmp_path_factory.mktemp("sweep"))
+
+
+@pytest.fixture(scope="module")
+def local_out(spec_path) -> Path:
+    from harvest.sweep import run_sweep
+
+    out = spec_path.parent / "local"
+    report = run_sweep(spec_path, out, show_progress=False)
+    assert (report.computed, report.skipped, report.failed, report.missing) == (N_CELLS, 0, [], [])
+    return out
+
+
+def tables(folder: Path) -> dict[str, pl.DataFrame]:
+    from fitting.schema import load_results
+
+    r = load_results(folder, items=True)
+    return {"checkpoints": r.checkpoints.sort("checkpoint"),
+            "results": r.results.sort(["checkpoint", "setting", "n_train", "subset_seed"]),
+            "items": r.items.sort(["checkpoint", "setting", "n_train", "subset_seed", "item_id"])}
+
+
+def assert_same_tables(a: Path, b: Path) -> None:
+    ta, tb = tables(a), tables(b)
+    for name in ta:
+        cols = [c for c in ta[name].columns if c not in ("path",)]  # checkpoint paths are absolute
+        assert_frame_equal(ta[name].select(cols), tb[name].select(cols), check_exact=False, rel_tol=1e-5,
+                           abs_tol=1e-6)
+
+
+def finetune_parts(out: Path) -> list[Path]:
+    folder = out / "parts" / "finetune"
+    return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+
+
+# --------------------------------------------------------------------------- local
+
+
+def test_local_sweep_writes_one_finetune_row_per_cell_with_costs(local_out):
+    t = tables(local_out)
+    fine = t["results"].filter(pl.col("setting") == "finetune")
+    assert fine.height == N_CELLS and t["results"].filter(pl.col("setting") == "few_shot").height == len(STEPS)
+    assert sorted(set(fine["n_train"])) == list(LEVELS) and sorted(set(fine["subset_seed"])) == list(SEEDS)
+    assert (fine["n_items"] == 16).all() and fine["value"].is_between(0, 1).all()
+    assert (fine["finetune_flops"] > 0).all() and (fine["eval_flops"] > 0).all()
+    # Same tokens per step (4 steps, batch = min(8, n)): a level with a larger batch costs more.
+    per_level = fine.group_by("n_train").agg(pl.col("finetune_tokens").mean()).sort("n_train")["finetune_tokens"]
+    assert per_level[0] < per_level[1]
+    assert t["items"].filter(pl.col("setting") == "finetune").height == N_CELLS * 16
+    assert len(finetune_parts(local_out)) == N_CELLS
+    assert not any((local_out / "adapters").glob("*/adapter_model.safetensors"))  # deleted by default
+
+
+def test_finetuning_changes_the_scores(local_out):
+    # Two subsets of the same level train on different examples: their per-item log-probabilities
+    # must differ (a sweep that evaluated the base model for every cell would fail this).
+    items = tables(local_out)["items"].filter((pl.col("setting") == "finetune") & (pl.col("n_train") == 32))
+    by_seed = [items.filter((pl.col("checkpoint") == "step12") & (pl.col("subset_seed") == s))["choice_logprobs"]
+               for s in SEEDS]
+    assert by_seed[0].to_list() != by_seed[1].to_list()
+
+
+def test_rerun_resumes_everything_and_changes_nothing(spec_path, local_out):
+    from harvest.sweep import run_sweep
+
+    before = tables(local_out)
+    report = run_sweep(spec_path, local_out, show_progress=False)
+    assert (report.computed, report.skipped) == (0, N_CELLS)
+    for name, frame in tables(local_out).items():
+        assert_frame_equal(frame, before[name])
+
+
+# --------------------------------------------------------------------------- shards
+
+
+def test_two_shards_are_disjoint_and_merge_to_the_same_tables(spec_path, local_out):
+    from harvest.sweep import merge_sweep, run_sweep
+
+    root = spec_path.parent
+    reports = [run_sweep(spec_path, root / f"shard{i}", shard=(i, 2), keep_adapters=(i == 0), show_progress=False)
+               for i in range(2)]
+    assert sum(r.n_cells for r in reports) == N_CELLS and all(r.n_cells > 0 for r in reports)
+    names = [{p.name for p in finetune_parts(root / f"shard{i}")} for i in range(2)]
+    assert not names[0] & names[1] and len(names[0] | names[1]) == N_CELLS
+    kept = list((root / "shard0" / "adapters").glob("*/adapter_model.safetensors"))
+    assert len(kept) == reports[0].n_cells  # --keep-adapters
+    merged = merge_sweep(spec_path, root / "merged", [root / "shard0", root / "shard1"])
+    assert merged.missing == [] and merged.tables is not None
+    assert_same_tables(local_out, root / "merged")
+
+
+def test_merge_of_one_shard_says_what_is_missing(spec_path, tmp_path):
+    from harvest.executors import copy_parts
+    from harvest.sweep import merge_sweep
+
+    shard0 = spec_path.parent / "shard0"
+    if not shard0.is_dir():
+        pytest.skip("needs the shard test's output")
+    report = merge_sweep(spec_path, tmp_path / "partial", [shard0])
+    assert report.missing  # the other shard's units
+    assert copy_parts(shard0, tmp_path / "partial") == 0  # already there: nothing copied twice
+
+
+# --------------------------------------------------------------------------- ray
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.ray
+def test_ray_sweep_gives_the_same_tables(spec_path, local_out, ray_cluster):
+    from harvest.sweep import run_sweep
+
+    out = spec_path.parent / "ray"
+    report = run_sweep(spec_path, out, executor="ray", show_progress=False)
+    assert (report.computed, report.failed, report.missing) == (N_CELLS, [], [])
+    assert_same_tables(local_out, out)
+
+
+@pytest.mark.ray
+def test_ray_retries_a_failing_cell_then_records_its_error(spec_path, local_out, ray_cluster, tmp_path):
+    import json
+
+    from harvest.executors import copy_parts
+    from harvest.sweep import SweepError, check_report, run_sweep
+
+    # One cell whose recipe names a module the model does not have: fails on every attempt.
+    bad = build_sweep_spec(spec_path.parent, 'retries = 1\ncheckpoints = ["step0"]\n', "bad.toml")
+    text = bad.read_text().replace("n_train = [4, 12, 32]", "n_train = [4]").replace("[0, 1]", "[0]")
+    bad.write_text(text.replace("max_steps = 8", 'max_steps = 8\ntarget_modules = ["no_such_proj"]'))
+    copy_parts(local_out, tmp_path)  # the base units (loss, few-shot) are already measured
+    report = run_sweep(bad, tmp_path, executor="ray", show_progress=False)
+    assert report.computed == 0 and len(report.failed) == 1
+    assert report.failed[0]["attempts"] == 2 and "no_such_proj" in report.failed[0]["error"]
+    logged = json.loads((tmp_path / "sweep-ray.json").read_text())["runs"][-1]["failed"]
+    assert logged[0]["key"] == report.failed[0]["key"]
+    assert report.tables is not None  # the sweep went on to write what it has
+    with pytest.raises(SweepError, match="1 cell"):
+        check_report(report, tmp_path)
+
+
+# --------------------------------------------------------------------------- kill and resume
+
+
+def test_sigkill_in_the_middle_resumes_without_duplicates(spec_path, local_out):
+    from harvest.sweep import run_sweep
+
+    out = spec_path.parent / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "emergence", "harvest", "sweep", str(spec_path), "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 90
+    while len(finetune_parts(out)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(finetune_parts(out))
+    assert 2 <= done < N_CELLS, f"kill landed outside the sweep ({done} cells done)"
+    report = run_sweep(spec_path, out, show_progress=False)
+    assert report.skipped == done and report.computed == N_CELLS - done
+    assert len(finetune_parts(out)) == N_CELLS
+    assert_same_tables(local_out, out)  # duplicates would fail the contract's unique key
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_bad_sweep_tables_give_one_line_errors(spec_path, tmp_path):
+    from harvest.spec import load_spec
+    from harvest.sweep import parse_sweep, plan_sweep
+
+    def spec_with(extra: str = "", replace: tuple[str, str] = ("", "")):
+        path = tmp_path / "s.toml"
+        path.write_text(spec_path.read_text().replace(*replace) + extra)
+        return load_spec(path)
+
+    with pytest.raises(SpecError, match=r"sweep\.levels: unknown key"):
+        parse_sweep(spec_with(replace=("subset_seeds", "levels = 3\nsubset_seeds")))
+    with pytest.raises(SpecError, match=r"sweep\.recipe: unknown key 'learning_rate'"):
+        parse_sweep(spec_with(replace=("lr = 1e-2", "learning_rate = 1e-2")))
+    with pytest.raises(SpecError, match="larger than task 'synthetic_arithmetic'"):
+        plan_sweep(spec_with(replace=("[4, 12, 32]", "[4, 100]")), tmp_path / "o")
+    geometric = plan_sweep(spec_with(replace=("[4, 12, 32]", "{ min = 3, count = 3 }")), tmp_path / "o")
+    assert sorted({c.n_train for c in geometric.cells}) == [3, 12, 48]  # up to the full train split
+
+
+def test_cli_reports_a_missing_sweep_table_in_one_line(tmp_path):
+    spec = tmp_path / "nosweep.toml"
+    spec.write_text('[[checkpoints]]\nname = "a"\npath = "."\nfamily = "f"\nparams = 1\ntokens = 1\npretrain_loss = 3.0\n')
+    proc = subprocess.run([sys.executable, "-m", "emergence", "harvest", "sweep", str(spec), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "no [sweep] table" in proc.stderr and "Traceback" not in proc.stderr
+    bad_shard = subprocess.run([sys.executable, "-m", "emergence", "harvest", "sweep", str(spec), "--out",
+                                str(tmp_path / "o"), "--shard", "2/2"], capture_output=True, text=True)
+    assert bad_shard.returncode == 2 and "Traceback" not in bad_shard.stderr

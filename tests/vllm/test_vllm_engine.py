@@ -1,0 +1,242 @@
+"""The vLLM engine against plain transformers and the HF engine, on a tiny trained Llama.
+
+Per-choice log-probabilities must agree within ``TOL`` nats and every prediction must be
+identical; a LoRA adapter scored through vLLM must match the same adapter merged into the
+weights (``merge_and_unload``) and scored by transformers, and must move the scores away from
+the base (else a silently ignored adapter would pass); greedy generation must equal
+transformers' greedy output and stop where asked.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("vllm", reason="vLLM tests run in the vLLM venv (scripts/ci_vllm.sh)")
+torch = pytest.importorskip("torch")
+
+from emergence.errors import CheckpointError, SpecError  # noqa: E402
+from harvest.engines.base import ChoiceRequest, GenerateRequest, ModelRef  # noqa: E402
+
+import tiny_models as tiny  # noqa: E402  (pytest puts tests/vllm on sys.path)
+
+pytestmark = pytest.mark.vllm
+
+TOL = 2e-4  # nats per choice (summed over its tokens), float32 on both sides; measured ~1e-5
+MAX_LENGTH = 256  # the tiny model's max_position_embeddings: the long item below is cut
+
+REQUESTS = [
+    ChoiceRequest("Question: what colour is the sky? Answer:", (" blue", " water", " five", " green tree")),
+    ChoiceRequest("the quick brown ", ("fox", "dog jumps", "cat")),  # trailing space moves to the choice
+    ChoiceRequest("yes no true false A B C D", (" the", " A", " what", " is")),  # one token each: one prompt
+    ChoiceRequest("Question: what do cows drink? Answer:", (" water", " blue.", " the lazy dog.")),
+    ChoiceRequest("the cat sat on the mat. " * 40 + "Question: what do cows drink? Answer:",
+                  (" water", " five", " a bird sang")),  # ~400 tokens: the context is cut on the left
+    ChoiceRequest("a bird sang in the", (" tall tree.", " mat.")),
+]
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    """Base checkpoint, two LoRA adapters, and the first adapter merged into the weights."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("tiny")
+    base = tiny.build_model(root / "base")
+    adapters = [tiny.build_lora(base, root / f"lora{k}", seed=k) for k in (1, 2)]
+    merged = [tiny.merge_lora(base, a, root / f"merged{k}") for k, a in zip((1, 2), adapters)]
+    return {"base": base, "adapters": adapters, "merged": merged}
+
+
+@pytest.fixture(scope="session")
+def engine(models):
+    from harvest.engines.vllm_engine import VLLMEngine
+
+    # max_loras=1: the two adapters must swap in and out of the single GPU slot between calls.
+    eng = VLLMEngine(ModelRef(str(models["base"])), max_loras=1, max_lora_rank=8,
+                     gpu_memory_utilization=0.1, enforce_eager=True)
+    yield eng
+    eng.close()
+
+
+# ---------------------------------------------------------------------- reference: plain transformers
+
+
+def lm_eval_split(tok, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    n = len(context) - len(context.rstrip())
+    if n:
+        context, continuation = context[:-n], context[-n:] + continuation
+    whole, ctx = tok.encode(context + continuation), tok.encode(context)
+    return ctx, whole[len(ctx):]
+
+
+def reference_scores(folder, requests, max_length=MAX_LENGTH) -> list[list[float]]:
+    """One forward per choice over ``ctx + cont[:-1]`` (context cut as in base.py)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    out = []
+    for req in requests:
+        pairs = [lm_eval_split(tok, req.context, c) for c in req.continuations]
+        longest = max(len(c) for _, c in pairs)
+        cut = max(0, len(pairs[0][0]) + longest - 1 - max_length)
+        row = []
+        for ctx, cont in pairs:
+            seq = ctx[cut:] + cont
+            with torch.no_grad():
+                logits = model(torch.tensor([seq[:-1]])).logits[0].float()  # [T, V]
+            logp = torch.log_softmax(logits, -1)[len(seq) - 1 - len(cont):]  # rows predicting cont
+            row.append(float(logp[torch.arange(len(cont)), torch.tensor(cont)].sum()))
+        out.append(row)
+    return out
+
+
+def reference_generate(folder, prompt: str, max_new_tokens: int, stop: tuple[str, ...]) -> str:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    ids = torch.tensor([tok.encode(prompt)])
+    with torch.no_grad():
+        gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=tok.eos_token_id)
+    text = tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True)
+    cuts = [text.find(s) for s in stop if s in text]
+    return text[:min(cuts)] if cuts else text
+
+
+def assert_same_scores(got, want, tol=TOL):
+    for g, w in zip(got, want, strict=True):
+        assert len(g.logprobs) == len(w)
+        assert max(abs(a - b) for a, b in zip(g.logprobs, w)) < tol, (g.logprobs, w)
+        assert g.logprobs.index(max(g.logprobs)) == w.index(max(w))  # same prediction
+
+
+def hf_engine(folder):
+    """The project's HF engine when it exists (it is written in parallel with this one)."""
+    hf = pytest.importorskip("harvest.engines.hf", reason="harvest/engines/hf.py not written yet")
+    return hf.HFEngine(ModelRef(str(folder)), max_length=MAX_LENGTH)
+
+
+# ---------------------------------------------------------------------- scoring
+
+
+def test_base_scores_match_transformers(engine, models):
+    got = engine.score_choices(REQUESTS)
+    assert_same_scores(got, reference_scores(models["base"], REQUESTS))
+    assert [len(s.n_tokens) for s in got] == [len(r.continuations) for r in REQUESTS]
+    assert got[1].n_tokens[1] > 1 and all(n == 1 for n in got[2].n_tokens)  # both paths exercised
+
+
+def test_base_scores_match_hf_engine(engine, models):
+    hf = hf_engine(models["base"])
+    want = hf.score_choices(REQUESTS)
+    got = engine.score_choices(REQUESTS)
+    assert_same_scores(got, [list(s.logprobs) for s in want])
+    assert [s.n_tokens for s in got] == [s.n_tokens for s in want]
+
+
+def test_lora_scores_match_merged_weights(engine, models):
+    base = engine.score_choices(REQUESTS)
+    for adapter, merged in zip(models["adapters"], models["merged"]):
+        got = engine.score_choices(REQUESTS, adapter=str(adapter))
+        assert_same_scores(got, reference_scores(merged, REQUESTS))
+        moved = max(abs(a - b) for g, b0 in zip(got, base) for a, b in zip(g.logprobs, b0.logprobs))
+        assert moved > 0.5, "the adapter did not change the scores: vLLM ignored it"
+
+
+def test_adapters_interleaved_with_base_keep_their_numbers(engine, models):
+    """A, B, base, A again with one LoRA slot: swapping must not leak weights between calls."""
+    a, b = (str(p) for p in models["adapters"])
+    first = engine.score_choices(REQUESTS, adapter=a)
+    engine.score_choices(REQUESTS, adapter=b)
+    base = engine.score_choices(REQUESTS)
+    again = engine.score_choices(REQUESTS, adapter=a)
+    assert [s.logprobs for s in again] == [s.logprobs for s in first]
+    assert_same_scores(base, reference_scores(models["base"], REQUESTS))
+
+
+def test_lora_scores_match_hf_engine_with_adapter(engine, models):
+    hf = hf_engine(models["base"])
+    adapter = str(models["adapters"][0])
+    want = hf.score_choices(REQUESTS, adapter=adapter)
+    assert_same_scores(engine.score_choices(REQUESTS, adapter=adapter), [list(s.logprobs) for s in want])
+
+
+# ---------------------------------------------------------------------- generation and loss
+
+PROMPTS = [
+    GenerateRequest("Question: what colour is the sky? Answer:", max_new_tokens=24),
+    GenerateRequest("the quick brown", max_new_tokens=24, stop=(".",)),
+    GenerateRequest("Question: what do cows drink? Answer:", max_new_tokens=24, stop=("\n", "Question")),
+]
+
+
+def test_greedy_generation_matches_transformers(engine, models):
+    got = engine.generate(PROMPTS)
+    want = [reference_generate(models["base"], p.prompt, p.max_new_tokens, p.stop) for p in PROMPTS]
+    assert got == want
+    assert got[1] and "." not in got[1] and "Question" not in got[2]
+    unstopped = engine.generate([GenerateRequest(p.prompt, p.max_new_tokens) for p in PROMPTS[1:]])
+    assert "." in unstopped[0] and got[1] == unstopped[0][:unstopped[0].index(".")]  # cut, not changed
+
+
+def test_generation_with_adapter_matches_merged(engine, models):
+    adapter, merged = str(models["adapters"][0]), models["merged"][0]
+    want = [reference_generate(merged, p.prompt, p.max_new_tokens, p.stop) for p in PROMPTS]
+    assert engine.generate(PROMPTS, adapter=adapter) == want
+
+
+def test_token_nll_matches_transformers(engine, models):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    texts = ["the quick brown fox jumps over the lazy dog. " * 12, "a bird sang in the tall tree.", "A"]
+    nll, count = engine.token_nll(texts, max_length=64)
+    tok = AutoTokenizer.from_pretrained(models["base"])
+    model = AutoModelForCausalLM.from_pretrained(models["base"], dtype=torch.float32).eval()
+    want, n = 0.0, 0
+    for text in texts:
+        ids = tok.encode(text)
+        for start in range(0, len(ids), 64):
+            window = torch.tensor([ids[start:start + 64]])
+            if window.shape[1] > 1:
+                with torch.no_grad():
+                    want += float(model(window, labels=window).loss) * (window.shape[1] - 1)
+                n += window.shape[1] - 1
+    assert count == n and count > 64  # several windows, the last partial
+    assert abs(nll - want) < TOL * count
+
+
+# ---------------------------------------------------------------------- refusals
+
+
+def test_adapter_without_safetensors_is_refused(engine, tmp_path):
+    (tmp_path / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8, "target_modules": ["q_proj"]}')
+    (tmp_path / "adapter_model.bin").write_bytes(b"pickle")
+    with pytest.raises(CheckpointError, match="safetensors only"):
+        engine.score_choices(REQUESTS[:1], adapter=str(tmp_path))
+
+
+def test_adapter_on_lm_head_or_too_large_rank_is_refused(engine, models, tmp_path):
+    import json
+    import shutil
+
+    for name, change, message in (("head", {"target_modules": ["q_proj", "lm_head"]}, "lm_head"),
+                                  ("rank", {"r": 32}, "max_lora_rank")):
+        folder = tmp_path / name
+        shutil.copytree(models["adapters"][0], folder)
+        config = json.loads((folder / "adapter_config.json").read_text())
+        (folder / "adapter_config.json").write_text(json.dumps({**config, **change}))
+        with pytest.raises(CheckpointError, match=message):
+            engine.score_choices(REQUESTS[:1], adapter=str(folder))
+
+
+def test_continuation_longer_than_max_length_is_refused(engine):
+    with pytest.raises(SpecError, match="does not fit"):
+        engine.score_choices([ChoiceRequest("Question:", (" the cat sat on the mat." * 80,))])
+
+
+def test_missing_checkpoint_is_one_line_error(tmp_path):
+    from harvest.engines.vllm_engine import VLLMEngine
+
+    with pytest.raises(CheckpointError, match="not found"):
+        VLLMEngine(ModelRef(str(tmp_path / "nothing")))
