@@ -33,7 +33,9 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except EmergenceError as err:
-        _stderr.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        from rich.markup import escape  # messages quote TOML tables like [sweep]: not markup
+
+        _stderr.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
     except typer.Exit as exit_:
         sys.exit(exit_.exit_code)

@@ -33,7 +33,7 @@ def fit_command(
     n_boot: Annotated[int, typer.Option("--n-boot", help="bootstrap resamples per task (0: none)")] = 1000,
     seed: Annotated[int, typer.Option(help="seed of the multi-start points and the bootstrap")] = 0,
     method: Annotated[str, typer.Option(help="mle (maximum likelihood + bootstrap) or bayes")] = "mle",
-    items: Annotated[str, typer.Option(help="bootstrap item redraw: observed, fitted or none")] = "observed",
+    items: Annotated[str, typer.Option(help="bootstrap item redraw: fitted (default), observed or none")] = "fitted",
     metric: Annotated[Optional[str], typer.Option(help="metric to fit (default accuracy)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON list on stdout")] = False,
 ) -> None:

@@ -76,6 +76,7 @@ def task_fit_figure(
     chance: float | None = None,
     ground_truth: float | None = None,
     prediction: Sequence[float] | None = None,  # (mle, p05, p95) in nats
+    truth_curve: tuple[np.ndarray, np.ndarray] | None = None,  # (grid, accuracy) of the ground-truth hinge
     subtitle: str = "",
 ) -> Figure:
     """Accuracy vs pretraining loss (lower loss = better model, so the x axis is reversed)."""
@@ -89,6 +90,8 @@ def task_fit_figure(
         _scatter(ax, curve, FEW_SHOT_COLOR)
         ax.plot(curve.grid, curve.fitted, color=FEW_SHOT_COLOR, lw=2.0, ls="-",
                 label=f"{curve.label} (extrapolated)")
+    if truth_curve is not None:
+        ax.plot(*truth_curve, color=TRUTH_COLOR, lw=1.0, ls="-.", label="ground-truth hinge (all ckpts)")
     if chance is not None:
         ax.axhline(chance, color="grey", lw=0.8, ls=":", label=f"chance {chance:g}")
     _elbow_lines(ax, ground_truth, prediction)
@@ -139,6 +142,7 @@ def backtest_figure(
     if post_emergence_flops is not None:
         ax.axvline(post_emergence_flops, color="grey", ls="--", lw=1,
                    label="earliest post-emergence checkpoint")
+    _clip_outliers(ax, x, y, ok, tolerance if ground_truth is not None else None)
     ax.set_xscale("log")
     ax.set_xlabel("cutoff: FLOPs of the most expensive checkpoint kept")
     ax.set_ylabel("prediction − ground truth (nats)" if ground_truth is not None
@@ -149,6 +153,32 @@ def backtest_figure(
     ax.legend(fontsize=7, frameon=False, loc="best")
     fig.tight_layout()
     return fig
+
+
+def _clip_outliers(ax, x, y, ok, tolerance: float | None) -> None:
+    """Keep the y axis on the informative range (about ±1 nat of the truth, at least 3x the
+    tolerance); predictions beyond it are drawn as triangles on the edge with their value."""
+    if tolerance is None or not ok.any():
+        return
+    core = np.abs(y[ok])
+    limit = max(3 * tolerance, min(1.0, 1.3 * float(np.max(core))))
+    ax.set_ylim(-limit, limit)
+    for xi, yi in zip(x[ok], y[ok]):
+        if abs(yi) > limit:
+            edge = np.sign(yi) * limit * 0.93
+            ax.plot([xi], [edge], marker="^" if yi > 0 else "v", color=PRED_COLOR, ms=7, zorder=4)
+            ax.annotate(f"{yi:+.2f}", (xi, edge), textcoords="offset points", xytext=(6, -3), fontsize=7,
+                        color=PRED_COLOR)
+
+
+def _robust_xlim(ax, s: np.ndarray, marks: Sequence[float]) -> bool:
+    """Zoom on the 2–98% range of the samples (plus the marks); True when tails were cut."""
+    lo, hi = np.percentile(s, [2, 98])
+    finite = [m for m in marks if m is not None and np.isfinite(m)]
+    lo, hi = min([lo, *finite]), max([hi, *finite])
+    pad = 0.08 * max(hi - lo, 1e-3)
+    ax.set_xlim(lo - pad, hi + pad)
+    return bool(s.min() < lo - pad or s.max() > hi + pad)
 
 
 def cdf_figure(
@@ -164,20 +194,22 @@ def cdf_figure(
     for ax, task in zip(axes.flat, tasks):
         s = np.sort(np.asarray(samples[task], float))
         s = s[np.isfinite(s)]
+        cut = False
         if s.size:
             ax.step(s, np.arange(1, s.size + 1) / s.size, where="post", color="#1f77b4",
                     label=f"bootstrap (n={s.size})")
+            cut = _robust_xlim(ax, s, [mle.get(task), ground_truth.get(task)])
         if np.isfinite(mle.get(task, np.nan)):
             ax.axvline(mle[task], color=PRED_COLOR, ls="--", lw=1.2, label="MLE")
         gt = ground_truth.get(task)
         if gt is not None and np.isfinite(gt):
             ax.axvline(gt, color=TRUTH_COLOR, lw=1.2, label="ground truth")
-        ax.set_title(task, fontsize=9)
+        ax.set_title(task + (" (2–98% range shown)" if cut else ""), fontsize=9)
         ax.set_xlabel("emergence loss (nats)", fontsize=8)
         ax.set_ylabel("CDF", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.25)
-        ax.legend(fontsize=6, frameon=False, loc="lower right")
+        ax.legend(fontsize=6, frameon=False, loc="upper left")
     for ax in list(axes.flat)[len(tasks):]:
         ax.set_visible(False)
     fig.tight_layout()

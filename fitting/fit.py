@@ -421,32 +421,90 @@ def bounds(spec: law_.LawSpec, data: TaskData, likelihood: str) -> tuple[np.ndar
 
 
 def starts(spec: law_.LawSpec, data: TaskData, n_starts: int, seed: int) -> np.ndarray:
-    """(n_starts, P) deterministic starting points: one heuristic, the rest a Latin hypercube.
+    """(n_starts, P) deterministic starting points: a staged estimate, then a Latin hypercube.
 
-    The box is in interpretable units: base near chance, slope, the few-shot elbow within or
-    below the data, and the elbow shift at the largest data level (k is derived from it).
+    The staged start (``staged_start``) fits each curve's elbow alone, then the elbow law
+    to those elbows. The hypercube box is in interpretable units: base near chance, slope, the
+    few-shot elbow within or below the data, and the elbow shift at the largest data level
+    (k is derived from it).
     """
     lo_l, hi_l = float(data.loss.min()), float(data.loss.max())
     span = max(hi_l - lo_l, 0.05)
-    base = float(np.clip(np.quantile(data.value, 0.1), data.value.min(), data.value.max()))
+    base = data.chance if data.proportion else float(np.quantile(data.value, 0.1))
     top = float(data.value.max())
     d_max = float(max(data.data_levels or [spec.d0 + 1.0]))
-    unit = stats.qmc.LatinHypercube(d=5, seed=seed).random(max(n_starts - 1, 0))
-    a = np.concatenate([[0.5], unit[:, 0]])
-    shift = np.concatenate([[0.5], unit[:, 1]]) * span  # elbow shift at d_max, nats
-    alpha = np.concatenate([[0.5], unit[:, 2]])
-    c = lo_l - 0.5 * span + np.concatenate([[0.6], unit[:, 3]]) * 1.5 * span
+    unit = stats.qmc.LatinHypercube(d=5, seed=seed).random(max(n_starts - 1, 1))
+    a, shift, alpha, c = unit[:, 0], unit[:, 1] * span, unit[:, 2], lo_l - 0.5 * span + unit[:, 3] * 1.5 * span
     if spec.elbow == "log_power":
         alpha = 0.3 + 1.7 * alpha
-        k = shift / np.log(d_max) ** alpha
+        k = shift / _elbow_x(spec, d_max) ** alpha
     else:
         alpha = 0.05 + 0.7 * alpha
         k = shift / d_max**alpha
         c = c - k * spec.d0**alpha  # so that the few-shot elbow k·D0^α + C sits in the box
     slope = (top - base + 1e-3) / span * np.exp(np.log(0.5) + a * np.log(8.0))
-    cols = dict(A=slope, B=np.full_like(a, base), k=k, alpha=alpha, C=c,
-                delta=np.zeros_like(a), U=np.full_like(a, min(top + 0.02, 1.0) if data.proportion else top))
-    return np.stack([cols[n] for n in spec.param_names], axis=-1)
+    cols = dict(A=slope, B=np.full_like(a, base), k=k, alpha=alpha, C=c, delta=np.zeros_like(a),
+                U=np.full_like(a, min(top + 0.02, 1.0) if data.proportion else top))
+    hypercube = np.stack([cols[n] for n in spec.param_names], axis=-1)
+    staged = staged_start(spec, data)
+    rows = ([staged] if staged is not None else []) + list(hypercube)
+    return np.array(rows[:max(n_starts, 1)])
+
+
+def _elbow_x(spec: law_.LawSpec, d):
+    """The elbow law's argument: log D (log power law) or D (power law)."""
+    d = np.asarray(d, dtype=float)
+    return np.log(d) if spec.elbow == "log_power" else d
+
+
+def hinge_grid_fit(loss: np.ndarray, value: np.ndarray, grid: np.ndarray):
+    """Least-squares B + A·relu(E − L) for each E on ``grid``: (rss, A, B) arrays (G,)."""
+    x = np.maximum(grid[:, None] - loss[None, :], 0.0)  # (G, N)
+    xm, vm = x.mean(1, keepdims=True), value.mean()
+    sxx = ((x - xm) ** 2).sum(1)
+    a = np.where(sxx > 0, ((x - xm) * (value - vm)).sum(1) / np.maximum(sxx, 1e-300), 0.0)
+    b = vm - a * xm[:, 0]
+    rss = ((b[:, None] + a[:, None] * x - value) ** 2).sum(1)
+    return rss, a, b
+
+
+def staged_start(spec: law_.LawSpec, data: TaskData) -> np.ndarray | None:
+    """A start from the structure of the problem (None when too few curves show an elbow).
+
+    1. each curve (few-shot, or one data level with all its subsets) gets its own ReLU by a
+       grid over E with A, B by least squares; a curve counts when A > 0 and two or more
+       of its checkpoints lie past its elbow;
+    2. the elbow law is fitted to the counted elbows by a grid over α with k, C linear.
+    """
+    lo_l, hi_l = float(data.loss.min()), float(data.loss.max())
+    grid = np.linspace(lo_l - 0.02, hi_l + 0.3 * (hi_l - lo_l), 80)
+    xs, es, slopes, bases = [], [], [], []
+    for level in [0, *data.data_levels]:
+        rows = data.few_shot if level == 0 else (~data.few_shot & (data.n_train == level))
+        rss, a, b = hinge_grid_fit(data.loss[rows], data.value[rows], grid)
+        i = int(np.argmin(rss))
+        if a[i] > 0 and np.unique(data.ckpt[rows][data.loss[rows] < grid[i]]).size >= 2:
+            xs.append(_elbow_x(spec, spec.d0 if level == 0 else level))
+            es.append(grid[i]), slopes.append(a[i]), bases.append(b[i])
+    if len(es) < 2:
+        return None
+    xs, es = np.array(xs, float), np.array(es)
+    alphas = np.linspace(0.05, 2.5, 50) if spec.elbow == "log_power" else np.linspace(0.01, 1.0, 50)
+    best = None
+    for al in alphas:
+        f = xs**al
+        design = np.stack([f, np.ones_like(f)], -1)
+        (k, c), *_ = np.linalg.lstsq(design, es, rcond=None)
+        k = max(k, 0.0)
+        rss = float(((k * f + c - es) ** 2).sum())
+        if best is None or rss < best[0]:
+            best = (rss, k, al, float(np.mean(es - k * f)))
+    _, k, al, c = best
+    base = data.chance if data.proportion else float(np.median(bases))
+    top = float(data.value.max())
+    cols = dict(A=float(np.median(slopes)), B=base, k=k, alpha=al, C=c, delta=0.0,
+                U=min(top + 0.02, 1.0) if data.proportion else top)
+    return np.array([cols[n] for n in spec.param_names])
 
 
 # --------------------------------------------------------------------------- estimator

@@ -61,7 +61,7 @@ class FitConfig:
     seed: int = 0
     method: str = "mle"
     n_starts: int = 24
-    items: str = "observed"  # bootstrap item resampling: observed | fitted | none
+    items: str = "fitted"  # bootstrap item redraw: fitted | observed | none (fitting.uncertainty)
     compute_law: str = "auto"  # auto | pooled (fitting.compute.choose_law)
     metric: str | None = None  # default: accuracy, or the task's only metric
     gt_alpha: float = 1e-3  # ground truth: likelihood-ratio test level

@@ -1,15 +1,21 @@
 """Bootstrap intervals for the emergence loss, vectorised over resamples.
 
-Resampling scheme (two levels, both as the issue asks):
+Resampling scheme (the units that are correlated, then the items):
 
-1. **Checkpoints** (the correlated unit: every row of a checkpoint shares its pretraining loss
-   and any checkpoint-level quirk) are drawn with replacement, K out of K. A checkpoint drawn
-   c times contributes its rows with multiplicity c.
-2. **Items** within each evaluation are redrawn. ``items="observed"`` (default) is the
-   non-parametric item bootstrap: the c copies of a row with n items and observed accuracy v
-   give Binomial(c·n, v) successes out of c·n (the sum of c independent item resamples).
-   ``items="fitted"`` draws at the MLE's predicted rate instead (parametric), and
-   ``items="none"`` keeps the observed counts (checkpoint resampling only).
+1. **Checkpoints** (every row of a checkpoint shares its pretraining loss and any
+   checkpoint-level quirk) are drawn with replacement, K out of K. A checkpoint drawn c times
+   contributes its rows with multiplicity c.
+2. **Finetuning subsets** (``subsets=True``, default): within each data level its subset seeds
+   are drawn with replacement too. A subset's luck is shared by every checkpoint finetuned on
+   it, so subsets are a second, crossed correlated unit (a "pigeonhole" bootstrap over
+   checkpoints × subsets; Owen 2007).
+3. **Items**: ``items="fitted"`` (default) redraws each row's successes as
+   Binomial(c·n, p̂) at the MLE's predicted rate p̂ (clipped to [0, 1]): the c copies of a row
+   are c independent item draws. ``items="observed"`` redraws at the observed accuracy instead
+   (the non-parametric item bootstrap); on top of the checkpoint resampling, which already
+   carries the item noise, this counts that noise twice and over-covers (measured: 100 of 100
+   simulated 90% intervals covered the truth). ``items="none"`` keeps the observed counts
+   (checkpoints and subsets only; measured 83-85%, slightly under).
 
 Every resample is refitted by the batched Levenberg-Marquardt loop of :mod:`fitting.fit`,
 warm-started at the MLE, all resamples of a chunk in one numpy batch (no Python loop per
@@ -60,7 +66,7 @@ def task_seed(seed: int, task: str) -> int:
 
 
 def resample_targets(data: TaskData, model: EmergenceLawFit, n_boot: int, rng: np.random.Generator,
-                     items: ItemResampling = "observed", subsets: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                     items: ItemResampling = "fitted", subsets: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(y, n) targets of ``n_boot`` resamples, each (n_boot, N): see the module docstring."""
     mult = _draw_units(data.ckpt, data.n_checkpoints, n_boot, rng)  # (B, N) row multiplicity
     if subsets:
@@ -101,7 +107,7 @@ def _gaussian_targets(data, mult, rng, items, model):
 
 
 def bootstrap(data: TaskData, model: EmergenceLawFit, n_boot: int = 1000, seed: int = 0,
-              items: ItemResampling = "observed", subsets: bool = True, chunk: int = 250,
+              items: ItemResampling = "fitted", subsets: bool = True, chunk: int = 250,
               progress: Progress | None = None) -> BootstrapResult:
     """Refit ``n_boot`` resamples of ``data`` around the fitted ``model`` (its spec/likelihood).
 

@@ -62,3 +62,17 @@ def merge_command(
 
     report = merge_sweep(spec, out, list(sources))
     typer.echo(summarize(report, out))
+
+
+@app.command("microladder")
+def microladder_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: models, spec, results, report, manifest.")],
+    quick: Annotated[bool, typer.Option("--quick", help="Tiny sizes and few steps (minutes): the test's run.")] = False,
+    ship: Annotated[Path | None, typer.Option(help="Also copy tables, manifest and report here "
+                                                   "(e.g. datasets_cache/microladder).")] = None,
+    no_analysis: Annotated[bool, typer.Option("--no-analysis", help="Stop after the harvest (no fit/backtest/report).")] = False,
+) -> None:
+    """Pretrain tiny Llamas on CPU, harvest them (few-shot + finetune sweep), fit, backtest, report."""
+    from harvest.microladder.cli import run_microladder
+
+    run_microladder(out, quick=quick, ship=ship, analysis=not no_analysis)

@@ -140,7 +140,7 @@ def test_unknown_task_suggests_near_match(default_data):
 
 def test_compare_laws_prefers_the_generating_form():
     """Data drawn from the power-law elbow: held-out likelihood ranks power above log_power."""
-    truth = TaskTruth("p", chance=0.25, A=1.0, k=0.12, alpha=0.35, C=2.30, spec=law.LawSpec(elbow="power"))
+    truth = TaskTruth("p", chance=0.25, A=1.0, k=0.027, alpha=0.35, C=2.30, spec=law.LawSpec(elbow="power"))
     design = replace(Design(), tasks=(truth,), data_levels=(2, 8, 64, 512, 4096), n_items=5000, subset_sd=0.0)
     data = TaskData.from_folder(simulate(design, seed=5), "p")
     forms = {"log_power": law.LAW_FORMS["log_power"], "power": law.LAW_FORMS["power"]}

@@ -232,6 +232,10 @@ def test_lm_eval_metric_choice_leaves_out_tasks_without_it(tmp_path, monkeypatch
     code, _, err = run_cli(monkeypatch, capsys, "import", "lm-eval", LM_EVAL_FIXTURE, "--out", tmp_path / "b",
                            "--metric", "f1")
     assert_one_line_error(code, err, "results_", "no task with metric f1")
+    # replacing an lm-eval folder by an import without items leaves no stale items.parquet
+    assert (tmp_path / "a" / "items.parquet").exists()
+    import_results("gadre", _tiny_gadre(tmp_path / "g"), tmp_path / "a", ImportOptions(overwrite=True))
+    assert not (tmp_path / "a" / "items.parquet").exists()
 
 
 def _tokens_table(tmp_path: Path) -> Path:

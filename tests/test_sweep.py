@@ -245,7 +245,7 @@ def test_bad_sweep_tables_give_one_line_errors(spec_path, tmp_path):
     from harvest.sweep import parse_sweep, plan_sweep
 
     def spec_with(extra: str = "", replace: tuple[str, str] = ("", "")):
-        path = tmp_path / "s.toml"
+        path = spec_path.parent / "edited.toml"  # beside the checkpoints its paths name
         path.write_text(spec_path.read_text().replace(*replace) + extra)
         return load_spec(path)
 

@@ -60,7 +60,7 @@ def read(path: Path, options: ImportOptions) -> Imported:
     files = _results_files(path)
     user = options.user_tasks()
     ckpt_rows, task_results, notes = {}, {}, []
-    for file in files:
+    for file in _progress(files):
         doc = read_json(file)
         name, params = _checkpoint(doc, file)
         ckpt_rows.setdefault(name, {"checkpoint": name, "params": params})
@@ -71,6 +71,15 @@ def read(path: Path, options: ImportOptions) -> Imported:
                                   f"{task_results[key].file}; import one of them")
             task_results[key] = result
     return _assemble(files, ckpt_rows, list(task_results.values()), notes)
+
+
+def _progress(files: list[Path]):
+    """Iterate with a progress bar on stderr (samples files of big runs take a while to parse)."""
+    from rich.console import Console
+    from rich.progress import track
+
+    return track(files, description="reading lm-eval results", console=Console(stderr=True),
+                 transient=True, disable=len(files) < 2)
 
 
 def _results_files(path: Path) -> list[Path]:

@@ -93,7 +93,10 @@ def import_results(fmt: str, path: str | Path, out: str | Path, options: ImportO
     checkpoints = complete_checkpoints(imported, options, fmt)
     metadata = _metadata(fmt, path, imported, options)
     metadata["pretrain_loss_sources"] = dict(checkpoints["pretrain_loss_source"].value_counts().iter_rows())
-    return schema.write_results(out, checkpoints, imported.results, imported.items, metadata)
+    folder = schema.write_results(out, checkpoints, imported.results, imported.items, metadata)
+    if imported.items is None and options.overwrite:  # an item table left by the replaced import
+        (out / schema.ITEMS_FILE).unlink(missing_ok=True)
+    return folder
 
 
 def _lookup(fmt: str) -> Importer:

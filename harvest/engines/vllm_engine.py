@@ -47,6 +47,8 @@ class VLLMEngine:
                  lora_target_modules: Sequence[str] = DEFAULT_LORA_TARGETS, seed: int = 0,
                  **llm_options: Any):
         self.ref = ref
+        if Path(ref.path).is_absolute() and not Path(ref.path).is_dir():
+            raise CheckpointError(f"checkpoint {_where(ref)}: folder not found")
         self.max_length = int(max_length or _max_positions(ref))
         self.enable_lora, self.max_lora_rank = bool(enable_lora), int(max_lora_rank)
         if self.enable_lora and self.max_lora_rank not in LORA_RANKS:
@@ -251,8 +253,6 @@ def _adapter_config(adapter: str) -> dict:
 
 def _load_llm(ref: ModelRef, max_length: int, seed: int, options: dict[str, Any]):
     """``vllm.LLM`` with room for ``max_length`` fed tokens plus the one scored step."""
-    if ref.path.startswith("/") and not Path(ref.path).is_dir():
-        raise CheckpointError(f"checkpoint {_where(ref)}: folder not found")
     from vllm import LLM
 
     limit = max_length + 1  # vLLM counts the greedy step we never feed back

@@ -48,7 +48,7 @@ def build_tokenizer(out: Path):
     return fast
 
 
-def build_model(out: Path, steps: int = 150, seed: int = 0) -> Path:
+def build_model(out: Path, steps: int = 60, seed: int = 0) -> Path:
     """Train a 2-layer Llama (hidden 64, 2 heads of 32) on the corpus; save it to ``out``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM

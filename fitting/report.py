@@ -1,0 +1,435 @@
+"""The report: one self-contained HTML page and one Markdown file, with PNG figures.
+
+``write_report(results_dir, out, config)`` runs the backtest (and its ablations) and writes
+
+    out/index.html    figures embedded as base64 PNG: opens offline, can be mailed as one file
+    out/report.md     the same content; figures linked as figures/*.png
+    out/figures/*.png
+
+Content: provenance (and a banner when the data are simulated), a per-task summary table
+(prediction from the pre-emergence checkpoints, 5–95% interval, ground truth, FLOP multipliers,
+coverage), per task the fit (the paper's Figure 4), the backtest (Figure 7) and its cutoff
+table, the bootstrap CDFs (Figure 5) and the ablation table (Table 2). Tables are built once
+(:class:`Table`) and rendered to both formats.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from emergence import __version__
+from emergence.errors import EmergenceError
+from fitting import figures as fig_
+from fitting import law as law_
+from fitting.backtest import BacktestConfig, TaskBacktest, ablation_table, backtest
+from fitting.fit import TaskData
+from fitting.schema import ResultsFolder, load_results
+
+# --------------------------------------------------------------------------- content model
+
+
+@dataclass
+class Table:
+    """A table rendered to HTML and Markdown. Cells are plain text; ``bad`` marks cells in red."""
+
+    headers: list[str]
+    rows: list[list[str]]
+    caption: str = ""
+    bad: set[tuple[int, int]] = field(default_factory=set)  # (row, column) of failed cells
+
+
+@dataclass
+class Figure:
+    name: str  # file stem
+    png: bytes
+    caption: str
+
+
+@dataclass
+class Section:
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    blocks: list[Table | Figure] = field(default_factory=list)
+    level: int = 2
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    html: Path
+    markdown: Path
+    figures: list[Path]
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _f(x, spec: str = ".3f", none: str = "–") -> str:
+    return none if x is None or (isinstance(x, float) and not np.isfinite(x)) else format(x, spec)
+
+
+def _yes(flag) -> str:
+    return "–" if flag is None else ("yes" if flag else "no")
+
+
+def _mult(x) -> str:
+    return "–" if x is None else f"{x:.2f}×"
+
+
+def _interval(lo, hi) -> str:
+    return "–" if lo is None or hi is None else f"{lo:.3f} – {hi:.3f}"
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def summary_table(results: Sequence[TaskBacktest], truth: dict[str, Any] | None) -> Table:
+    """Per task: the pre-emergence prediction, its interval, the ground truth, multipliers, coverage."""
+    headers = ["task", "ground truth (nats)", "prediction (nats)", "5–95%", "error", "fit on",
+               "predicted FLOPs (× largest fitted)", "FLOP multiplier", "strict", "coverage"]
+    if truth:
+        headers.insert(2, "simulated truth")
+    rows, bad = [], set()
+    for i, r in enumerate(results):
+        main = r.main_cutoff
+        pred = main.prediction if main is not None else None
+        cov, n = r.coverage
+        row = [r.task, _f(r.ground_truth_loss) if r.emerged else "never emerged",
+               _f(main.emergence_loss) if main else "–", _interval(main.p05, main.p95) if main else "–",
+               _f(main.error, "+.3f") if main else "–",
+               f"{main.n_checkpoints} ckpts" if main else "no fit",
+               _flops_cell(pred), _mult(r.flop_multiplier), _mult(r.flop_multiplier_strict),
+               f"{cov}/{n}" if n else "–"]
+        if truth:
+            row.insert(2, _f((truth.get(r.task) or {}).get("emergence_loss")))
+        if main is not None and main.success is False:
+            bad.add((i, headers.index("error")))
+        rows.append(row)
+    caption = ("prediction: the fit on every checkpoint before the ground-truth elbow (all checkpoints "
+               "when the task never emerged); error = prediction − ground truth; FLOP multiplier: "
+               "FLOPs of the first post-emergence checkpoint ÷ FLOPs of the most capable checkpoint of "
+               "the earliest successful cutoff (strict: every larger cutoff also succeeds); coverage: "
+               "cutoffs whose 5–95% interval contains the ground truth; * FLOPs extrapolated beyond the "
+               "fitted loss-vs-FLOPs law.")
+    return Table(headers, rows, caption, bad)
+
+
+def _flops_cell(pred) -> str:
+    if pred is None or pred.emergence_flops is None:
+        return "–"
+    text = f"{pred.emergence_flops:.2g} ({pred.flops_multiple:.2g}×)"
+    return text + ("*" if pred.flops_extrapolated else "")
+
+
+def cutoff_table(r: TaskBacktest) -> Table:
+    headers = ["cutoff FLOPs", "checkpoints", "most capable (loss)", "prediction", "5–95%", "error",
+               "success", "covered"]
+    rows, bad = [], set()
+    for i, c in enumerate(r.cutoffs):
+        post = "" if c.pre_emergence is not False else " †"
+        rows.append([f"{c.max_flops:.3g}", str(c.n_checkpoints), f"{c.most_capable} ({c.most_capable_loss:.3f}){post}",
+                     _f(c.emergence_loss), _interval(c.p05, c.p95), _f(c.error, "+.3f"),
+                     _yes(c.success) if c.converged or c.success is None else "fit failed", _yes(c.covered)])
+        if c.success is False:
+            bad.add((i, 6))
+        if c.covered is False:
+            bad.add((i, 7))
+    caption = (f"success: converged and |error| ≤ {r.tolerance:g} nats. † the cutoff already keeps a "
+               "post-emergence checkpoint (no longer a forecast).")
+    return Table(headers, rows, caption, bad)
+
+
+def ablations_as_table(results: Sequence[TaskBacktest]) -> Table | None:
+    tab = ablation_table(results)
+    if tab is None:
+        return None
+    rows, bad = [], set()
+    for i, name in enumerate(tab.rows):
+        cells = [tab.cell_text(name, t) for t in tab.tasks]
+        bad |= {(i, j + 1) for j, text in enumerate(cells) if "✗" in text}
+        rows.append([name, *cells])
+    caption = (f"|MLE error| in nats against the ground truth, one refit per variant of the base data "
+               f"(the pre-emergence checkpoints); ✗: error > {tab.tolerance:g} nats or the fit failed; "
+               "n/a: the data do not allow this variant.")
+    return Table(["variant", *tab.tasks], rows, caption, bad)
+
+
+def provenance_table(folder: ResultsFolder, source: str, config: BacktestConfig) -> Table:
+    meta = {k: v for k, v in folder.metadata.items() if k != "truth"}
+    rows = [["results folder", source],
+            ["checkpoints / result rows", f"{folder.checkpoints.height} / {folder.results.height}"],
+            ["method", f"{config.fit.method} ({config.fit.law_name} law, {config.fit.likelihood} likelihood, "
+                       f"{config.fit.n_boot} bootstrap resamples, seed {config.fit.seed})"],
+            ["tolerance", f"{config.tolerance:g} nats"],
+            ["toolkit", f"emergence {__version__}"],
+            ["generated", dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")]]
+    rows += [[f"metadata: {k}", _short(v)] for k, v in sorted(meta.items())]
+    return Table(["", ""], rows, "provenance: the folder's Parquet metadata and this run's settings")
+
+
+def _short(value: Any, limit: int = 160) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def fit_figure(data: TaskData, r: TaskBacktest, config: BacktestConfig) -> Figure | None:
+    """Figure 4 for one task: data per level, the main fit's curves, the elbows."""
+    main = r.main_cutoff
+    pred = main.prediction if main is not None else None
+    spec = config.fit.spec
+    kept = set(pred_checkpoints(data, main)) if main is not None else set(data.checkpoints)
+    held = np.array([data.checkpoints[i] not in kept for i in data.ckpt])
+    grid = np.linspace(data.loss.min() - 0.05, data.loss.max() + 0.05, 300)
+    theta = _theta(pred, spec)
+    curves = [_curve(data, held, grid, spec, theta, level) for level in [None, *data.data_levels]]
+    interval = None if main is None else (main.emergence_loss if main.emergence_loss is not None else np.nan,
+                                          main.p05 if main.p05 is not None else np.nan,
+                                          main.p95 if main.p95 is not None else np.nan)
+    sub = (f"fit on {main.n_checkpoints} checkpoints (FLOPs ≤ {main.max_flops:.2g}); hollow points held out"
+           if main is not None else "no fit possible")
+    gt = r.ground_truth
+    hinge = None if not r.emerged else (grid, law_.relu_curve(grid, gt.A, gt.B, gt.E))
+    fig = fig_.task_fit_figure(r.task, curves, chance=data.chance, ground_truth=r.ground_truth_loss,
+                               prediction=interval, truth_curve=hinge, subtitle=sub)
+    caption = (f"{r.task}: accuracy against pretraining loss, one colour per finetuning data level (D examples), "
+               "black: few-shot, with the law's extrapolation to D₀; dashed red: predicted elbow and its "
+               "5–95% band; green: the ground-truth elbow fitted to every checkpoint.")
+    return Figure(f"fit_{_slug(r.task)}", fig_.png_bytes(fig), caption)
+
+
+def pred_checkpoints(data: TaskData, cut) -> list[str]:
+    return [c for c, f in zip(data.checkpoints, data.ckpt_flops) if f <= cut.max_flops]
+
+
+def _theta(pred, spec: law_.LawSpec) -> np.ndarray | None:
+    if pred is None or not pred.params or not all(n in pred.params for n in spec.param_names):
+        return None
+    return np.array([pred.params[n] for n in spec.param_names], float)
+
+
+def _curve(data: TaskData, held, grid, spec, theta, level: int | None) -> fig_.Curve:
+    rows = data.few_shot if level is None else (~data.few_shot & (data.n_train == level))
+    if theta is None:
+        fitted = np.full_like(grid, np.nan)
+    else:
+        n = np.full(grid.shape, 0 if level is None else level)
+        fitted = law_.performance(spec, theta, grid, n, np.full(grid.shape, level is None))
+    label = "few-shot" if level is None else f"D = {level}"
+    return fig_.Curve(label, data.loss[rows], data.value[rows], grid, fitted, level is None, held[rows])
+
+
+def backtest_figure(r: TaskBacktest) -> Figure | None:
+    if not r.cutoffs:
+        return None
+    arr = lambda name: np.array([np.nan if getattr(c, name) is None else getattr(c, name) for c in r.cutoffs], float)
+    fig = fig_.backtest_figure(r.task, arr("max_flops"), arr("emergence_loss"), arr("p05"), arr("p95"),
+                               ground_truth=r.ground_truth_loss, tolerance=r.tolerance,
+                               success=np.array([bool(c.success) for c in r.cutoffs]),
+                               post_emergence_flops=r.post_emergence_flops)
+    caption = (f"{r.task} backtest: each point refits on the checkpoints with FLOPs ≤ the cutoff; bars: "
+               f"5–95% interval; green band: ±{r.tolerance:g} nats of the ground truth; dashed grey: the "
+               "first post-emergence checkpoint (cutoffs left of it are forecasts).")
+    return Figure(f"backtest_{_slug(r.task)}", fig_.png_bytes(fig), caption)
+
+
+def cdf_figure(results: Sequence[TaskBacktest]) -> Figure | None:
+    samples, truth, mle = {}, {}, {}
+    for r in results:
+        main = r.main_cutoff
+        pred = main.prediction if main is not None else None
+        if pred is None or pred.samples is None or len(pred.samples) == 0:
+            continue
+        samples[r.task], truth[r.task] = pred.samples, r.ground_truth_loss
+        mle[r.task] = np.nan if main.emergence_loss is None else main.emergence_loss
+    if not samples:
+        return None
+    fig = fig_.cdf_figure(samples, truth, mle)
+    caption = ("Distribution of the predicted emergence loss of each task's pre-emergence fit (bootstrap "
+               "resamples of checkpoints and items); dashed red: MLE; green: ground truth.")
+    return Figure("bootstrap_cdf", fig_.png_bytes(fig), caption)
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+
+
+# --------------------------------------------------------------------------- assembling
+
+
+def build_sections(folder: ResultsFolder, results: Sequence[TaskBacktest], config: BacktestConfig,
+                   source: str) -> list[Section]:
+    truth = folder.metadata.get("truth") if folder.metadata.get("simulated") else None
+    intro = Section("Summary", [_summary_text(results)], [summary_table(results, truth)])
+    sections = [intro]
+    for r in results:
+        data = TaskData.from_folder(folder, r.task, config.fit.metric)
+        blocks = [b for b in (fit_figure(data, r, config), backtest_figure(r)) if b is not None]
+        if r.cutoffs:
+            blocks.append(cutoff_table(r))
+        sections.append(Section(f"Task {r.task}", [_task_text(r)], blocks, level=3))
+    cdf = cdf_figure(results)
+    if cdf is not None:
+        sections.append(Section("Uncertainty of the prediction", [], [cdf]))
+    abl = ablations_as_table(results)
+    if abl is not None:
+        sections.append(Section("Ablations (the paper's Table 2)", [], [abl]))
+    sections.append(Section("Provenance", [], [provenance_table(folder, source, config)]))
+    return sections
+
+
+def _summary_text(results: Sequence[TaskBacktest]) -> str:
+    parts = []
+    for r in results:
+        if not r.emerged:
+            parts.append(f"{r.task}: never emerged in these checkpoints (no ground truth, no multiplier)")
+        elif r.flop_multiplier is None:
+            parts.append(f"{r.task}: no cutoff predicted the elbow within {r.tolerance:g} nats")
+        elif r.flop_multiplier <= 1:
+            parts.append(f"{r.task}: no foresight (the first success already kept a post-emergence checkpoint: "
+                         f"{r.flop_multiplier:.2f}×)")
+        else:
+            parts.append(f"{r.task}: predicted {r.flop_multiplier:.2f}× FLOPs ahead "
+                         f"({_mult(r.flop_multiplier_strict)} strict)")
+    return "; ".join(parts) + "."
+
+
+def _task_text(r: TaskBacktest) -> str:
+    if not r.emerged:
+        text = f"Few-shot performance never left chance ({r.ground_truth.reason if r.ground_truth else 'no few-shot rows'})."
+    else:
+        text = (f"Ground-truth elbow {r.ground_truth_loss:.3f} nats; first post-emergence checkpoint "
+                f"{r.post_emergence_checkpoint} ({r.post_emergence_flops:.3g} FLOPs).")
+    first = r.earliest_success
+    if first is not None:
+        text += (f" Earliest successful cutoff: {first.n_checkpoints} checkpoints up to "
+                 f"{first.max_flops:.3g} FLOPs (most capable: {first.most_capable}).")
+    return text + (f" Note: {r.note}." if r.note else "")
+
+
+def simulated_banner(folder: ResultsFolder) -> str | None:
+    if not folder.metadata.get("simulated"):
+        return None
+    seed = folder.metadata.get("seed")
+    return ("SIMULATED DATA: these results were drawn from a known emergence law "
+            f"(fitting.simulate, seed {seed}), not measured on real models.")
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1080px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+h3{margin-top:1.6em}
+.banner{background:#fff3cd;border:2px solid #d9822b;color:#7a3e00;padding:.8em 1em;font-weight:600;
+border-radius:4px;margin:1em 0}
+table{border-collapse:collapse;margin:.6em 0 .2em;font-size:.88em}
+th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right;white-space:nowrap}
+th{background:#f3f3f3;white-space:normal;vertical-align:bottom} td:first-child,th:first-child{text-align:left}
+td.bad{color:#b00020;font-weight:600}
+.caption{font-size:.82em;color:#555;margin:.2em 0 1em;max-width:60em}
+figure{margin:1em 0} figure img{max-width:100%;border:1px solid #eee}
+.prov td{white-space:normal;text-align:left;max-width:48em;word-break:break-word}
+"""
+
+
+def render_html(title: str, sections: Sequence[Section], banner: str | None) -> str:
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    if banner:
+        body.append(f'<div class="banner">{html.escape(banner)}</div>')
+    for s in sections:
+        body.append(f"<h{s.level}>{html.escape(s.title)}</h{s.level}>")
+        body += [f"<p>{html.escape(p)}</p>" for p in s.paragraphs]
+        body += [_html_block(b, provenance=s.title == "Provenance") for b in s.blocks]
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n<body>\n"
+            + "\n".join(body) + "\n</body></html>\n")
+
+
+def _html_block(block: Table | Figure, provenance: bool = False) -> str:
+    if isinstance(block, Figure):
+        data = base64.b64encode(block.png).decode()
+        return (f'<figure><img alt="{html.escape(block.name)}" src="data:image/png;base64,{data}">'
+                f'<figcaption class="caption">{html.escape(block.caption)}</figcaption></figure>')
+    cls = ' class="prov"' if provenance else ""
+    head = "" if not any(block.headers) else "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in block.headers) + "</tr>"
+    rows = ["<tr>" + "".join(_td(c, (i, j) in block.bad) for j, c in enumerate(row)) + "</tr>"
+            for i, row in enumerate(block.rows)]
+    caption = f'<div class="caption">{html.escape(block.caption)}</div>' if block.caption else ""
+    return f"<table{cls}>{head}{''.join(rows)}</table>{caption}"
+
+
+def _td(text: str, bad: bool) -> str:
+    return f'<td class="bad">{html.escape(text)}</td>' if bad else f"<td>{html.escape(text)}</td>"
+
+
+def render_markdown(title: str, sections: Sequence[Section], banner: str | None) -> str:
+    out = [f"# {title}", ""]
+    if banner:
+        out += [f"> **{banner}**", ""]
+    for s in sections:
+        out += ["#" * s.level + " " + s.title, ""]
+        for p in s.paragraphs:
+            out += [p, ""]
+        for b in s.blocks:
+            out += _md_block(b) + [""]
+    return "\n".join(out)
+
+
+def _md_block(block: Table | Figure) -> list[str]:
+    if isinstance(block, Figure):
+        return [f"![{block.name}](figures/{block.name}.png)", "", f"*{block.caption}*"]
+    esc = lambda text: text.replace("|", "\\|")
+    headers = [esc(h) or " " for h in block.headers]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join([":---"] + ["---:"] * (len(headers) - 1)) + "|"]
+    for i, row in enumerate(block.rows):
+        cells = [f"**{esc(c)}**" if (i, j) in block.bad else esc(c) for j, c in enumerate(row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + ([f"", f"*{block.caption}*"] if block.caption else [])
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def render_report(folder: ResultsFolder, results: Sequence[TaskBacktest], config: BacktestConfig,
+                  out: str | os.PathLike, source: str = "") -> ReportPaths:
+    """Write index.html, report.md and figures/*.png for already computed backtests."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise EmergenceError(f"{out}: --out must be a folder, and this is a file")
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    sections = build_sections(folder, results, config, source)
+    banner = simulated_banner(folder)
+    title = "Emergence prediction report" + (" (simulated data)" if banner else "")
+    figures = [fig_.save_png(b.png, out / "figures" / f"{b.name}.png")
+               for s in sections for b in s.blocks if isinstance(b, Figure)]
+    _write_text(out / "report.md", render_markdown(title, sections, banner))
+    _write_text(out / "index.html", render_html(title, sections, banner))
+    return ReportPaths(out / "index.html", out / "report.md", figures)
+
+
+def write_report(results_dir: str | os.PathLike, out: str | os.PathLike,
+                 config: BacktestConfig = BacktestConfig(), tasks: Sequence[str] | None = None,
+                 progress: bool = False) -> ReportPaths:
+    """Load a results folder, backtest it (with ablations when configured), write the report."""
+    folder = load_results(results_dir)
+    results = backtest(folder, config, tasks=tasks, progress=progress)
+    return render_report(folder, results, config, out, source=str(results_dir))
