@@ -120,6 +120,20 @@ def throughput(method: str, hidden: int, layers: int, n: int, steps: int, repeat
 # --------------------------------------------------------------------------- part 2
 
 
+PHASES = {
+    "finetune": "training steps (harvest.finetune)",
+    "eval": "scoring the finetuned models (HF engine, adapter applied)",
+    "save": "writing adapters (safetensors) and their stats",
+    "load": "loading / copying base weights for training",
+    "base": "pretraining loss and few-shot of each checkpoint (harvest.evaluate)",
+    "eval_load": "loading the scoring engine and tokenizer",
+    "write": "writing one Parquet part per cell",
+    "plan": "reading the spec, building prompts, drawing cells",
+    "compact": "compacting parts into the tables, manifest",
+    "other": "not in a phase (progress bars, Python)",
+}
+
+
 def sweep_timing() -> None:
     """The test sweep, locally, with its phase breakdown (see harvest.sweep)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -132,9 +146,11 @@ def sweep_timing() -> None:
         start = time.perf_counter()
         report = run_sweep(spec_path, Path(tmp) / "out")
         wall = time.perf_counter() - start
-    print(f"test sweep: {report.n_cells} cells, wall {wall:.1f} s")
-    for phase, seconds in sorted(report.phase_seconds.items(), key=lambda kv: -kv[1]):
-        print(f"  {phase:12s} {seconds:7.2f} s  {100 * seconds / wall:5.1f}%")
+    print(f"test sweep: {report.n_cells} cells (3 checkpoints x 3 levels x 2 seeds), wall {wall:.1f} s")
+    phases = dict(report.phase_seconds)
+    phases["other"] = wall - sum(phases.values())
+    for phase, seconds in sorted(phases.items(), key=lambda kv: -kv[1]):
+        print(f"  {phase:10s} {seconds:7.2f} s  {100 * seconds / wall:5.1f}%  {PHASES.get(phase, '')}")
 
 
 def main() -> None:

@@ -298,7 +298,7 @@ def score_cutoff(cut: CutoffResult, pred: TaskPrediction, truth: float | None, t
 def ablation_variants(data: TaskData, spec: AblationSpec) -> list[tuple[str, str, int | None]]:
     """(row name, kind, k) of every ablation row that the base data allows."""
     levels, seeds = data.data_levels, data.subset_seeds
-    rows: list[tuple[str, str, int | None]] = [("all data (base)", "base", None)]
+    rows: list[tuple[str, str, int | None]] = [("base (no ablation)", "base", None)]
     rows += [(f"drop {k} smallest level{'s' * (k > 1)}", "drop_smallest", k)
              for k in spec.drop_smallest if k < len(levels)]
     rows += [(f"drop {k} largest level{'s' * (k > 1)}", "drop_largest", k)

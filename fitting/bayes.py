@@ -43,11 +43,10 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
-import polars as pl
 
 from emergence.errors import DiagnosticsError, FitError, MissingExtraError
 from fitting import law as law_
-from fitting.schema import FEW_SHOT, PROPORTION_METRICS, ResultsFolder
+from fitting.schema import ResultsFolder
 
 PERCENTILES = (5, 10, 25, 50, 75, 90, 95)
 EPS = 1e-6  # probabilities are clipped to [EPS, 1 - EPS] (a saturated curve has p = 1)
@@ -183,7 +182,12 @@ class BayesData:
     correct: np.ndarray  # (N,) int items correct
     n_items: np.ndarray  # (N,) int
     chance: np.ndarray  # (n_tasks,)
-    checkpoint: tuple[str, ...] = ()  # (N,) checkpoint name per row (for FLOPs and reports)
+    sources: tuple = ()  # the per-task fitting.fit.TaskData it was built from
+
+    @classmethod
+    def from_tasks(cls, sources: Sequence, d0: float = 1.0) -> "BayesData":
+        """Stack several tasks' ``fitting.fit.TaskData`` (one hierarchical fit)."""
+        return _from_tasks(sources, d0)
 
     @property
     def n_obs(self) -> int:
@@ -204,64 +208,52 @@ class BayesData:
 
     def subset(self, tasks: Sequence[str]) -> "BayesData":
         """The same observations restricted to ``tasks`` (e.g. one task fitted alone)."""
-        return _frame_to_data(self.to_frame().filter(pl.col("task").is_in(list(tasks))), self.level_values[0])
-
-    def to_frame(self) -> pl.DataFrame:
-        level_n = np.where(self.few_shot, 0, self.level_values[self.level_idx]).astype(np.int64)
-        seeds = [int(self.curves[c].split("|")[2]) if c >= 0 else 0 for c in self.curve_idx]
-        return pl.DataFrame(dict(
-            task=[self.tasks[t] for t in self.task_idx], n_train=level_n, subset_seed=seeds,
-            few_shot=self.few_shot, pretrain_loss=self.loss, correct=self.correct,
-            n_items=self.n_items, chance=self.chance[self.task_idx],
-            checkpoint=list(self.checkpoint) or [""] * self.n_obs,
-        ))
+        return _from_tasks([td for td in self.sources if td.task in set(tasks)], self.level_values[0])
 
 
-def bayes_data(folder: ResultsFolder, tasks: Sequence[str] | None = None, d0: float = 1.0) -> BayesData:
+def bayes_data(folder: ResultsFolder, tasks: Sequence[str] | None = None, d0: float = 1.0,
+               metric: str | None = None) -> BayesData:
     """Item counts per evaluation for ``tasks`` (all tasks when None), validated for the model."""
-    df = folder.joined()
-    wanted = list(tasks) if tasks else folder.tasks
-    unknown = sorted(set(wanted) - set(folder.tasks))
-    if unknown:
-        raise FitError(f"task {unknown[0]!r} is not in the results (tasks: {', '.join(folder.tasks)})")
-    df = df.filter(pl.col("task").is_in(wanted))
-    bad = df.filter(~pl.col("metric").is_in(list(PROPORTION_METRICS)))
-    if not bad.is_empty():
-        raise FitError(f"task {bad['task'][0]!r}: metric {bad['metric'][0]!r} has no item counts; "
-                       "the Bayesian fit needs accuracy-like metrics (binomial likelihood)")
-    frame = df.select(
-        "task", "n_train", "subset_seed", "pretrain_loss", "n_items", "chance", "checkpoint",
-        few_shot=pl.col("setting") == FEW_SHOT,
-        correct=(pl.col("value") * pl.col("n_items")).round().cast(pl.Int64),
-    )
-    return _frame_to_data(frame, d0)
+    from fitting.fit import TaskData
+
+    names = list(tasks) if tasks else folder.tasks
+    return BayesData.from_tasks([TaskData.from_folder(folder, t, metric) for t in names], d0)
 
 
-def _frame_to_data(frame: pl.DataFrame, d0: float) -> BayesData:
-    frame = frame.sort("task", "few_shot", "n_train", "subset_seed", "pretrain_loss", descending=[False, True, False, False, True])
-    tasks = tuple(frame["task"].unique(maintain_order=True).to_list())
-    for task in tasks:
-        if frame.filter((pl.col("task") == task) & ~pl.col("few_shot")).is_empty():
-            raise FitError(f"task {task!r}: no finetune results; the emergence law needs finetuning "
-                           "data levels (few-shot results alone give only the ground-truth elbow)")
-    sizes = sorted(set(frame.filter(~pl.col("few_shot"))["n_train"].to_list()))
-    levels = ("few_shot",) + tuple(str(n) for n in sizes)
+def _check_task(td) -> None:
+    if not td.proportion:
+        raise FitError(f"task {td.task!r}: metric {td.metric!r} has no item counts; the Bayesian "
+                       "fit needs accuracy-like metrics (binomial likelihood)")
+    if not td.has_finetune:
+        raise FitError(f"task {td.task!r}: no finetune results; the emergence law needs finetuning "
+                       "data levels (few-shot results alone give only the ground-truth elbow)")
+
+
+def _from_tasks(sources: Sequence, d0: float) -> BayesData:
+    for td in sources:
+        _check_task(td)
+    tasks = tuple(td.task for td in sources)
+    if len(set(tasks)) != len(tasks):
+        raise FitError(f"a task is listed twice: {', '.join(tasks)}")
+    sizes = sorted({int(n) for td in sources for n in td.data_levels})
     level_of = {n: i + 1 for i, n in enumerate(sizes)}
-    few = frame["few_shot"].to_numpy()
-    curve_keys = [f"{t}|{n}|{s}" for t, n, s in frame.select("task", "n_train", "subset_seed").iter_rows()]
-    curves = tuple(dict.fromkeys(k for k, f in zip(curve_keys, few) if not f))
-    curve_of = {c: i for i, c in enumerate(curves)}
-    chance = frame.group_by("task").agg(pl.col("chance").first())
-    chance_of = dict(chance.iter_rows())
+    curves, curve_idx, level_idx, task_idx = [], [], [], []
+    for t, td in enumerate(sources):
+        for n, s, few in zip(td.n_train, td.subset_seed, td.few_shot):
+            level_idx.append(0 if few else level_of[int(n)])
+            task_idx.append(t)
+            key = f"{td.task}|{int(n)}|{int(s)}"
+            if not few and key not in curves:
+                curves.append(key)
+            curve_idx.append(-1 if few else curves.index(key))
+    cat = lambda f: np.concatenate([f(td) for td in sources])  # noqa: E731
     return BayesData(
-        tasks=tasks, levels=levels, level_values=np.array([d0] + sizes, dtype=float), curves=curves,
-        task_idx=np.array([tasks.index(t) for t in frame["task"]]),
-        level_idx=np.array([0 if f else level_of[n] for n, f in zip(frame["n_train"], few)]),
-        curve_idx=np.array([-1 if f else curve_of[k] for k, f in zip(curve_keys, few)]),
-        loss=frame["pretrain_loss"].to_numpy().astype(float), few_shot=few.astype(bool),
-        correct=frame["correct"].to_numpy(), n_items=frame["n_items"].to_numpy(),
-        chance=np.array([chance_of[t] for t in tasks], dtype=float),
-        checkpoint=tuple(frame["checkpoint"].to_list()),
+        tasks=tasks, levels=("few_shot",) + tuple(str(n) for n in sizes),
+        level_values=np.array([d0] + sizes, dtype=float), curves=tuple(curves),
+        task_idx=np.array(task_idx), level_idx=np.array(level_idx), curve_idx=np.array(curve_idx),
+        loss=cat(lambda td: td.loss).astype(float), few_shot=cat(lambda td: td.few_shot).astype(bool),
+        correct=cat(lambda td: td.successes), n_items=cat(lambda td: td.n_items),
+        chance=np.array([td.chance for td in sources], dtype=float), sources=tuple(sources),
     )
 
 
@@ -351,40 +343,95 @@ def build_model(data: BayesData, config: BayesConfig = BayesConfig()):
     return model
 
 
+# --------------------------------------------------------------------------- starting point
+
+
+def _mle_params(td, config: BayesConfig) -> dict[str, float]:
+    """One task's maximum-likelihood parameters, or prior-typical values if it cannot be fitted."""
+    from fitting.fit import EmergenceLawFit
+
+    try:
+        params = EmergenceLawFit(config.law, n_starts=8, seed=config.sampler.seed).fit(td).params_
+    except FitError:
+        params = {}
+    mid = (td.loss.min() + td.loss.max()) / 2
+    out = dict(A=0.5, B=td.chance, k=0.1, alpha=1.0, C=mid, delta=0.0) | params
+    box = dict(A=(0.02, 20.0), k=(1e-3, 5.0), alpha=(0.05, 4.0), B=(1e-3, 1 - 1e-3))
+    return {n: float(np.clip(v, *box[n])) if n in box else float(v) for n, v in out.items()}
+
+
+def mle_start(data: BayesData, config: BayesConfig) -> dict[str, np.ndarray]:
+    """Start NUTS at each task's maximum-likelihood fit (values keyed by model variable).
+
+    Chains started from the prior's support point with PyMC's U(-1, 1) jitter got stuck on
+    the flat parts of the clipped ReLU (r_hat ~3, hundreds of divergences, measured).
+    """
+    rows = [_mle_params(td, config) for td in data.sources]
+    col = lambda n: np.array([r[n] for r in rows])  # noqa: E731
+    point: dict[str, np.ndarray] = {"C": col("C"), "logit_B": np.log(col("B") / (1 - col("B")))}
+    if config.law.delta:
+        point["delta"] = np.clip(col("delta"), -0.3, 0.3)
+    for name in ("A", "k", "alpha"):
+        logs = np.log(col(name))
+        mu, sd = float(logs.mean()), float(np.clip(logs.std(), 0.05, 1.0))
+        point[f"mu_log_{name}"], point[f"sigma_log_{name}"] = np.array(mu), np.array(sd)
+        point[f"log_{name}" if config.centered else f"z_log_{name}"] = (
+            logs if config.centered else (logs - mu) / sd)
+    if config.subset_effect:
+        point["sigma_subset"] = np.array(config.priors.subset_sigma / 2)
+        point["subset_shift" if config.centered else "z_subset_shift"] = np.zeros(len(data.curves))
+    return point
+
+
+def _jitter(point: dict[str, np.ndarray], n_chains: int, seed: int, scale: float = 0.01) -> list[dict]:
+    """Per-chain starts: small jitter (scale in the units of each variable; x e^N for sigmas)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_chains):
+        noise = {n: rng.normal(0.0, scale, np.shape(v)) for n, v in point.items()}
+        out.append({n: v * np.exp(noise[n]) if n.startswith("sigma") else v + noise[n]
+                    for n, v in point.items()})
+    return out
+
+
 # --------------------------------------------------------------------------- sampling
 
 
-def sample(model, sampler: SamplerConfig, log_likelihood: bool = True):
+def sample(model, sampler: SamplerConfig, start: dict[str, np.ndarray] | None = None,
+           log_likelihood: bool = True):
     """Posterior draws as ArviZ InferenceData (pointwise log-likelihood included for LOO)."""
     pm, _ = _import_pymc()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         if sampler.sampler == "nutpie":
-            idata = _sample_nutpie(model, sampler)
+            idata = _sample_nutpie(compile_nutpie(model, start), sampler)
         else:
             idata = pm.sample(
                 draws=sampler.draws, tune=sampler.tune, chains=sampler.chains, cores=sampler.cores,
                 random_seed=sampler.seed, target_accept=sampler.target_accept, model=model,
                 progressbar=sampler.progressbar, compute_convergence_checks=False,
+                init="adapt_diag" if start else "jitter+adapt_diag",
+                initvals=_jitter(start, sampler.chains, sampler.seed) if start else None,
             )
         if log_likelihood:
             pm.compute_log_likelihood(idata, model=model, progressbar=False)
     return idata
 
 
-def compile_nutpie(model):
+def compile_nutpie(model, start: dict[str, np.ndarray] | None = None):
     """Compile once for nutpie; reuse with ``compiled.with_data(correct_obs=...)``."""
     try:
         import nutpie
     except ImportError:
         raise MissingExtraError("nutpie", "nutpie") from None
-    return nutpie.compile_pymc_model(model)
+    if start is None:
+        return nutpie.compile_pymc_model(model)
+    return nutpie.compile_pymc_model(model, initial_points=start, jitter_rvs=set())
 
 
-def _sample_nutpie(model, sampler: SamplerConfig, compiled=None):
+def _sample_nutpie(compiled, sampler: SamplerConfig):
     import nutpie
 
-    compiled = compiled if compiled is not None else compile_nutpie(model)
     return nutpie.sample(
         compiled, draws=sampler.draws, tune=sampler.tune, chains=sampler.chains,
         cores=sampler.cores, seed=sampler.seed, progress_bar=sampler.progressbar,
@@ -468,7 +515,8 @@ class HierarchicalEmergenceLaw:
     def fit(self, data: BayesData) -> "HierarchicalEmergenceLaw":
         self.data_ = data
         self.model_ = build_model(data, self.config)
-        self.idata_ = sample(self.model_, self.config.sampler)
+        self.start_ = mle_start(data, self.config)
+        self.idata_ = sample(self.model_, self.config.sampler, self.start_)
         self.config_hash_ = self.config.hash(data)
         self.idata_.posterior.attrs.update(self._attrs())
         self.failures_ = check_diagnostics(self.idata_, self.config.gate)

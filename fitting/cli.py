@@ -54,17 +54,16 @@ def fit_command(
 def compare_laws_command(
     results_dir: Annotated[Path, typer.Argument(help="results folder")],
     task: Annotated[Optional[list[str]], typer.Option("--task", "-t", help="task (repeatable; default all)")] = None,
+    form: Annotated[Optional[list[str]], typer.Option("--form", help="law form to compare (repeatable; default all)")] = None,
     likelihood: Annotated[str, typer.Option(help="binomial or gaussian")] = "binomial",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON on stdout")] = False,
 ) -> None:
     """Which law form does the data support? Leave-one-checkpoint-out held-out log-likelihood."""
-    from fitting.fit import TaskData, compare_laws
+    from fitting.fit import compare_laws_folder
     from fitting.schema import load_results
 
-    folder = load_results(results_dir)
-    tasks = task or folder.tasks
-    datas = [TaskData.from_folder(folder, t) for t in tasks]
-    table = {d.task: compare_laws(d, likelihood=likelihood) for d in datas}
+    table = compare_laws_folder(load_results(results_dir), tasks=task or None, forms=form or None,
+                                likelihood=likelihood)
     if as_json:
         typer.echo(json.dumps({t: [c.__dict__ for c in cs] for t, cs in table.items()}, indent=2))
     else:

@@ -171,6 +171,7 @@ def predict_data(data: TaskData, config: FitConfig = FitConfig(), *, ground_trut
         from fitting import bayes  # lazy: PyMC is an extra
 
         return bayes.predict_data(data, config, ground_truth=ground_truth, progress=progress, simulated=simulated)
+    check_task(data, config)
     if ground_truth is None:
         ground_truth = fit_ground_truth(data, config.likelihood, config.gt_alpha, config.gt_min_rise, config.spec)
     record = _empty_record(data, config, ground_truth, simulated)
@@ -190,6 +191,13 @@ def predict_data(data: TaskData, config: FitConfig = FitConfig(), *, ground_trut
         record.emergence_loss_pct = dict(boot.percentiles)
         record.n_boot, record.n_boot_failed, record.samples = boot.n_boot, boot.n_failed, boot.emergence_loss
     return _with_flops(record, data, config)
+
+
+def check_task(data: TaskData, config: FitConfig) -> None:
+    """Refuse a task the configuration cannot fit (before any work is started)."""
+    if config.likelihood == "binomial" and not data.proportion:
+        raise FitError(f"task {data.task!r}: metric {data.metric!r} is not a proportion of items; "
+                       "use --likelihood gaussian")
 
 
 def _empty_record(data: TaskData, config: FitConfig, gt: GroundTruth, simulated: bool) -> TaskPrediction:
@@ -235,8 +243,8 @@ def predict_all(folder: ResultsFolder, config: FitConfig = FitConfig(), tasks: l
                 progress: bool = False) -> list[TaskPrediction]:
     """Every task (or ``tasks``), in order; bootstrap progress on stderr when ``progress``."""
     tasks = folder.tasks if tasks is None else list(tasks)
-    for task in tasks:
-        TaskData.from_folder(folder, task, config.metric)  # validate every name before any work
+    for task in tasks:  # validate every task before any work (and before progress bars)
+        check_task(TaskData.from_folder(folder, task, config.metric), config)
     if config.method == "bayes":
         from fitting import bayes
 

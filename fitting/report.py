@@ -151,8 +151,9 @@ def ablations_as_table(results: Sequence[TaskBacktest]) -> Table | None:
     tab = ablation_table(results)
     if tab is None:
         return None
-    rows, bad = [], set()
-    for i, name in enumerate(tab.rows):
+    base = [tab.cells.get((tab.rows[0], t)) for t in tab.tasks]
+    rows, bad = [["checkpoints in the base", *("–" if b is None else str(b.n_checkpoints) for b in base)]], set()
+    for i, name in enumerate(tab.rows, start=1):
         cells = [tab.cell_text(name, t) for t in tab.tasks]
         bad |= {(i, j + 1) for j, text in enumerate(cells) if "✗" in text}
         rows.append([name, *cells])

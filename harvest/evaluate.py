@@ -76,6 +76,11 @@ def plan_tasks(spec: HarvestSpec) -> list[TaskPlan]:
     return [plan_task(ts) for ts in spec.tasks]
 
 
+def few_shot_units(spec: HarvestSpec, plans: list[TaskPlan]) -> list[tuple[str, str]]:
+    """(kind, key) of every few-shot evaluation the spec asks for: what :func:`compact` reads."""
+    return [(EVAL_KIND, eval_unit_key(c, p, spec.engine)) for c in spec.checkpoints for p in plans]
+
+
 def checkpoint_identity(c: CheckpointSpec) -> dict[str, Any]:
     return {"name": c.name, "path": c.ref.path, "revision": c.ref.revision, "dtype": c.ref.dtype}
 
@@ -163,17 +168,17 @@ def run_harvest(spec: HarvestSpec, out_dir: str | Path, *, show_progress: bool =
     store, log = Store(out_dir), RunLog()
     store.remove_stale_temps()
     plans = plan_tasks(spec)
-    docs, docs_hash = _held_out(spec)
+    docs, docs_hash = held_out_documents(spec)
     with harvest_progress(show_progress) as progress:
         for ckpt in spec.checkpoints:
             _harvest_checkpoint(spec, ckpt, plans, docs, docs_hash, store, log, progress)
-    units = [(EVAL_KIND, eval_unit_key(c, p, spec.engine)) for c in spec.checkpoints for p in plans]
     table = checkpoint_table(spec, store, docs_hash)
-    folder = compact(store, table, units, _table_metadata(spec, plans))
+    folder = compact(store, table, few_shot_units(spec, plans), table_metadata(spec, plans))
     return write_manifest(store.root, spec, plans, log, folder)
 
 
-def _held_out(spec: HarvestSpec) -> tuple[list[str], str]:
+def held_out_documents(spec: HarvestSpec) -> tuple[list[str], str]:
+    """The held-out documents and their content hash (empty when the spec gives all losses)."""
     from harvest.loss import documents_hash, read_documents
 
     if spec.held_out is None:
@@ -261,6 +266,6 @@ def checkpoint_table(spec: HarvestSpec, store: Store, docs_hash: str) -> pl.Data
                         infer_schema_length=None)
 
 
-def _table_metadata(spec: HarvestSpec, plans: list[TaskPlan]) -> dict[str, Any]:
+def table_metadata(spec: HarvestSpec, plans: list[TaskPlan]) -> dict[str, Any]:
     return {"spec_hash": spec.spec_hash, "engine": engine_version(spec.engine.name),
             "tasks": {p.spec.name: p.identity() for p in plans}}

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 from harvest.store import PARTS_DIR, Store
 from harvest.sweep import (
-    FINETUNE_KIND, Cell, Phases, SweepPlan, evaluate_cell, load_tokenizer, open_engine, run_cell,
+    FINETUNE_KIND, BaseModels, Cell, Phases, SweepPlan, evaluate_cell, load_tokenizer, open_engine, run_cell,
     train_cell, write_cell,
 )
 
@@ -109,8 +109,9 @@ def run_local(plan: SweepPlan, cells, advance: Callable[[Cell], None] = lambda c
 
 
 def _local_checkpoint(plan: SweepPlan, group: list[Cell], outcome: Outcome, advance) -> None:
-    phases = Phases()
-    stats = {c.key: train_cell(plan, c, phases) for c in group}
+    phases, bases = Phases(), BaseModels()
+    stats = {c.key: train_cell(plan, c, phases, bases) for c in group}
+    del bases  # free the base copy before the engine loads
     shared = None  # one engine for every LoRA cell of this checkpoint
     with phases("eval_load"):
         tokenizer = load_tokenizer(plan, group[0].checkpoint)

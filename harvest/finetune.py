@@ -42,6 +42,9 @@ from emergence.errors import SpecError
 if TYPE_CHECKING:  # torch is imported inside functions: this module is cheap to import
     import torch
 
+# peft 0.21 calls a transformers API deprecated in v5 on every adapter load: known noise.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
 METHODS = ("lora", "full")
 # Peak learning rates used when the recipe leaves ``lr`` unset (float32 AdamW).
 DEFAULT_LR = {"lora": 1e-3, "full": 3e-4}
@@ -229,9 +232,7 @@ def prepare_model(model, recipe: Recipe, seed: int):
     )
     torch.manual_seed(seed)  # LoRA A matrices are initialised randomly
     try:
-        with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
-            warnings.simplefilter("ignore", FutureWarning)
-            return get_peft_model(model, config)
+        return get_peft_model(model, config)
     except ValueError as err:  # e.g. a target module the architecture does not have
         raise SpecError(f"[sweep.recipe] target_modules {list(recipe.target_modules)}: {err}") from None
 

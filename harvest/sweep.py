@@ -51,7 +51,7 @@ import polars as pl
 
 from emergence.errors import EmergenceError, SpecError
 from fitting.schema import FINETUNE
-from harvest.finetune import Recipe
+from harvest.finetune import Recipe  # also silences peft's known deprecation noise
 from harvest.spec import CheckpointSpec, HarvestSpec, TaskSpec
 from harvest.store import Store
 
@@ -272,7 +272,26 @@ def device_for(plan: SweepPlan) -> str:
     return plan.spec.engine.options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def train_cell(plan: SweepPlan, cell: Cell, phases: Phases) -> dict[str, Any]:
+class BaseModels:
+    """One base checkpoint kept in CPU memory, so each of its cells starts from a copy instead
+    of a load from disk (the local executor trains a checkpoint's cells one after another)."""
+
+    def __init__(self):
+        self.name: str | None = None
+        self.model = self.tokenizer = None
+
+    def copy(self, plan: SweepPlan, checkpoint: str):
+        import copy
+
+        from harvest.engines.hf import load_model
+
+        if self.name != checkpoint:
+            self.model, self.tokenizer = load_model(plan.checkpoint(checkpoint).ref, "cpu")
+            self.name = checkpoint
+        return copy.deepcopy(self.model).to(device_for(plan)), self.tokenizer
+
+
+def train_cell(plan: SweepPlan, cell: Cell, phases: Phases, bases: BaseModels | None = None) -> dict[str, Any]:
     """Finetune one cell and save its adapter (or weights) with its stats; resumable."""
     from harvest.engines.hf import load_model
     from harvest.finetune import finetune, read_stats, save_finetuned
@@ -284,7 +303,10 @@ def train_cell(plan: SweepPlan, cell: Cell, phases: Phases) -> dict[str, Any]:
         return stats
     examples = draw_subset(plan.pools[cell.task], cell.n_train, cell.subset_seed, plan.config.nested)
     with phases("load"):
-        model, tok = load_model(plan.checkpoint(cell.checkpoint).ref, device_for(plan))
+        if bases is None:
+            model, tok = load_model(plan.checkpoint(cell.checkpoint).ref, device_for(plan))
+        else:
+            model, tok = bases.copy(plan, cell.checkpoint)
     with phases("finetune"):
         result = finetune(model, tok, examples, plan.config.recipe, seed=cell.subset_seed)
     with phases("save"):
@@ -335,6 +357,14 @@ def write_cell(plan: SweepPlan, cell: Cell, rows: pl.DataFrame, stats, phases: P
         Store(plan.out_dir).write(FINETUNE_KIND, cell.key, rows, meta)
         if not plan.config.keep_adapters:
             shutil.rmtree(plan.adapter_dir(cell), ignore_errors=True)
+            _remove_if_empty(plan.adapter_dir(cell).parent)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty (kept or concurrent adapters) or already gone
+        pass
 
 
 def open_engine(plan: SweepPlan, cell: Cell, stats: dict[str, Any]):
@@ -449,14 +479,16 @@ def run_sweep(spec: HarvestSpec | str | Path, out_dir: str | Path, *, executor: 
 
     if executor not in ("local", "ray"):
         raise SpecError(f"--executor: must be 'local' or 'ray', got {executor!r}")
+    start = time.perf_counter()
     plan = _plan_from(spec, out_dir, keep_adapters)
     plan.out_dir.mkdir(parents=True, exist_ok=True)
+    plan_seconds = time.perf_counter() - start
     cells, base = list(plan.cells), [c.name for c in plan.spec.checkpoints]
     if shard is not None:
         cells, base = shard_cells(cells, *shard), shard_checkpoints(base, *shard)
     else:  # the only writer: clear temp files a killed run left (never done for shards)
         Store(plan.out_dir).remove_stale_temps()
-    docs_hash, start = held_out_hash(plan.spec), time.perf_counter()
+    docs_hash = held_out_hash(plan.spec)
     base = _base_pending(plan, base, docs_hash)
     with harvest_progress(show_progress) as progress:
         bar = progress.add_task(f"finetune sweep ({executor})", total=len(cells))
@@ -468,6 +500,7 @@ def run_sweep(spec: HarvestSpec | str | Path, out_dir: str | Path, *, executor: 
             base_seconds = run_base_isolated(plan, base, show_progress)
             outcome = run_local(plan, cells, advance)
             outcome.add_phases({"base": base_seconds})
+    outcome.add_phases({"plan": plan_seconds})
     return _finish(plan, docs_hash, len(cells), outcome, start, _run_name(executor, shard))
 
 
@@ -511,13 +544,29 @@ def _run_name(executor: str, shard: tuple[int, int] | None) -> str:
 
 
 def _finish(plan: SweepPlan, docs_hash: str, n_cells: int, outcome, start: float, run: str) -> SweepReport:
+    compacting = time.perf_counter()
     missing = missing_units(plan, docs_hash)
     base_missing = [m for m in missing if m.startswith(("eval ", "loss "))]
     tables = None if base_missing else compact_sweep(plan, docs_hash)
     report = SweepReport(n_cells, outcome.computed, outcome.skipped, outcome.failed, missing,
-                         outcome.phase_seconds, time.perf_counter() - start, tables)
+                         outcome.phase_seconds, 0.0, tables)
+    if tables is not None:
+        _write_manifest(plan, report, run, start)
+    outcome.add_phases({"compact": time.perf_counter() - compacting})
+    report.wall_seconds = time.perf_counter() - start
     _write_run_log(plan, report, run)
     return report
+
+
+def _write_manifest(plan: SweepPlan, report: SweepReport, run: str, start: float) -> None:
+    """Harvest I's ``manifest.json`` (versions, spec hash, table sizes), this run appended."""
+    from harvest.evaluate import RunLog, plan_tasks
+    from harvest.manifest import write_manifest
+
+    log = RunLog(units=[{"kind": f"sweep-{run}", "cells": report.n_cells, "computed": report.computed,
+                         "failed": len(report.failed), "phase_seconds": report.phase_seconds}],
+                 started=time.time() - (time.perf_counter() - start))
+    write_manifest(plan.out_dir, plan.spec, plan_tasks(plan.spec), log, report.tables)
 
 
 def _write_run_log(plan: SweepPlan, report: SweepReport, run: str) -> None:

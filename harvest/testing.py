@@ -52,8 +52,13 @@ def build_tokenizer(folder: Path, vocab_size: int = 512):
 
 def build_tiny_llama(folder: str | Path, *, hidden: int = 64, layers: int = 2, heads: int = 2,
                      vocab_size: int = 512, intermediate: int | None = None, max_positions: int = 1024,
-                     seed: int = 0, train_steps: int = 0, init_std: float = 0.02) -> Path:
-    """Save a seeded tiny Llama and its tokenizer (safetensors) in ``folder``; returns it."""
+                     seed: int = 0, train_steps: int = 0, init_std: float = 0.02,
+                     pad_vocab_to: int | None = None) -> Path:
+    """Save a seeded tiny Llama and its tokenizer (safetensors) in ``folder``; returns it.
+
+    ``pad_vocab_to`` gives the model a realistic vocabulary size (e.g. 32000) with rows the small
+    tokenizer never emits, as Pythia pads 50277 tokens to 50304.
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -61,7 +66,7 @@ def build_tiny_llama(folder: str | Path, *, hidden: int = 64, layers: int = 2, h
     folder.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer(folder, vocab_size)
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate or 2 * hidden,
+        vocab_size=max(len(tok), pad_vocab_to or 0), hidden_size=hidden, intermediate_size=intermediate or 2 * hidden,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
         max_position_embeddings=max_positions, bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False, initializer_range=init_std,
@@ -92,12 +97,13 @@ def _train(model, tok, steps: int, seed: int) -> None:
 
 
 def n_params(folder: str | Path) -> int:
+    """Parameters stored in ``folder/model.safetensors``."""
     from safetensors import safe_open
 
     total = 0
     with safe_open(str(Path(folder) / "model.safetensors"), "pt") as f:
         for key in f.keys():
-            total += f.get_slice(key).get_shape().numel() if hasattr(f.get_slice(key).get_shape(), "numel") else _prod(f.get_slice(key).get_shape())
+            total += _prod(f.get_slice(key).get_shape())
     return total
 
 

@@ -25,18 +25,6 @@ TOL = 1e-4  # nats; both sides run float32, batched differently
 N_ITEMS, SHOTS = 40, 3
 
 
-class ArithmeticWords(SyntheticArithmetic):
-    """The same items scored on the numbers themselves: multi-token continuations."""
-
-    name = "parity_arithmetic_words"
-
-    def doc_to_text(self, doc):
-        return f"Question: {doc['question']}\nAnswer:"
-
-    def choices(self, doc):
-        return list(doc["choices"])
-
-
 def ours_and_lm_eval_task(task, folder, name):
     """Our EvalItems and the lm-eval task dict over the same rows dumped to JSON lines."""
     test, train = task.docs("test"), task.docs("train")
@@ -68,7 +56,7 @@ def test_prompts_loglikelihoods_and_answers_match_lm_eval(tmp_path, monkeypatch)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     model = build_tiny_llama(tmp_path / "model", init_std=0.1)
     tasks = {"parity_letters": SyntheticArithmetic(n_test=N_ITEMS, n_train=50),
-             "parity_words": ArithmeticWords(n_test=N_ITEMS, n_train=50)}
+             "parity_words": SyntheticArithmetic(n_test=N_ITEMS, n_train=50, answer="text")}  # multi-token
     built = {name: ours_and_lm_eval_task(t, tmp_path, name) for name, t in tasks.items()}
 
     out = simple_evaluate(model="hf", model_args=f"pretrained={model},dtype=float32",

@@ -78,5 +78,6 @@ def test_interval_coverage_on_200_datasets():
         boot = bootstrap(data, model, n_boot=200, seed=seed)
         n_ok += 1
         covered += boot.percentiles[5] <= MMLU.emergence_loss <= boot.percentiles[95]
+    print(f"coverage of the 90% bootstrap interval: {covered}/{n_ok} = {covered / n_ok:.3f}")
     assert n_ok >= 195
     assert 0.80 <= covered / n_ok <= 0.97, f"coverage {covered}/{n_ok}"

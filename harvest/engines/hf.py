@@ -154,6 +154,8 @@ class HFEngine:
         """(context ids, continuation ids per choice), the context cut on the left to fit."""
         pairs = [encode_pair(self.tok, req.context, c) for c in req.continuations]
         ctx, conts = pairs[0][0], [p[1] for p in pairs]
+        if not ctx:  # an empty context is conditioned on BOS (or EOS), as lm-eval does
+            ctx = [self.tok.bos_token_id if self.tok.bos_token_id is not None else self._pad_id()]
         longest = max(len(c) for c in conts)
         if longest >= self.max_length:
             raise SpecError(f"a continuation of {longest} tokens does not fit max_length {self.max_length}")
@@ -233,7 +235,8 @@ class HFEngine:
 
         encoded = [self.tok.encode(r.prompt) for r in batch]
         budget = max(r.max_new_tokens for r in batch)
-        encoded = [e[-(self.max_length - budget):] for e in encoded]  # left-truncate to fit
+        keep = max(1, self.max_length - budget)
+        encoded = [e[-keep:] for e in encoded]  # left-truncate so prompt + new tokens fit
         width = max(len(e) for e in encoded)
         pad = self._pad_id()
         ids = torch.full((len(batch), width), pad, dtype=torch.long)

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from emergence.errors import CheckpointError, SpecError
+from emergence.errors import CheckpointError, MissingExtraError, SpecError
 from harvest.engines import engine_version
 from harvest.engines.base import ChoiceRequest, ChoiceScore, GenerateRequest, ModelRef
 from harvest.engines.hf import _windows, encode_pair
@@ -45,7 +45,9 @@ class VLLMEngine:
     def __init__(self, ref: ModelRef, *, max_length: int | None = None, enable_lora: bool = True,
                  max_loras: int = 4, max_lora_rank: int = 16,
                  lora_target_modules: Sequence[str] = DEFAULT_LORA_TARGETS, seed: int = 0,
-                 **llm_options: Any):
+                 batch_size: int | None = None, **llm_options: Any):
+        # batch_size is accepted so a spec can switch engines; vLLM schedules its own batches
+        # (tune them with max_num_seqs / max_num_batched_tokens, passed through to vllm.LLM).
         self.ref = ref
         if Path(ref.path).is_absolute() and not Path(ref.path).is_dir():
             raise CheckpointError(f"checkpoint {_where(ref)}: folder not found")
@@ -253,7 +255,10 @@ def _adapter_config(adapter: str) -> dict:
 
 def _load_llm(ref: ModelRef, max_length: int, seed: int, options: dict[str, Any]):
     """``vllm.LLM`` with room for ``max_length`` fed tokens plus the one scored step."""
-    from vllm import LLM
+    try:
+        from vllm import LLM
+    except ImportError:
+        raise MissingExtraError("vllm", "vllm") from None
 
     limit = max_length + 1  # vLLM counts the greedy step we never feed back
     overrides = dict(options.pop("hf_overrides", None) or {})

@@ -22,5 +22,5 @@ def build_tokenizer():
     core.decoder = decoders.WordPiece(prefix="##")  # joins words with single spaces
     return PreTrainedTokenizerFast(
         tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-        pad_token="</s>", model_max_length=4096,
+        pad_token="</s>", model_max_length=4096, clean_up_tokenization_spaces=False,
     )

@@ -11,8 +11,10 @@ are scored on the letter, so their prompts look like an MMLU item:
 - ``synthetic_copy``: "Repeat: x y z ..." (``length`` random lowercase letters); distractors
   change one letter or swap two neighbours.
 
-Options (in the spec's ``options`` table): ``n_train``, ``n_test``, ``data_seed`` and
-``max_operand`` or ``length``.
+Options (in the spec's ``options`` table): ``n_train``, ``n_test``, ``data_seed``,
+``max_operand`` or ``length``, and ``answer``: ``"letter"`` (above, one-token answers like MMLU)
+or ``"text"`` (``Question: {question}\nAnswer:`` scored on each option's text, " 68", a
+multi-token continuation like ARC or HellaSwag).
 """
 
 from __future__ import annotations
@@ -32,9 +34,12 @@ class SyntheticTask(MultipleChoiceTask):
     default_shots = 3
     prompt_format = "[shots] Question: {question}\\nA. {c0}\\nB. {c1}\\nC. {c2}\\nD. {c3}\\nAnswer:  -> ' A'|' B'|' C'|' D'"
 
-    def __init__(self, data=None, *, n_train: int = 256, n_test: int = 256, data_seed: int = 0, **options):
+    def __init__(self, data=None, *, n_train: int = 256, n_test: int = 256, data_seed: int = 0,
+                 answer: str = "letter", **options):
+        if answer not in ("letter", "text"):
+            raise TypeError(f"option answer must be 'letter' or 'text', got {answer!r}")
         self.sizes = {"train": int(n_train), "test": int(n_test)}
-        self.data_seed = int(data_seed)
+        self.data_seed, self.answer = int(data_seed), answer
         super().__init__(data, **options)
 
     def docs(self, split: str) -> list[Doc]:
@@ -58,17 +63,20 @@ class SyntheticTask(MultipleChoiceTask):
         return doc["id"]
 
     def doc_to_text(self, doc: Doc) -> str:
+        if self.answer == "text":
+            return f"Question: {doc['question']}\nAnswer:"
         options = "".join(f"{letter}. {text}\n" for letter, text in zip(LETTERS, doc["choices"]))
         return f"Question: {doc['question']}\n{options}Answer:"
 
     def choices(self, doc: Doc) -> list[str]:
-        return list(LETTERS)
+        return list(doc["choices"]) if self.answer == "text" else list(LETTERS)
 
     def gold(self, doc: Doc) -> int:
         return int(doc["answer"])
 
     def describe(self) -> dict:
-        return {**super().describe(), "sizes": self.sizes, "data_seed": self.data_seed, **self.extra()}
+        return {**super().describe(), "sizes": self.sizes, "data_seed": self.data_seed, "answer": self.answer,
+                **self.extra()}
 
     def extra(self) -> dict:
         return {}

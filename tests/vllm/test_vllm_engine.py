@@ -104,11 +104,16 @@ def reference_generate(folder, prompt: str, max_new_tokens: int, stop: tuple[str
     return text[:min(cuts)] if cuts else text
 
 
-def assert_same_scores(got, want, tol=TOL):
+def assert_same_scores(got, want, label: str, tol=TOL) -> None:
+    """Every choice within ``tol`` nats, every prediction identical; prints the largest gap."""
+    worst = 0.0
     for g, w in zip(got, want, strict=True):
         assert len(g.logprobs) == len(w)
-        assert max(abs(a - b) for a, b in zip(g.logprobs, w)) < tol, (g.logprobs, w)
+        gap = max(abs(a - b) for a, b in zip(g.logprobs, w))
+        assert gap < tol, (g.logprobs, w)
         assert g.logprobs.index(max(g.logprobs)) == w.index(max(w))  # same prediction
+        worst = max(worst, gap)
+    print(f"\n{label}: max |log p(vLLM) - log p(ref)| = {worst:.1e} nats over {sum(len(w) for w in want)} choices")
 
 
 def hf_engine(folder):
@@ -122,7 +127,7 @@ def hf_engine(folder):
 
 def test_base_scores_match_transformers(engine, models):
     got = engine.score_choices(REQUESTS)
-    assert_same_scores(got, reference_scores(models["base"], REQUESTS))
+    assert_same_scores(got, reference_scores(models["base"], REQUESTS), "base vs transformers")
     assert [len(s.n_tokens) for s in got] == [len(r.continuations) for r in REQUESTS]
     assert got[1].n_tokens[1] > 1 and all(n == 1 for n in got[2].n_tokens)  # both paths exercised
 
@@ -131,7 +136,7 @@ def test_base_scores_match_hf_engine(engine, models):
     hf = hf_engine(models["base"])
     want = hf.score_choices(REQUESTS)
     got = engine.score_choices(REQUESTS)
-    assert_same_scores(got, [list(s.logprobs) for s in want])
+    assert_same_scores(got, [list(s.logprobs) for s in want], "base vs HFEngine")
     assert [s.n_tokens for s in got] == [s.n_tokens for s in want]
 
 
@@ -139,7 +144,7 @@ def test_lora_scores_match_merged_weights(engine, models):
     base = engine.score_choices(REQUESTS)
     for adapter, merged in zip(models["adapters"], models["merged"]):
         got = engine.score_choices(REQUESTS, adapter=str(adapter))
-        assert_same_scores(got, reference_scores(merged, REQUESTS))
+        assert_same_scores(got, reference_scores(merged, REQUESTS), f"LoRA vs merged {merged.name}")
         moved = max(abs(a - b) for g, b0 in zip(got, base) for a, b in zip(g.logprobs, b0.logprobs))
         assert moved > 0.5, "the adapter did not change the scores: vLLM ignored it"
 
@@ -152,14 +157,15 @@ def test_adapters_interleaved_with_base_keep_their_numbers(engine, models):
     base = engine.score_choices(REQUESTS)
     again = engine.score_choices(REQUESTS, adapter=a)
     assert [s.logprobs for s in again] == [s.logprobs for s in first]
-    assert_same_scores(base, reference_scores(models["base"], REQUESTS))
+    assert_same_scores(base, reference_scores(models["base"], REQUESTS), "base after adapters")
 
 
 def test_lora_scores_match_hf_engine_with_adapter(engine, models):
     hf = hf_engine(models["base"])
     adapter = str(models["adapters"][0])
     want = hf.score_choices(REQUESTS, adapter=adapter)
-    assert_same_scores(engine.score_choices(REQUESTS, adapter=adapter), [list(s.logprobs) for s in want])
+    got = engine.score_choices(REQUESTS, adapter=adapter)
+    assert_same_scores(got, [list(s.logprobs) for s in want], "LoRA vs HFEngine with the adapter")
 
 
 # ---------------------------------------------------------------------- generation and loss
@@ -240,3 +246,16 @@ def test_missing_checkpoint_is_one_line_error(tmp_path):
 
     with pytest.raises(CheckpointError, match="not found"):
         VLLMEngine(ModelRef(str(tmp_path / "nothing")))
+
+
+def test_checkpoint_without_safetensors_is_one_line_error(models, tmp_path):
+    """A folder whose weights are a pickle (pytorch_model.bin) is refused, never unpickled."""
+    import shutil
+
+    from harvest.engines.vllm_engine import VLLMEngine
+
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(models["base"] / name, tmp_path / name)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not a pickle either")
+    with pytest.raises(CheckpointError, match="vLLM cannot load it"):
+        VLLMEngine(ModelRef(str(tmp_path)), gpu_memory_utilization=0.1, enforce_eager=True)

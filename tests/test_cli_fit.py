@@ -1,0 +1,88 @@
+"""The `emergence fit`, `compare-laws` and `simulate` commands, end to end (in-process)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from emergence import cli
+from fitting.schema import CHECKPOINTS_FILE, RESULTS_FILE, load_results
+from fitting.simulate import DEFAULT_TASKS
+
+
+def run(args: list[str], capsys) -> tuple[int, str, str]:
+    argv, sys.argv = sys.argv, ["emergence", *args]
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exit_:
+        code = exit_.code
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def sim_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("sim") / "results"
+
+
+def test_simulate_writes_a_labelled_folder(sim_dir, capsys):
+    code, out, _ = run(["simulate", str(sim_dir), "--seed", "1", "--n-items", "800"], capsys)
+    assert code == 0 and "SIMULATED" in out
+    folder = load_results(sim_dir)
+    assert folder.metadata["simulated"] is True
+    assert set(folder.metadata["truth"]) == {t.name for t in DEFAULT_TASKS}
+    assert folder.checkpoints.height == 12 and set(folder.results["n_items"].to_list()) == {800}
+    levels = folder.results.filter(pl.col("setting") == "finetune")["n_train"].unique().sort().to_list()
+    assert levels == [16, 64, 256, 1024]
+
+
+def test_fit_json_is_parseable_and_complete(sim_dir, capsys):
+    code, out, err = run(["fit", str(sim_dir), "--json", "--n-boot", "60", "--task", "sim_mmlu",
+                          "--task", "sim_csqa"], capsys)
+    assert code == 0
+    records = json.loads(out)  # progress went to stderr, stdout is pure JSON
+    assert [r["task"] for r in records] == ["sim_mmlu", "sim_csqa"]
+    truth = load_results(sim_dir).metadata["truth"]
+    for r in records:
+        for key in ("emergence_loss", "emergence_loss_p05", "emergence_loss_p10", "emergence_loss_p25",
+                    "emergence_loss_p50", "emergence_loss_p75", "emergence_loss_p90", "emergence_loss_p95",
+                    "ground_truth_loss", "emergence_flops", "flops_multiple", "flops_extrapolated",
+                    "converged", "n_checkpoints", "law", "method"):
+            assert key in r, key
+        assert r["converged"] and r["method"] == "mle" and r["law"] == "log_power" and r["simulated"]
+        assert r["emergence_loss_p05"] <= r["emergence_loss_p50"] <= r["emergence_loss_p95"]
+        assert abs(r["emergence_loss"] - truth[r["task"]]["emergence_loss"]) < 0.1
+    assert "bootstrap" in err
+
+
+def test_fit_table_says_simulated(sim_dir, capsys):
+    code, out, _ = run(["fit", str(sim_dir), "--n-boot", "20", "--task", "sim_cola", "--law", "power"], capsys)
+    assert code == 0 and "SIMULATED" in out and "sim_cola" in out
+
+
+def test_fit_few_shot_only_folder(sim_dir, tmp_path, capsys):
+    pl.read_parquet(sim_dir / CHECKPOINTS_FILE).write_parquet(tmp_path / CHECKPOINTS_FILE)
+    pl.read_parquet(sim_dir / RESULTS_FILE).filter(pl.col("setting") == "few_shot").write_parquet(tmp_path / RESULTS_FILE)
+    code, out, _ = run(["fit", str(tmp_path), "--json", "--task", "sim_mmlu"], capsys)
+    assert code == 0
+    (record,) = json.loads(out)
+    assert record["emergence_loss"] is None and record["converged"] is False
+    assert "few-shot results only" in record["note"]
+    assert record["ground_truth_loss"] is not None
+
+
+def test_compare_laws_command(sim_dir, capsys):
+    code, out, _ = run(["compare-laws", str(sim_dir), "--task", "sim_csqa", "--form", "log_power",
+                        "--form", "no_delta", "--json"], capsys)
+    assert code == 0
+    result = json.loads(out)["sim_csqa"]
+    assert {r["form"] for r in result} == {"log_power", "no_delta"} and result[0]["delta"] == 0.0
+    code, _, err = run(["compare-laws", str(sim_dir), "--form", "cubic"], capsys)
+    assert code == 2 and "unknown law form" in err

@@ -1,0 +1,168 @@
+"""The micro-ladder: corpus and tokenizer properties, resumable pretraining, and a reduced
+end-to-end run (tiny sizes, few steps) through the real harvest commands.
+
+The reduced run checks the pipeline and the table schema, not emergence: at this size nothing
+emerges reliably (see docs/microladder.md for the full run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from harvest.microladder import corpus as C  # noqa: E402
+from harvest.microladder.pretrain import TrainConfig, train  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    torch.set_num_threads(1)
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+@pytest.mark.parametrize("task", C.TASKS)
+def test_episode_answer_is_the_true_continuation(task):
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        ep = C.episode(task, rng)
+        assert ep.answer in ep.choices and len(set(ep.choices)) == 4
+        toks = ep.tokens
+        if task == "copy":  # "# s # s #": second half repeats the first
+            m = (len(toks) - 3) // 2
+            assert toks[1:1 + m] == toks[2 + m:2 + 2 * m]
+        elif task == "reverse":
+            m = (len(toks) - 3) // 2
+            assert toks[1:1 + m][::-1] == toks[2 + m:2 + 2 * m]
+        elif task == "recall":
+            pairs = dict(zip(toks[1:-3:2], toks[2:-3:2]))
+            assert pairs[toks[-3]] == ep.answer
+        else:
+            a, b = int(toks[0][1:]), int(toks[2][1:])
+            assert ep.answer == f"n{(a + b) % 10}"
+
+
+def test_documents_have_fixed_length_and_known_tokens():
+    corpus = C.Corpus()
+    ids = corpus.batch_ids(np.random.default_rng(1), 8)
+    assert ids.shape == (8, C.SEQ_LEN) and (ids[:, 0] == C.BOS_ID).all()
+    assert ids.max() < len(C.vocabulary()) and (ids[:, 1:] != C.TOKEN_ID["<unk>"]).all()
+
+
+def test_tokenizer_matches_corpus_ids_and_round_trips(tmp_path):
+    from transformers import AutoTokenizer
+
+    from harvest.microladder.tokenizer import build_tokenizer
+
+    build_tokenizer().save_pretrained(tmp_path)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    text = "# w5 w9 # w5 w9 # k3 n7 + = ?"
+    ids = tok(text)["input_ids"]
+    assert ids == [C.BOS_ID] + [C.TOKEN_ID[t] for t in text.split()]
+    assert tok.decode(ids, skip_special_tokens=True) == text
+
+
+def test_fewshot_prompt_is_a_corpus_task_block():
+    from harvest.tasks import get_task
+    from harvest.tasks.fewshot import build_items
+
+    task = get_task("ml_copy", None, n_train=20, n_test=3)
+    rows = [(d["id"], d) for d in task.docs("test")]
+    item = build_items(task, rows, task.docs("train"), 2, 1234, False)[0]
+    words = item.context.split()  # whitespace (incl. the "\n\n" shot delimiter) is not a token
+    assert words.count("#") == 2 * 3 + 2  # two whole episodes, then the query's two markers
+    prompt, target = task.train_examples()[0]
+    assert target == " " + task.docs("train")[0]["choices"][task.docs("train")[0]["answer"]]
+    assert task.chance == 0.25
+
+
+def test_checkpoint_steps_are_log_spaced_and_end_at_the_last_step():
+    steps = TrainConfig(steps=1500, first_checkpoint=40, n_checkpoints=10).checkpoint_steps()
+    assert len(steps) == 10 and steps[0] == 40 and steps[-1] == 1500
+    ratios = np.diff(np.log(steps))
+    assert np.allclose(ratios, ratios.mean(), atol=0.02)
+
+
+# --------------------------------------------------------------------------- pretraining
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.numpy import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_killed_pretraining_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    from harvest.microladder import pretrain
+
+    cfg = TrainConfig(size="t0", steps=6, first_checkpoint=2, n_checkpoints=3, batch_size=2, heldout_docs=2, log_every=100)
+    train(cfg, tmp_path / "straight")
+
+    class Killed(Exception):
+        pass
+
+    real_log = pretrain.log_line
+
+    def dying_log(path, record):
+        real_log(path, record)
+        if record.get("checkpoint") == "step_000003":  # after the checkpoint and resume state are saved
+            raise Killed
+
+    monkeypatch.setattr(pretrain, "log_line", dying_log)
+    with pytest.raises(Killed):
+        train(cfg, tmp_path / "resumed")
+    monkeypatch.setattr(pretrain, "log_line", real_log)
+    train(cfg, tmp_path / "resumed")
+    a, b = _weights(tmp_path / "straight" / "step_000006"), _weights(tmp_path / "resumed" / "step_000006")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+@pytest.mark.harvest
+def test_quick_ladder_end_to_end(tmp_path):
+    """`emergence harvest microladder --quick`: pretrain, real harvest eval + sweep, valid tables."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from fitting.schema import load_results
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    exe = Path(sys.executable).with_name("emergence")
+    out, ship = tmp_path / "run", tmp_path / "ship"
+    proc = subprocess.run([str(exe), "harvest", "microladder", "--out", str(out), "--quick", "--no-analysis",
+                           "--ship", str(ship)], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    folder = load_results(ship, items=True)  # validates the data contract
+    ck, res, items = folder.checkpoints, folder.results, folder.items
+    assert sorted(ck["family"].unique()) == ["microladder-t0", "microladder-t1"]
+    for fam in ck.partition_by("family"):
+        assert fam.height == 3
+        assert fam.sort("tokens")["pretrain_loss"].is_sorted(descending=True)  # training lowers held-out loss
+    assert sorted(res["task"].unique()) == ["ml_copy", "ml_recall"]
+    assert set(res["setting"]) == {"few_shot", "finetune"} and (res["chance"] == 0.25).all()
+    assert sorted(res.filter(res["setting"] == "finetune")["n_train"].unique()) == [4, 16]
+    assert res.height == 6 * 2 * (1 + 2)  # checkpoints x tasks x (few-shot + 2 data levels)
+    assert items.height == res.height * 40 and items["choice_logprobs"].list.len().unique().to_list() == [4]
+
+    manifest = json.loads((ship / "manifest.json").read_text())
+    assert {"command", "versions", "seeds", "wall_time_s"} <= set(manifest)
+    assert manifest["versions"]["torch"] and manifest["wall_time_s"]["total_s"] > 0
+
+    first = out / "models" / "t0" / "step_000020"  # a checkpoint loads offline as plain HF
+    model, tok = AutoModelForCausalLM.from_pretrained(first), AutoTokenizer.from_pretrained(first)
+    assert type(model).__name__ == "LlamaForCausalLM" and tok("# w1")["input_ids"][0] == C.BOS_ID
