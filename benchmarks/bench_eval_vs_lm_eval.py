@@ -9,11 +9,12 @@ side and task in a fresh Python process:
 - lm-eval 0.4.13: ``simple_evaluate(model="hf", ...)`` on the task as a dict over the same rows
   dumped to JSON lines (``../shared/notes/lm-eval-parity.md``).
 
-Two tasks of 500 items, 5-shot, 4 choices: ``letter`` (MMLU-style, one-token answers " A".." D")
-and ``text`` (the options' own text, multi-token answers, as in ARC or HellaSwag). lm-eval
-already runs a context once when every choice is one token (its "one-token continuation cache"),
-so on ``letter`` our gain is only the LM head and log-softmax we skip on context positions; on
-``text`` lm-eval runs the context once per choice, we run it once per item.
+Two tasks of 500 items, 5-shot, 4 choices: ``synthetic_arithmetic`` scored on the letter
+(MMLU-style, one-token answers " A".." D") and ``synthetic_copy`` scored on the options' own text
+(multi-token answers such as " q w e r t y", as in ARC or HellaSwag). lm-eval already runs a
+context once when every choice is one token (its "one-token continuation cache"), so on letters
+our gain is only the LM head and log-softmax we skip on context positions; on multi-token
+answers lm-eval runs the context once per choice, we run it once per item.
 
 Reported per side and task: scoring time (ours: the evaluation unit's time in the manifest;
 lm-eval: time inside ``HFLM._loglikelihood_tokens``), whole-process wall time (spawn to exit:
@@ -38,6 +39,8 @@ from pathlib import Path
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
        "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+TASKS = (("synthetic_arithmetic", "letter"), ("synthetic_copy", "text"))
 
 LM_EVAL_SIDE = textwrap.dedent('''
     import json, sys, time
@@ -80,12 +83,12 @@ def build_model(folder: Path, small: bool) -> dict:
             "non_embedding": total - 2 * config["vocab_size"] * config["hidden_size"]}
 
 
-def write_inputs(root: Path, model: Path, answer: str, items: int, shots: int) -> dict:
+def write_inputs(root: Path, model: Path, name: str, answer: str, items: int, shots: int) -> dict:
     """The harvest spec, and the lm-eval task config over the same rows."""
     from harvest.tasks import get_task
 
-    task = get_task("synthetic_arithmetic", n_test=items, n_train=256, answer=answer)
-    folder = root / answer
+    task = get_task(name, n_test=items, n_train=256, answer=answer)
+    folder = root / f"{name}-{answer}"
     folder.mkdir()
     for split in ("test", "train"):
         with open(folder / f"{split}.jsonl", "w") as f:
@@ -104,11 +107,11 @@ def write_inputs(root: Path, model: Path, answer: str, items: int, shots: int) -
         pretrain_loss = 1.0
 
         [[tasks]]
-        task = "synthetic_arithmetic"
+        task = "{name}"
         shots = {shots}
         options = {{ n_test = {items}, n_train = 256, answer = "{answer}" }}
     """))
-    return {"task": f"bench_{answer}", "dataset_path": "json",
+    return {"task": f"bench_{name}_{answer}", "dataset_path": "json",
             "dataset_kwargs": {"data_files": {"train": str(folder / "train.jsonl"), "test": str(folder / "test.jsonl")}},
             "test_split": "test", "fewshot_split": "train", "output_type": "multiple_choice",
             "doc_to_text": "text", "doc_to_choice": "choices", "doc_to_target": "label",
@@ -144,10 +147,10 @@ def argmax(xs: list[float]) -> int:
     return max(range(len(xs)), key=lambda i: (xs[i], -i))
 
 
-def report(answer: str, n: int, shots: int, ours: dict, theirs: dict, prompt_tokens: float) -> None:
+def report(label: str, n: int, shots: int, ours: dict, theirs: dict, prompt_tokens: float) -> None:
     same = sum(argmax(a) == argmax(b) for a, b in zip(ours["logprobs"], theirs["logprobs"]))
     diff = max(abs(x - y) for a, b in zip(ours["logprobs"], theirs["logprobs"]) for x, y in zip(a, b))
-    print(f"\ntask: {answer} answers, {n} items x 4 choices, {shots}-shot, mean prompt {prompt_tokens:.0f} tokens")
+    print(f"\ntask: {label}, {n} items x 4 choices, {shots}-shot, mean prompt {prompt_tokens:.0f} tokens")
     print(f"{'':24}{'ours':>12}{'lm-eval':>12}{'speed-up':>10}")
     for label, key in (("scoring time (s)", "scoring"), ("whole process (s)", "wall")):
         print(f"{label:24}{ours[key]:12.2f}{theirs[key]:12.2f}{theirs[key] / ours[key]:9.2f}x")
@@ -171,7 +174,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=500)
     parser.add_argument("--shots", type=int, default=5)
-    parser.add_argument("--answers", nargs="+", default=["letter", "text"], choices=["letter", "text"])
     parser.add_argument("--small", action="store_true", help="a 0.15M-parameter model (smoke test)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -179,12 +181,13 @@ def main() -> None:
         info = build_model(root / "model", args.small)
         print(f"model: Llama, {info['params'] / 1e6:.1f}M parameters ({info['non_embedding'] / 1e6:.1f}M "
               f"non-embedding, vocabulary {info['vocab']}), float32, CPU, 1 thread, batch size 8 both sides")
-        for answer in args.answers:
-            config = write_inputs(root, root / "model", answer, args.items, args.shots)
-            tokens = mean_prompt_tokens(root / "model", root / answer / "spec.toml")
-            ours = run_ours(root / answer)
-            theirs = run_lm_eval(root / answer, root / "model", config)
-            report(answer, args.items, args.shots, ours, theirs, tokens)
+        for name, answer in TASKS:
+            config = write_inputs(root, root / "model", name, answer, args.items, args.shots)
+            folder = root / f"{name}-{answer}"
+            tokens = mean_prompt_tokens(root / "model", folder / "spec.toml")
+            ours = run_ours(folder)
+            theirs = run_lm_eval(folder, root / "model", config)
+            report(f"{name}, {answer} answers", args.items, args.shots, ours, theirs, tokens)
 
 
 if __name__ == "__main__":

@@ -42,9 +42,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from emergence.errors import EmergenceError, FitError
+from emergence.errors import DiagnosticsError, EmergenceError, FitError
 from fitting.fit import GroundTruth, TaskData, fit_ground_truth
-from fitting.predict import FitConfig, TaskPrediction, _clean, is_simulated, predict_data
+from fitting.predict import FitConfig, TaskPrediction, _clean, check_task, is_simulated, predict_data
 from fitting.schema import ResultsFolder
 
 Tick = Callable[[str], None]  # progress callback: called once per finished fit with a label
@@ -348,17 +348,31 @@ class _Job:
     simulated: bool
 
 
-def _run_job(job: _Job) -> TaskPrediction | str:
-    """The prediction, or the FitError message when the data cannot be fitted."""
+@dataclass(frozen=True)
+class _Failure:
+    """A fit that gave no prediction. ``stop``: the data no longer allow a fit (FitError), so
+    smaller cutoffs will not either; otherwise the fit itself failed (a failed cutoff)."""
+
+    message: str
+    stop: bool
+
+
+Outcome = TaskPrediction | _Failure
+
+
+def _run_job(job: _Job) -> Outcome:
+    """The prediction, or why there is none."""
     try:
         return predict_data(job.data, job.config, ground_truth=job.ground_truth, simulated=job.simulated)
     except FitError as err:
-        return f"no fit: {err}"
+        return _Failure(f"no fit: {err}", stop=True)
+    except DiagnosticsError as err:  # method bayes: the MCMC gate refused this cutoff's answer
+        return _Failure(f"diagnostics failed: {err}", stop=False)
     except np.linalg.LinAlgError as err:  # a numerically singular fit: a failed cutoff, not a crash
-        return f"fit failed numerically: {err}"
+        return _Failure(f"fit failed numerically: {err}", stop=False)
 
 
-def run_jobs(jobs: Sequence[_Job], workers: int, tick: Tick | None = None) -> list[TaskPrediction | str]:
+def run_jobs(jobs: Sequence[_Job], workers: int, tick: Tick | None = None) -> list[Outcome]:
     """Run every job, in order of ``jobs``; ``workers`` > 1 uses processes (spawned, not forked:
     polars' thread pool is not fork-safe)."""
     tick = tick or (lambda _label: None)
@@ -393,6 +407,7 @@ class _TaskPlan:
 
 def plan_task(data: TaskData, config: BacktestConfig, simulated: bool) -> _TaskPlan:
     """Ground truth and the list of fits (cutoffs, ablations) for one task."""
+    check_task(data, config.fit)  # configuration errors stop the run; FitErrors later end a task's cutoffs
     truth = ground_truth_of(data, config.fit)
     elbow = truth.elbow_loss
     cuts, jobs, note = [], [], ""
@@ -419,16 +434,17 @@ def _plan_ablations(data: TaskData, elbow: float | None, config: BacktestConfig,
     return rows, {name: apply_variant(base, kind, k) for name, kind, k in rows}
 
 
-def assemble(plan: _TaskPlan, outputs: list[TaskPrediction | str], config: BacktestConfig,
+def assemble(plan: _TaskPlan, outputs: list[Outcome], config: BacktestConfig,
              simulated: bool) -> TaskBacktest:
     """Score the fits of one task and compute its multipliers (see module docstring)."""
     truth, elbow = plan.truth, plan.truth.elbow_loss
     cut_out, abl_out = outputs[: len(plan.cuts)], outputs[len(plan.cuts):]
     cutoffs = []
     for cut, out in zip(plan.cuts, cut_out):
-        if isinstance(out, str):  # the data no longer allow a fit: the list ends here
+        if isinstance(out, _Failure) and out.stop:  # the data no longer allow a fit: the list ends here
             break
-        cutoffs.append(score_cutoff(cut, out, elbow, config.tolerance))
+        cutoffs.append(_failed_cutoff(cut, out.message, elbow) if isinstance(out, _Failure)
+                       else score_cutoff(cut, out, elbow, config.tolerance))
     name, flops = post_emergence(plan.data, elbow)
     ablations = [_score_ablation(row, plan.ablation_data[row[0]], out, elbow, config.tolerance)
                  for row, out in zip(plan.ablation_rows, abl_out)]
@@ -437,11 +453,16 @@ def assemble(plan: _TaskPlan, outputs: list[TaskPrediction | str], config: Backt
                         name, flops, ablations, simulated, note)
 
 
-def _score_ablation(row, data: TaskData, out, truth: float | None, tolerance: float) -> AblationResult:
+def _failed_cutoff(cut: CutoffResult, message: str, truth: float | None) -> CutoffResult:
+    cut.note, cut.success = message, None if truth is None else False
+    return cut
+
+
+def _score_ablation(row, data: TaskData, out: Outcome, truth: float | None, tolerance: float) -> AblationResult:
     name, kind, k = row
     res = AblationResult(name, kind, k, data.n_checkpoints, data.data_levels)
-    if isinstance(out, str):
-        res.note = out
+    if isinstance(out, _Failure):
+        res.note, res.success = out.message, None if truth is None else False
         return res
     res.converged, res.emergence_loss = bool(out.converged), out.emergence_loss
     res.note = "" if res.converged else (out.note or out.message)
@@ -510,10 +531,13 @@ class AblationTable:
     tolerance: float
 
     def cell_text(self, row: str, task: str) -> str:
-        """|error| in nats, with ✗ for a failure; 'fit failed', 'n/a' or '—' (no ground truth)."""
+        """|error| in nats, with ✗ for a failure; 'fit failed', 'n/a', or the prediction when there
+        is no ground truth."""
         res = self.cells.get((row, task))
         if res is None:
             return "n/a"
+        if res.error is None and res.converged and res.emergence_loss is not None:
+            return f"pred. {res.emergence_loss:.3f} (no truth)"
         if res.error is None:
             return "fit failed ✗" if not res.converged else "— (no truth)"
         return f"{abs(res.error):.3f}" + ("" if res.success else " ✗")

@@ -25,6 +25,9 @@ DropSmall = Annotated[list[int], typer.Option("--drop-smallest", help="ablation:
 DropLarge = Annotated[list[int], typer.Option("--drop-largest", help="ablation: drop the k largest data levels (repeatable)")]
 LastK = Annotated[list[int], typer.Option("--last-k", help="ablation: keep the k checkpoints nearest emergence (repeatable)")]
 Base = Annotated[str, typer.Option(help="ablation base: pre_emergence checkpoints (default) or all")]
+Chains = Annotated[int, typer.Option(help="bayes: MCMC chains per fit")]
+Draws = Annotated[int, typer.Option(help="bayes: posterior draws per chain")]
+Tune = Annotated[int, typer.Option(help="bayes: tuning steps per chain")]
 
 
 def register(app: typer.Typer) -> None:
@@ -34,11 +37,16 @@ def register(app: typer.Typer) -> None:
 
 
 def _config(*, law="log_power", n_boot=1000, seed=0, method="mle", metric=None, tolerance=0.1,
-            min_checkpoints=3, workers=1, ablations=None, cutoffs=True):
+            min_checkpoints=3, workers=1, ablations=None, cutoffs=True, chains=4, draws=1000, tune=1000):
     from fitting.backtest import BacktestConfig
     from fitting.predict import FitConfig
 
-    fit = FitConfig(law=law, n_boot=n_boot, seed=seed, method=method, metric=metric)
+    bayes = None
+    if method == "bayes":
+        from fitting.bayes import config_from_cli
+
+        bayes = config_from_cli(chains=chains, draws=draws, tune=tune, sampler="pymc", seed=seed)
+    fit = FitConfig(law=law, n_boot=n_boot, seed=seed, method=method, metric=metric, bayes=bayes)
     return BacktestConfig(fit=fit, tolerance=tolerance, min_checkpoints=min_checkpoints,
                           workers=workers, ablations=ablations, cutoffs=cutoffs)
 
@@ -57,6 +65,7 @@ def backtest_command(
     min_checkpoints: MinCkpt = 3, workers: Workers = 1,
     ablations: Annotated[bool, typer.Option("--ablations", help="also run the Table-2 ablations")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON list on stdout")] = False,
+    chains: Chains = 4, draws: Draws = 1000, tune: Tune = 1000,
 ) -> None:
     """Hold out the most expensive checkpoints, refit, predict: how far ahead (in FLOPs) does it work?"""
     from fitting.backtest import AblationSpec, backtest, backtests_json
@@ -64,7 +73,7 @@ def backtest_command(
 
     config = _config(law=law, n_boot=n_boot, seed=seed, method=method, metric=metric, tolerance=tolerance,
                      min_checkpoints=min_checkpoints, workers=workers,
-                     ablations=AblationSpec() if ablations else None)
+                     ablations=AblationSpec() if ablations else None, chains=chains, draws=draws, tune=tune)
     folder = load_results(results_dir)
     results = backtest(folder, config, tasks=task or None, progress=True)
     if as_json:
@@ -105,6 +114,7 @@ def report_command(
     method: Method = "mle", metric: Metric = None, tolerance: Tolerance = 0.1,
     min_checkpoints: MinCkpt = 3, workers: Workers = 1,
     ablations: Annotated[bool, typer.Option(help="include the Table-2 ablations")] = True,
+    chains: Chains = 4, draws: Draws = 1000, tune: Tune = 1000,
 ) -> None:
     """Write an HTML page and a Markdown file with the fits, the backtest and the ablations."""
     from fitting.backtest import AblationSpec
@@ -112,7 +122,7 @@ def report_command(
 
     config = _config(law=law, n_boot=n_boot, seed=seed, method=method, metric=metric, tolerance=tolerance,
                      min_checkpoints=min_checkpoints, workers=workers,
-                     ablations=AblationSpec() if ablations else None)
+                     ablations=AblationSpec() if ablations else None, chains=chains, draws=draws, tune=tune)
     paths = write_report(results_dir, out, config, tasks=task or None, progress=True)
     typer.echo(f"wrote {paths.html} and {paths.markdown} ({len(paths.figures)} figures)")
 
@@ -128,11 +138,18 @@ def _mark(flag) -> str:
     return "-" if flag is None else ("yes" if flag else "[red]no[/]")
 
 
-def _print_backtests(results, simulated: bool) -> None:
+def _console():
+    """stdout console; when piped (no terminal to measure) wide enough for the cutoff tables."""
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
+    return console if console.is_terminal else Console(width=140)
+
+
+def _print_backtests(results, simulated: bool) -> None:
+    from rich.table import Table
+
+    console = _console()
     summary = Table(title="Backtest: how far ahead the prediction works" + (" — SIMULATED data" if simulated else ""))
     for name in ("task", "truth (nats)", "first post-emergence", "FLOP x", "FLOP x (strict)", "coverage"):
         summary.add_column(name, justify="left" if name in ("task", "first post-emergence") else "right")
@@ -156,7 +173,7 @@ def _cutoff_table(r):
     from rich.table import Table
 
     table = Table(title=f"{r.task}: cutoffs", title_justify="left")
-    for name in ("max FLOPs", "ckpts", "most capable", "MLE", "p5", "p95", "error", "ok", "covered"):
+    for name in ("max FLOPs", "ckpts", "most capable", "MLE", "p5", "p95", "error", "success", "covered"):
         table.add_column(name, justify="left" if name == "most capable" else "right", no_wrap=True)
     for c in r.cutoffs:
         table.add_row(f"{c.max_flops:.2e}", str(c.n_checkpoints), c.most_capable + ("" if c.pre_emergence is not False else " *"),
@@ -166,13 +183,12 @@ def _cutoff_table(r):
 
 
 def _print_ablations(results) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from fitting.backtest import ablation_table
 
     tab = ablation_table(results)
-    console = Console()
+    console = _console()
     if tab is None:
         console.print("no ablation could be run (no finetune results or too few pre-emergence checkpoints)")
         return

@@ -142,6 +142,8 @@ class BayesConfig:
     centered: bool = True
     subset_effect: bool = False  # extra level: elbow jitter per finetuning subset
     gate: Gate = Gate()
+    allow_bad_diagnostics: bool = False  # gate failures warn instead of raising (not hashed)
+    save_posterior: str | None = None  # netCDF path written by predict_all (not hashed)
 
     def __post_init__(self) -> None:
         if self.law.ceiling:
@@ -156,6 +158,8 @@ class BayesConfig:
     def hash(self, data: "BayesData | None" = None) -> str:
         """sha256 of the config without run-cosmetic fields, plus the data when given."""
         cfg = self.to_dict()
+        for key in ("allow_bad_diagnostics", "save_posterior"):
+            cfg.pop(key)
         cfg["sampler"].pop("progressbar")
         payload = json.dumps(cfg, sort_keys=True, default=str)
         if data is not None:
@@ -509,14 +513,15 @@ class HierarchicalEmergenceLaw:
     ``config_hash_``.
     """
 
-    def __init__(self, config: BayesConfig = BayesConfig()):
+    def __init__(self, config: BayesConfig = BayesConfig(), log_likelihood: bool = True):
         self.config = config
+        self.log_likelihood = log_likelihood  # pointwise log-likelihood for LOO
 
     def fit(self, data: BayesData) -> "HierarchicalEmergenceLaw":
         self.data_ = data
         self.model_ = build_model(data, self.config)
         self.start_ = mle_start(data, self.config)
-        self.idata_ = sample(self.model_, self.config.sampler, self.start_)
+        self.idata_ = sample(self.model_, self.config.sampler, self.start_, self.log_likelihood)
         self.config_hash_ = self.config.hash(data)
         self.idata_.posterior.attrs.update(self._attrs())
         self.failures_ = check_diagnostics(self.idata_, self.config.gate)
@@ -613,3 +618,257 @@ def _compare_row(form: str, row, fit: HierarchicalEmergenceLaw) -> dict[str, Any
         "pareto_k_over_0.7": int((loo.pareto_k.values > 0.7).sum()),
         "diagnostics_ok": not fit.failures_,
     }
+
+
+# --------------------------------------------------------------------------- the predict hook
+
+
+def config_from(fit_config) -> BayesConfig:
+    """The BayesConfig of a ``fitting.predict.FitConfig`` (its ``bayes`` field, law and seed)."""
+    base = fit_config.bayes if fit_config.bayes is not None else BayesConfig(
+        sampler=SamplerConfig(seed=fit_config.seed))
+    if not isinstance(base, BayesConfig):
+        raise FitError(f"FitConfig.bayes must be a fitting.bayes.BayesConfig, got {type(base).__name__}")
+    if fit_config.likelihood != "binomial":
+        raise FitError("the Bayesian fit uses the binomial likelihood only; drop --likelihood gaussian")
+    spec = fit_config.spec
+    if fit_config.law_name not in BAYES_FORMS and spec.ceiling:
+        raise FitError(f"law {fit_config.law_name!r} is not supported by the Bayesian fit "
+                       f"(choose from {', '.join(BAYES_FORMS)})")
+    priors = base.priors if base.law == spec else None
+    return dataclasses.replace(base, law=spec, priors=priors)
+
+
+def _quiet_stdout(progress: bool):
+    """Sampler progress bars go to stderr so that ``--json`` on stdout stays parseable."""
+    import contextlib
+    import sys
+
+    return contextlib.redirect_stdout(sys.stderr) if progress else contextlib.nullcontext()
+
+
+def fit_tasks(task_data: Sequence, config: BayesConfig, progress: bool = False) -> HierarchicalEmergenceLaw:
+    """One pooled fit of several tasks' ``TaskData``; saves the posterior when configured."""
+    cfg = dataclasses.replace(config, sampler=dataclasses.replace(config.sampler, progressbar=progress))
+    with _quiet_stdout(progress):
+        fit = HierarchicalEmergenceLaw(cfg).fit(BayesData.from_tasks(task_data, config.law.d0))
+    if config.save_posterior:
+        fit.save(config.save_posterior)
+    return fit
+
+
+def _task_failures(fit: HierarchicalEmergenceLaw, task: str) -> list[str]:
+    """Gate lines that concern ``task``: its own, the population's and the joint model's."""
+    mine = (f"task {task}:", "task population:", "all tasks")
+    return [f for f in fit.failures_ if f.startswith(mine)]
+
+
+def _record(td, fit: HierarchicalEmergenceLaw, fit_config, ground_truth, simulated: bool):
+    from fitting import predict
+
+    record = predict._empty_record(td, fit_config, ground_truth, simulated)
+    draws = fit.emergence_draws()[td.task]
+    pct = np.percentile(draws, PERCENTILES)
+    failures = _task_failures(fit, td.task)
+    record.emergence_loss = float(np.median(draws))  # posterior median (no MLE in this method)
+    record.emergence_loss_pct = {q: float(v) for q, v in zip(PERCENTILES, pct)}
+    record.samples = draws
+    record.converged = not failures
+    record.message = "; ".join(failures) if failures else "MCMC diagnostics passed"
+    post = fit.idata_.posterior
+    record.params = {n: float(post[n].sel(task=td.task).median()) for n in TASK_VARS if n in post}
+    record.note = f"posterior median and percentiles ({fit.config.sampler.chains} chains x {fit.config.sampler.draws} draws)"
+    return predict._with_flops(record, td, fit_config)
+
+
+def _ground_truth(td, fit_config):
+    from fitting.fit import fit_ground_truth
+
+    return fit_ground_truth(td, fit_config.likelihood, fit_config.gt_alpha, fit_config.gt_min_rise,
+                            fit_config.spec)
+
+
+def predict_data(data, config, *, ground_truth=None, progress=None, simulated: bool = False):
+    """The ``fitting.predict`` hook for one task (no pooling partner: the backtest's refits)."""
+    return _predict([data], config, {data.task: ground_truth}, bool(progress), simulated)[0]
+
+
+def predict_all(folder: ResultsFolder, config, tasks: Sequence[str] | None = None, progress: bool = False):
+    """The ``fitting.predict`` hook: one hierarchical fit pooling every task that has finetune data."""
+    from fitting.fit import TaskData
+    from fitting.predict import is_simulated
+
+    names = list(tasks) if tasks else folder.tasks
+    data = [TaskData.from_folder(folder, t, config.metric) for t in names]
+    return _predict(data, config, {}, progress, is_simulated(folder))
+
+
+def _predict(task_data: Sequence, fit_config, truths: dict, progress: bool, simulated: bool) -> list:
+    from fitting import predict
+
+    config = config_from(fit_config)
+    truths = {td.task: truths.get(td.task) or _ground_truth(td, fit_config) for td in task_data}
+    pooled = [td for td in task_data if td.has_finetune]
+    fit = fit_tasks(pooled, config, progress) if pooled else None
+    if fit is not None:
+        enforce_gate(fit.failures_, config.allow_bad_diagnostics)
+    out = []
+    for td in task_data:
+        if td.has_finetune:
+            out.append(_record(td, fit, fit_config, truths[td.task], simulated))
+        else:  # the MLE path explains few-shot-only tasks (ground truth and FLOPs only)
+            out.append(predict.predict_data(td, dataclasses.replace(fit_config, method="mle", n_boot=0),
+                                            ground_truth=truths[td.task], simulated=simulated))
+            out[-1].method = "bayes"
+    return out
+
+
+# --------------------------------------------------------------------------- CLI helpers
+
+
+def config_from_cli(*, chains: int, draws: int, tune: int, sampler: str, seed: int, centered: bool = True,
+                    subset_effect: bool = False, allow_bad_diagnostics: bool = False,
+                    save_posterior=None) -> BayesConfig:
+    """The BayesConfig of ``emergence fit --method bayes`` options (cores: min(chains, 2))."""
+    if sampler == "nutpie":
+        try:
+            import nutpie  # noqa: F401
+        except ImportError:
+            raise MissingExtraError("nutpie", "nutpie") from None
+    samp = SamplerConfig(sampler=sampler, chains=chains, draws=draws, tune=tune,
+                         cores=max(1, min(chains, os.cpu_count() or 1, 2)), seed=seed)
+    return BayesConfig(sampler=samp, centered=centered, subset_effect=subset_effect,
+                       allow_bad_diagnostics=allow_bad_diagnostics,
+                       save_posterior=str(save_posterior) if save_posterior else None)
+
+
+def compare_laws_command_bayes(folder: ResultsFolder, tasks, forms, *, draws: int, tune: int, sampler: str,
+                               seed: int, as_json: bool) -> None:
+    """``emergence compare-laws --method bayes``: PSIS-LOO of the pooled fit, one row per form."""
+    import sys
+
+    base = BayesConfig(sampler=SamplerConfig(sampler=sampler, draws=draws, tune=tune, seed=seed,
+                                             progressbar=False))
+    with _quiet_stdout(True):
+        rows = compare_laws(bayes_data(folder, tasks), forms or ("log_power", "power", "no_delta"), base)
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+    else:
+        _print_loo(rows)
+
+
+def _print_loo(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="PSIS-LOO by law form (pooled Bayesian fit; higher elpd is better)")
+    for name in ("law", "elpd_loo", "se", "elpd_diff", "dse", "weight", "p_loo", "k>0.7", "gate"):
+        table.add_column(name, justify="left" if name == "law" else "right")
+    for r in rows:
+        table.add_row(r["law"], f"{r['elpd_loo']:.1f}", f"{r['se']:.1f}", f"{r['elpd_diff']:.1f}",
+                      f"{r['dse']:.1f}", f"{r['weight']:.2f}", f"{r['p_loo']:.1f}",
+                      str(r["pareto_k_over_0.7"]), "ok" if r["diagnostics_ok"] else "[red]failed[/]")
+    Console().print(table)
+
+
+def table3_rows(bayes_preds: Sequence, mle_preds: Sequence) -> list[dict[str, Any]]:
+    """The paper's Table 3 layout: per task, ground truth, MLE, posterior and bootstrap percentiles."""
+    mle = {p.task: p for p in mle_preds}
+    rows = []
+    for b in bayes_preds:
+        m = mle.get(b.task)
+        row = {"task": b.task, "ground_truth_loss": b.ground_truth_loss,
+               "mle": None if m is None else m.emergence_loss}
+        row.update({f"mcmc_p{q:02d}": b.emergence_loss_pct.get(q) for q in PERCENTILES})
+        row.update({f"bootstrap_p{q:02d}": None if m is None else m.emergence_loss_pct.get(q)
+                    for q in PERCENTILES})
+        row.update({f"mcmc_flops_multiple_p{q:02d}": b.flops_multiple_pct.get(q) for q in (5, 50, 95)})
+        row["mcmc_converged"] = b.converged
+        rows.append(row)
+    return rows
+
+
+def print_table3(rows: list[dict[str, Any]], simulated: bool = False) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    f = lambda x, spec=".3f": "-" if x is None else format(x, spec)  # noqa: E731
+    title = "Emergence loss (nats): MCMC posterior vs bootstrap percentiles (paper's Table 3 layout)"
+    table = Table(title=title + (" — SIMULATED data" if simulated else ""))
+    for name in ("task", "truth", "MLE", "MCMC p5/p50/p95", "bootstrap p5/p50/p95", "FLOPs x max p5/p50/p95", "gate"):
+        table.add_column(name, justify="left" if name == "task" else "right", no_wrap=True)
+    for r in rows:
+        mc = " / ".join(f(r[f"mcmc_p{q:02d}"]) for q in (5, 50, 95))
+        bs = " / ".join(f(r[f"bootstrap_p{q:02d}"]) for q in (5, 50, 95))
+        fl = " / ".join(f(r[f"mcmc_flops_multiple_p{q:02d}"], ".2f") for q in (5, 50, 95))
+        table.add_row(r["task"], f(r["ground_truth_loss"]), f(r["mle"]), mc, bs, fl,
+                      "ok" if r["mcmc_converged"] else "[red]failed[/]")
+    Console().print(table)
+
+
+# --------------------------------------------------------------------------- simulation-based calibration
+
+
+def with_counts(data: BayesData, correct: np.ndarray) -> BayesData:
+    """The same design with other item counts (N,) (kept consistent in the per-task sources)."""
+    correct = np.asarray(correct, dtype=np.int64)
+    sources = tuple(dataclasses.replace(td, value=correct[data.task_idx == t] / td.n_items)
+                    for t, td in enumerate(data.sources))
+    return dataclasses.replace(data, correct=correct, sources=sources)
+
+
+def prior_datasets(data: BayesData, config: BayesConfig, n: int, seed: int) -> list[tuple[dict, np.ndarray]]:
+    """``n`` (true parameters, simulated counts) pairs drawn from the model's own prior."""
+    prior = prior_predictive(data, dataclasses.replace(config, sampler=dataclasses.replace(config.sampler, seed=seed)), n)
+    counts = prior.prior_predictive["correct"].values[0]  # (n, N)
+    params = {name: prior.prior[name].values[0] for name in sbc_parameters(prior.prior)}
+    return [({k: v[i] for k, v in params.items()}, counts[i]) for i in range(n)]
+
+
+def sbc_parameters(dataset) -> list[str]:
+    """Scalar and per-task quantities whose ranks SBC checks (not elbow/subset shifts)."""
+    return [v for v in dataset.data_vars if v != "elbow" and not v.startswith(("z_", "subset"))
+            and set(dataset[v].dims) <= {"chain", "draw", "task"}]
+
+
+def sbc_ranks(idata, truth: dict[str, np.ndarray], tasks: Sequence[str], n_keep: int = 99) -> dict[str, int]:
+    """Rank (0..n_keep) of each true value among ``n_keep`` thinned posterior draws."""
+    post = idata.posterior.stack(s=("chain", "draw"))
+    keep = np.linspace(0, post.sizes["s"] - 1, n_keep).astype(int)
+    ranks = {}
+    for name, true in truth.items():
+        draws = post[name].values  # (s,) or (task, s)
+        if draws.ndim == 1:
+            ranks[name] = int((draws[keep] < true).sum())
+        else:
+            for t, task in enumerate(tasks):
+                ranks[f"{name}[{task}]"] = int((draws[t, keep] < true[t]).sum())
+    return ranks
+
+
+def rank_uniformity(ranks: np.ndarray, n_keep: int = 99, bins: int = 5) -> tuple[float, float]:
+    """p-values of a chi-square (``bins`` equal bins) and a KS test that ranks are uniform."""
+    from scipy import stats
+
+    ranks = np.asarray(ranks)
+    counts = np.bincount(ranks * bins // (n_keep + 1), minlength=bins)
+    chi2 = stats.chisquare(counts).pvalue
+    u = (ranks + np.random.default_rng(0).uniform(size=len(ranks))) / (n_keep + 1)
+    return float(chi2), float(stats.kstest(u, "uniform").pvalue)
+
+
+def run_sbc(data: BayesData, config: BayesConfig, n_datasets: int, seed: int = 0,
+            progress=None) -> list[dict[str, Any]]:
+    """Fit each prior dataset; per dataset the ranks, 90% coverage of the emergence loss, gate."""
+    out = []
+    for i, (truth, counts) in enumerate(prior_datasets(data, config, n_datasets, seed)):
+        cfg = dataclasses.replace(config, sampler=dataclasses.replace(config.sampler, seed=seed + 1 + i))
+        fit = HierarchicalEmergenceLaw(cfg, log_likelihood=False).fit(with_counts(data, counts))
+        draws = fit.idata_.posterior["emergence_loss"].values.reshape(-1, len(data.tasks))
+        lo, hi = np.percentile(draws, [5, 95], axis=0)
+        true_e = truth["emergence_loss"]
+        out.append(dict(ranks=sbc_ranks(fit.idata_, truth, data.tasks), covered=((lo <= true_e) & (true_e <= hi)).tolist(),
+                        divergences=int(fit.idata_.sample_stats["diverging"].sum()), gate_ok=not fit.failures_))
+        if progress is not None:
+            progress(i + 1, n_datasets, out[-1])
+    return out

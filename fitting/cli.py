@@ -36,15 +36,38 @@ def fit_command(
     items: Annotated[str, typer.Option(help="bootstrap item redraw: fitted (default), observed or none")] = "fitted",
     metric: Annotated[Optional[str], typer.Option(help="metric to fit (default accuracy)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON list on stdout")] = False,
+    chains: Annotated[int, typer.Option(help="bayes: MCMC chains")] = 4,
+    draws: Annotated[int, typer.Option(help="bayes: posterior draws per chain")] = 1000,
+    tune: Annotated[int, typer.Option(help="bayes: tuning steps per chain")] = 1000,
+    sampler: Annotated[str, typer.Option(help="bayes: pymc (NUTS) or nutpie")] = "pymc",
+    non_centered: Annotated[bool, typer.Option("--non-centered", help="bayes: non-centred hierarchy")] = False,
+    subset_effect: Annotated[bool, typer.Option("--subset-effect", help="bayes: elbow jitter per finetuning subset")] = False,
+    allow_bad_diagnostics: Annotated[bool, typer.Option("--allow-bad-diagnostics", help="bayes: warn instead of failing the r_hat/ESS/divergence gate")] = False,
+    save_posterior: Annotated[Optional[Path], typer.Option("--save-posterior", help="bayes: write the posterior (ArviZ netCDF) here")] = None,
+    side_by_side: Annotated[bool, typer.Option("--side-by-side", help="bayes: also run the bootstrap and show both (Table 3 layout)")] = False,
 ) -> None:
     """Predict, per task, the pretraining loss (and FLOPs) at which few-shot performance leaves chance."""
     from fitting.predict import FitConfig, predict_all
     from fitting.schema import load_results
 
+    bayes_config = None
+    if method == "bayes":
+        from fitting.bayes import config_from_cli
+
+        bayes_config = config_from_cli(chains=chains, draws=draws, tune=tune, sampler=sampler, seed=seed,
+                                       centered=not non_centered, subset_effect=subset_effect,
+                                       allow_bad_diagnostics=allow_bad_diagnostics, save_posterior=save_posterior)
     config = FitConfig(law=law, likelihood=likelihood, n_boot=n_boot, seed=seed, method=method,
-                       items=items, metric=metric)
+                       items=items, metric=metric, bayes=bayes_config)
     folder = load_results(results_dir)
     predictions = predict_all(folder, config, tasks=task or None, progress=True)
+    if method == "bayes" and side_by_side:
+        from dataclasses import replace
+
+        from fitting.bayes import print_table3, table3_rows
+
+        rows = table3_rows(predictions, predict_all(folder, replace(config, method="mle"), tasks=task or None, progress=True))
+        return typer.echo(json.dumps(rows, indent=2)) if as_json else print_table3(rows, folder.metadata.get("simulated", False))
     if as_json:
         typer.echo(json.dumps([p.to_json() for p in predictions], indent=2))
     else:
@@ -57,11 +80,21 @@ def compare_laws_command(
     form: Annotated[Optional[list[str]], typer.Option("--form", help="law form to compare (repeatable; default all)")] = None,
     likelihood: Annotated[str, typer.Option(help="binomial or gaussian")] = "binomial",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON on stdout")] = False,
+    method: Annotated[str, typer.Option(help="mle (held-out log-likelihood) or bayes (PSIS-LOO of the pooled posterior)")] = "mle",
+    draws: Annotated[int, typer.Option(help="bayes: posterior draws per chain")] = 1000,
+    tune: Annotated[int, typer.Option(help="bayes: tuning steps per chain")] = 1000,
+    sampler: Annotated[str, typer.Option(help="bayes: pymc (NUTS) or nutpie")] = "pymc",
+    seed: Annotated[int, typer.Option(help="bayes: sampler seed")] = 0,
 ) -> None:
     """Which law form does the data support? Leave-one-checkpoint-out held-out log-likelihood."""
     from fitting.fit import compare_laws_folder
     from fitting.schema import load_results
 
+    if method == "bayes":
+        from fitting.bayes import compare_laws_command_bayes
+
+        return compare_laws_command_bayes(load_results(results_dir), task or None, form or None,
+                                          draws=draws, tune=tune, sampler=sampler, seed=seed, as_json=as_json)
     table = compare_laws_folder(load_results(results_dir), tasks=task or None, forms=form or None,
                                 likelihood=likelihood)
     if as_json:

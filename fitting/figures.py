@@ -95,7 +95,11 @@ def task_fit_figure(
     if chance is not None:
         ax.axhline(chance, color="grey", lw=0.8, ls=":", label=f"chance {chance:g}")
     _elbow_lines(ax, ground_truth, prediction)
-    ax.invert_xaxis()
+    grids = [c.grid for c in curves if len(c.grid)]
+    if grids:  # the fitted range, not the (possibly huge) interval band, sets the x axis
+        ax.set_xlim(max(g.max() for g in grids), min(g.min() for g in grids))
+    else:
+        ax.invert_xaxis()
     ax.set_xlabel("pretraining loss (nats/token)  →  better models")
     ax.set_ylabel("accuracy")
     ax.set_title(task + (f"\n{subtitle}" if subtitle else ""), fontsize=10)
@@ -132,7 +136,8 @@ def backtest_figure(
         ax.axhspan(-tolerance, tolerance, color=TRUTH_COLOR, alpha=0.12, lw=0,
                    label=f"success: |error| ≤ {tolerance:g} nats")
         ax.axhline(0.0, color=TRUTH_COLOR, lw=1)
-    good = ok & (np.asarray(success, bool) if success is not None else True)
+    judged = success is not None and ground_truth is not None
+    good = ok & (np.asarray(success, bool) if judged else True)
     bad = ok & ~good
     for mask, color, label in ((good, "#1f77b4", "prediction (5–95%)"),
                                (bad, PRED_COLOR, "failed prediction (5–95%)")):

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal, Sequence
 
 import numpy as np
+import polars as pl
 from scipy import optimize, special, stats
 
 from emergence.errors import FitError
@@ -86,30 +87,21 @@ class TaskData:
 
     @classmethod
     def from_folder(cls, folder: ResultsFolder, task: str, metric: str | None = None) -> "TaskData":
-        """Select ``task`` (and ``metric``; default accuracy, or the task's only metric)."""
-        import polars as pl
+        """Select ``task`` (and ``metric``; default accuracy, or the task's only metric).
 
-        if task not in folder.tasks:
-            near = difflib.get_close_matches(task, folder.tasks, n=3)
-            hint = f"; did you mean {', '.join(near)}?" if near else f"; known tasks: {', '.join(folder.tasks)}"
-            raise FitError(f"unknown task {task!r}{hint}")
-        rows = folder.joined().filter(pl.col("task") == task)
-        metric = _choose_metric(rows["metric"].unique().sort().to_list(), task, metric)
-        rows = rows.filter(pl.col("metric") == metric).sort("pretrain_loss", "checkpoint", "setting", "n_train", "subset_seed", descending=[True, False, False, False, False])
+        Rows are ordered by decreasing pretraining loss (weakest checkpoint first).
+        """
+        rows, metric = _task_rows(folder, task, metric)
         ckpts = rows.unique("checkpoint", keep="first", maintain_order=True)
-        names = tuple(ckpts["checkpoint"].to_list())
-        index = {name: i for i, name in enumerate(names)}
-        value = rows["value"].to_numpy().astype(float)
-        n_items = rows["n_items"].to_numpy().astype(np.int64)
+        index = {name: i for i, name in enumerate(ckpts["checkpoint"].to_list())}
+        col = lambda name, dtype: rows[name].to_numpy().astype(dtype)  # noqa: E731
         return cls(
-            task=task, metric=metric, chance=float(np.median(rows["chance"].to_numpy())),
-            loss=rows["pretrain_loss"].to_numpy().astype(float),
-            n_train=rows["n_train"].to_numpy().astype(np.int64),
-            few_shot=(rows["setting"] == FEW_SHOT).to_numpy(),
-            subset_seed=rows["subset_seed"].to_numpy().astype(np.int64),
-            value=value, n_items=n_items,
+            task=task, metric=metric, chance=float(np.median(col("chance", float))),
+            loss=col("pretrain_loss", float), n_train=col("n_train", np.int64),
+            few_shot=(rows["setting"] == FEW_SHOT).to_numpy(), subset_seed=col("subset_seed", np.int64),
+            value=col("value", float), n_items=col("n_items", np.int64),
             ckpt=np.array([index[c] for c in rows["checkpoint"].to_list()], dtype=np.int64),
-            checkpoints=names, families=tuple(ckpts["family"].to_list()),
+            checkpoints=tuple(index), families=tuple(ckpts["family"].to_list()),
             ckpt_loss=ckpts["pretrain_loss"].to_numpy().astype(float),
             ckpt_flops=ckpts["flops"].to_numpy().astype(float),
         )
@@ -203,6 +195,19 @@ class TaskData:
 
 
 _ROW_FIELDS = ("loss", "n_train", "few_shot", "subset_seed", "value", "n_items")
+
+
+def _task_rows(folder: ResultsFolder, task: str, metric: str | None) -> tuple[pl.DataFrame, str]:
+    """One task's rows for one metric, joined with their checkpoints, weakest checkpoint first."""
+    if task not in folder.tasks:
+        near = difflib.get_close_matches(task, folder.tasks, n=3)
+        hint = f"; did you mean {', '.join(near)}?" if near else f"; known tasks: {', '.join(folder.tasks)}"
+        raise FitError(f"unknown task {task!r}{hint}")
+    rows = folder.joined().filter(pl.col("task") == task)
+    metric = _choose_metric(rows["metric"].unique().sort().to_list(), task, metric)
+    order = ["pretrain_loss", "checkpoint", "setting", "n_train", "subset_seed"]
+    rows = rows.filter(pl.col("metric") == metric).sort(order, descending=[True, False, False, False, False])
+    return rows, metric
 
 
 def _choose_metric(metrics: list[str], task: str, metric: str | None) -> str:
@@ -564,27 +569,26 @@ class EmergenceLawFit:
     def fit(self, data: TaskData) -> "EmergenceLawFit":
         self._validate(data)
         problem = make_problem(self.spec, data, self.likelihood)
-        theta0 = starts(self.spec, data, self.n_starts, self.seed)
-        theta, f, done, _ = lm_batch(problem, theta0, max_iter=self.max_iter)
+        self.theta_, self.converged_, self.message_, self.start_objectives_ = self._optimise(problem, data)
+        self.params_ = dict(zip(self.spec.param_names, self.theta_.tolist()))
+        self.n_obs_, self.n_checkpoints_ = data.n_rows, data.n_checkpoints
+        if self.likelihood == "gaussian":  # σ² of the training fit, used to score held-out rows
+            residual = self.predict(data.loss, data.n_train, data.few_shot) - data.value
+            self.sigma2_ = max(float(np.mean(residual**2)), 1e-12)
+        self.loglik_ = self.loglik(data)
+        e = float(law_.emergence_loss(self.spec, self.theta_))
+        self.emergence_loss_ = e if self.converged_ else None
+        return self
+
+    def _optimise(self, problem: Problem, data: TaskData):
+        """Multi-start batch LM, then L-BFGS-B polish of the best: (theta, converged, message, f_starts)."""
+        theta, f, done, _ = lm_batch(problem, starts(self.spec, data, self.n_starts, self.seed), max_iter=self.max_iter)
         best = int(np.argmin(f))
         polished, f_pol, ok, message = polish(problem, theta[best], max_iter=2 * self.max_iter)
-        if f_pol <= f[best]:
-            theta_hat, f_hat = polished, f_pol
-        else:
-            theta_hat, f_hat = theta[best], float(f[best])
+        theta_hat = polished if f_pol <= f[best] else theta[best]
         agree = abs(f_pol - f[best]) <= 1e-6 * (1 + abs(f[best]))
-        self.converged_ = bool(ok or (done[best] and agree))
-        self.message_ = message if self.converged_ else f"did not converge: {message}"
-        self.theta_ = theta_hat
-        self.params_ = dict(zip(self.spec.param_names, theta_hat.tolist()))
-        self.n_obs_ = data.n_rows
-        self.n_checkpoints_ = data.n_checkpoints
-        self.start_objectives_ = f
-        self.loglik_ = self.loglik(data)
-        e = float(law_.emergence_loss(self.spec, theta_hat))
-        self.emergence_loss_ = e if self.converged_ else None
-        self._data = data
-        return self
+        converged = bool(ok or (done[best] and agree))
+        return theta_hat, converged, message if converged else f"did not converge: {message}", f
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "theta_"):
@@ -605,8 +609,6 @@ class EmergenceLawFit:
         p = law_.performance(self.spec, theta, data.loss, data.n_train, data.few_shot)
         if self.likelihood == "binomial":
             return float(binomial_loglik(p, data.successes.astype(float), data.n_items.astype(float)).sum())
-        if not hasattr(self, "sigma2_"):
-            self.sigma2_ = max(float(np.mean((p - data.value) ** 2)), 1e-12)
         r2 = (p - data.value) ** 2
         return float(np.sum(-0.5 * (np.log(2 * np.pi * self.sigma2_) + r2 / self.sigma2_)))
 

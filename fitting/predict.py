@@ -21,6 +21,11 @@ Methods: ``config.method == "mle"`` runs here. ``"bayes"`` is dispatched lazily 
 ``predict_all`` then uses instead of the per-task loop). Percentile keys are shared, so the
 tables of both methods line up.
 
+Errors: ``predict_data`` raises ``FitError`` when the data cannot be fitted (fewer than 3
+checkpoints, or fewer rows than parameters); ``predict_task``/``predict_all`` turn that into a
+record with a null prediction and a ``note``. Configuration errors (binomial likelihood on a
+metric that is not a proportion, unknown task) always raise.
+
 Few-shot-only data (no finetune rows): no prediction can be made; the record has
 ``emergence_loss = null``, ``converged = false`` and a ``note`` saying so, while the
 ground-truth elbow and the FLOPs of that elbow are still reported.
@@ -66,6 +71,7 @@ class FitConfig:
     metric: str | None = None  # default: accuracy, or the task's only metric
     gt_alpha: float = 1e-3  # ground truth: likelihood-ratio test level
     gt_min_rise: float = 0.05  # ground truth: minimal rise above base (metric units)
+    bayes: Any = None  # method="bayes": a fitting.bayes.BayesConfig (None: its defaults, this seed)
 
     def __post_init__(self) -> None:
         if isinstance(self.law, str) and self.law not in law_.LAW_FORMS:
@@ -170,6 +176,8 @@ def predict_data(data: TaskData, config: FitConfig = FitConfig(), *, ground_trut
     if config.method == "bayes":
         from fitting import bayes  # lazy: PyMC is an extra
 
+        if not hasattr(bayes, "predict_data"):
+            raise FitError("method 'bayes' is not available: fitting.bayes has no predict_data; use --method mle")
         return bayes.predict_data(data, config, ground_truth=ground_truth, progress=progress, simulated=simulated)
     check_task(data, config)
     if ground_truth is None:
@@ -234,9 +242,21 @@ def _with_flops(record: TaskPrediction, data: TaskData, config: FitConfig) -> Ta
 
 def predict_task(folder: ResultsFolder, task: str, config: FitConfig = FitConfig(),
                  progress: Progress | None = None) -> TaskPrediction:
-    """The pipeline for one task of a results folder."""
+    """The pipeline for one task of a results folder.
+
+    A task whose data cannot be fitted (``FitError``: e.g. fewer than 3 checkpoints) gives a
+    record with a null prediction and the reason in ``note``, so one thin task does not stop
+    a multi-task run. (``predict_data`` raises instead; the backtest relies on that.)
+    """
     data = TaskData.from_folder(folder, task, config.metric)
-    return predict_data(data, config, progress=progress, simulated=is_simulated(folder))
+    try:
+        return predict_data(data, config, progress=progress, simulated=is_simulated(folder))
+    except FitError as err:
+        check_task(data, config)  # configuration errors still stop the run
+        gt = fit_ground_truth(data, config.likelihood, config.gt_alpha, config.gt_min_rise, config.spec)
+        record = _empty_record(data, config, gt, is_simulated(folder))
+        record.note = f"no prediction: {err}"
+        return _with_flops(record, data, config)
 
 
 def predict_all(folder: ResultsFolder, config: FitConfig = FitConfig(), tasks: list[str] | None = None,

@@ -191,7 +191,7 @@ def fit_figure(data: TaskData, r: TaskBacktest, config: BacktestConfig) -> Figur
     spec = config.fit.spec
     kept = set(pred_checkpoints(data, main)) if main is not None else set(data.checkpoints)
     held = np.array([data.checkpoints[i] not in kept for i in data.ckpt])
-    grid = np.linspace(data.loss.min() - 0.05, data.loss.max() + 0.05, 300)
+    grid = _loss_grid(data, main)
     theta = _theta(pred, spec)
     curves = [_curve(data, held, grid, spec, theta, level) for level in [None, *data.data_levels]]
     interval = None if main is None else (main.emergence_loss if main.emergence_loss is not None else np.nan,
@@ -207,6 +207,13 @@ def fit_figure(data: TaskData, r: TaskBacktest, config: BacktestConfig) -> Figur
                "black: few-shot, with the law's extrapolation to D₀; dashed red: predicted elbow and its "
                "5–95% band; green: the ground-truth elbow fitted to every checkpoint.")
     return Figure(f"fit_{_slug(r.task)}", fig_.png_bytes(fig), caption)
+
+
+def _loss_grid(data: TaskData, main) -> np.ndarray:
+    """The data's loss range, extended (by at most 0.5 nats) to show a predicted elbow beyond it."""
+    lo, hi = float(data.loss.min()), float(data.loss.max())
+    target = main.emergence_loss if main is not None and main.emergence_loss is not None else lo
+    return np.linspace(max(min(lo, target) - 0.1, lo - 0.5), hi + 0.05, 300)
 
 
 def pred_checkpoints(data: TaskData, cut) -> list[str]:
@@ -315,7 +322,10 @@ def _task_text(r: TaskBacktest) -> str:
     if first is not None:
         text += (f" Earliest successful cutoff: {first.n_checkpoints} checkpoints up to "
                  f"{first.max_flops:.3g} FLOPs (most capable: {first.most_capable}).")
-    return text + (f" Note: {r.note}." if r.note else "")
+    main = r.main_cutoff
+    if main is not None and main.note:
+        text += f" Pre-emergence fit: {main.note}."
+    return text + (f" Note: {r.note}." if r.note and r.emerged else "")
 
 
 def simulated_banner(folder: ResultsFolder) -> str | None:

@@ -13,9 +13,9 @@ Resampling scheme (the units that are correlated, then the items):
    Binomial(c·n, p̂) at the MLE's predicted rate p̂ (clipped to [0, 1]): the c copies of a row
    are c independent item draws. ``items="observed"`` redraws at the observed accuracy instead
    (the non-parametric item bootstrap); on top of the checkpoint resampling, which already
-   carries the item noise, this counts that noise twice and over-covers (measured: 100 of 100
-   simulated 90% intervals covered the truth). ``items="none"`` keeps the observed counts
-   (checkpoints and subsets only; measured 83-85%, slightly under).
+   carries the item noise, this counts that noise twice and over-covers. ``items="none"``
+   keeps the observed counts (checkpoints and subsets only). Measured coverage of each scheme:
+   docs/law.md (``benchmarks/coverage_items.py``).
 
 Every resample is refitted by the batched Levenberg-Marquardt loop of :mod:`fitting.fit`,
 warm-started at the MLE, all resamples of a chunk in one numpy batch (no Python loop per

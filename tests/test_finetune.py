@@ -10,7 +10,7 @@ from emergence.errors import SpecError
 from harvest.subsets import draw_subset, geometric_levels, subset_indices
 
 torch = pytest.importorskip("torch")
-pytestmark = pytest.mark.harvest
+pytestmark = [pytest.mark.harvest, pytest.mark.filterwarnings("ignore::FutureWarning")]
 
 
 # --------------------------------------------------------------------------- subsets

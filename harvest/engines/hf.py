@@ -56,8 +56,14 @@ def load_model(ref: ModelRef, device: str):
 
 
 def _offline() -> bool:
-    """HF_HUB_OFFLINE=1 (read now, not at import): no hub calls, so a miss fails at once."""
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    """HF_HUB_OFFLINE=1, read now (huggingface_hub reads it once, at import): no hub calls at all,
+    so a checkpoint missing from the local cache fails at once instead of after retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes", "on"):
+        return False
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = True  # also silences its other requests (user-agent registry)
+    return True
 
 
 def encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[int]]:

@@ -49,17 +49,13 @@ class VLLMEngine:
         # batch_size is accepted so a spec can switch engines; vLLM schedules its own batches
         # (tune them with max_num_seqs / max_num_batched_tokens, passed through to vllm.LLM).
         self.ref = ref
-        if Path(ref.path).is_absolute() and not Path(ref.path).is_dir():
-            raise CheckpointError(f"checkpoint {_where(ref)}: folder not found")
-        self.max_length = int(max_length or _max_positions(ref))
-        self.enable_lora, self.max_lora_rank = bool(enable_lora), int(max_lora_rank)
-        if self.enable_lora and self.max_lora_rank not in LORA_RANKS:
-            raise SpecError(f"engine 'vllm': max_lora_rank must be one of {', '.join(map(str, LORA_RANKS))}; "
-                            f"got {max_lora_rank}")
+        positions = _max_positions(ref)
+        self.max_length = _checked_max_length(max_length, positions)
+        self.enable_lora, self.max_lora_rank = bool(enable_lora), _checked_rank(max_lora_rank)
         self.lora_targets = tuple(lora_target_modules)
         lora = {"enable_lora": True, "max_loras": int(max_loras), "max_lora_rank": self.max_lora_rank,
                 "lora_target_modules": list(self.lora_targets)} if self.enable_lora else {}
-        self.llm = _load_llm(ref, self.max_length, seed, {**lora, **llm_options})
+        self.llm = _load_llm(ref, self.max_length, positions, seed, {**lora, **llm_options})
         self.tok = self.llm.get_tokenizer()
         self._adapter_ids: dict[str, int] = {}  # resolved adapter folder -> LoRA int id (1, 2, ...)
 
@@ -67,8 +63,12 @@ class VLLMEngine:
         return engine_version(self.name)
 
     def close(self) -> None:
+        """Stop the engine core and drop the model, so the next checkpoint's engine fits."""
         import gc
 
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()
         self.llm = self.tok = None
         gc.collect()
 
@@ -168,10 +168,10 @@ class VLLMEngine:
 
 
 class _Prompt:
-    """One vLLM request: a prompt, the last tokens to score after it, prompt log-probs or not."""
+    """One vLLM request: a prompt, the tokens to score right after it, prompt log-probs or not."""
 
-    def __init__(self, prompt: list[int], needs_prompt_logprobs: bool):
-        self.prompt, self.needs_prompt_logprobs = prompt, needs_prompt_logprobs
+    def __init__(self, prompt: list[int]):
+        self.prompt, self.needs_prompt_logprobs = prompt, False
         self.targets: set[int] = set()
 
     def params(self):
@@ -183,18 +183,20 @@ class _Prompt:
 
 
 class _Plan:
+    """Unique prompts, and which one each (request, choice) reads its numbers from."""
+
     def __init__(self):
         self.prompts: list[_Prompt] = []
         self.where: dict[tuple[int, int], int] = {}  # (request, choice) -> index in prompts
-        self._index: dict[tuple[tuple[int, ...], bool], int] = {}
+        self._index: dict[tuple[int, ...], int] = {}
 
     def add(self, key: tuple[int, int], prompt: list[int], last: int, needs_prompt_logprobs: bool) -> None:
-        slot = (tuple(prompt), needs_prompt_logprobs)
-        if slot not in self._index:
-            self._index[slot] = len(self.prompts)
-            self.prompts.append(_Prompt(prompt, needs_prompt_logprobs))
-        self.prompts[self._index[slot]].targets.add(last)
-        self.where[key] = self._index[slot]
+        index = self._index.setdefault(tuple(prompt), len(self.prompts))
+        if index == len(self.prompts):
+            self.prompts.append(_Prompt(prompt))
+        self.prompts[index].targets.add(last)
+        self.prompts[index].needs_prompt_logprobs |= needs_prompt_logprobs
+        self.where[key] = index
 
 
 def _plan(encoded: list[tuple[list[int], list[list[int]]]]) -> _Plan:
@@ -224,8 +226,26 @@ def _choice_logprob(outputs: list, plan: _Plan, i: int, j: int, cont: list[int])
 # ---------------------------------------------------------------------- loading
 
 
+def _checked_max_length(max_length: int | None, positions: int) -> int:
+    """``max_length`` (default: the model's positions), never beyond what the model saw."""
+    max_length = int(max_length or positions)
+    if not 1 < max_length <= positions:
+        raise SpecError(f"engine 'vllm': max_length must be in 2..{positions} (the model's "
+                        f"max_position_embeddings); got {max_length}")
+    return max_length
+
+
+def _checked_rank(rank: int) -> int:
+    if int(rank) not in LORA_RANKS:
+        raise SpecError(f"engine 'vllm': max_lora_rank must be one of {', '.join(map(str, LORA_RANKS))}; "
+                        f"got {rank}")
+    return int(rank)
+
+
 def _max_positions(ref: ModelRef) -> int:
     """The model's ``max_position_embeddings`` (2048 when its config has none)."""
+    if Path(ref.path).is_absolute() and not Path(ref.path).is_dir():
+        raise CheckpointError(f"checkpoint {_where(ref)}: folder not found")
     try:
         from transformers import AutoConfig
 
@@ -253,7 +273,7 @@ def _adapter_config(adapter: str) -> dict:
     return config
 
 
-def _load_llm(ref: ModelRef, max_length: int, seed: int, options: dict[str, Any]):
+def _load_llm(ref: ModelRef, max_length: int, positions: int, seed: int, options: dict[str, Any]):
     """``vllm.LLM`` with room for ``max_length`` fed tokens plus the one scored step."""
     try:
         from vllm import LLM
@@ -262,7 +282,7 @@ def _load_llm(ref: ModelRef, max_length: int, seed: int, options: dict[str, Any]
 
     limit = max_length + 1  # vLLM counts the greedy step we never feed back
     overrides = dict(options.pop("hf_overrides", None) or {})
-    if limit > _max_positions(ref):  # positions used stay < max_length; only vLLM's check moves
+    if limit > positions:  # positions used stay < max_length <= positions; only vLLM's check moves
         overrides.setdefault("model_max_length", limit)
     kwargs = dict(model=ref.path, revision=ref.revision, tokenizer_revision=ref.revision,
                   trust_remote_code=ref.trust_remote_code, dtype=ref.dtype, load_format="safetensors",

@@ -1,8 +1,8 @@
 """A synthetic corpus: a background language with Zipfian phrases, and task episodes.
 
 Every document is ``SEQ_LEN`` tokens: ``<s>`` then background text, and with probability
-``task_rate`` a *task block* (1–3 episodes of one task, back to back) spliced in at a phrase
-boundary. Few-shot prompts are task blocks too, so demonstrations are in-distribution.
+``task_rate`` a *task block* (1–6 episodes of one task, back to back) spliced in at a random
+position. Few-shot prompts are task blocks too, so demonstrations are in-distribution.
 
 Background language (why it keeps being learned): ``N_TOPICS`` topics, each a Zipfian
 distribution (exponent 1.1) over a shared pool of ``N_PHRASES`` fixed phrases of 2–6 words.
@@ -10,12 +10,14 @@ A model lowers its loss by memorising phrases (a long Zipfian tail: bigger model
 training keep memorising more) and by inferring the topic from context; neither saturates
 within the micro-ladder's budget.
 
-Task episodes (words are drawn uniformly, so background statistics cannot predict them):
+Task episodes (content letters a0..a31 drawn uniformly, never used by the background, so
+background statistics cannot predict them; a pilot with 192 content words saw nothing emerge
+by step 730 in a 64-wide model, a 32-letter alphabet is what its copying circuit can resolve):
 
-    copy     ``# a b c d # a b c d #``            answer: the next word of the copy
-    recall   ``| k3 a k7 b k1 c ? k7 b |``        answer: the word bound to the asked key
-    arith    ``n3 + n5 = n8 ;``                   answer: the sum mod 10 (a memorised table)
-    reverse  ``< a b c d > d c b a >``            answer: the next word of the reversal
+    copy     ``# a5 a9 a2 # a5 a9 a2 #``           answer: the next letter of the copy
+    recall   ``| k3 a5 k7 a9 k1 a2 ? k7 a9 |``     answer: the letter bound to the asked key
+    arith    ``n3 + n5 = n8 ;``                    answer: the sum mod 10 (a memorised table)
+    reverse  ``< a5 a9 a2 > a2 a9 a5 >``           answer: the next letter of the reversal
 
 All randomness comes from ``numpy.random.Generator`` objects seeded by the caller.
 """
@@ -28,7 +30,8 @@ from functools import cached_property
 import numpy as np
 
 SEQ_LEN = 128  # tokens per pretraining document, <s> included
-N_WORDS = 192  # background words w0..w191 (also the content of copy/recall/reverse)
+N_WORDS = 192  # background words w0..w191
+N_LETTERS = 32  # task content a0..a31 (copy, recall, reverse): few enough for a 32-wide model to copy
 N_KEYS = 16  # recall keys k0..k15
 N_NUMBERS = 10  # arith digits n0..n9 (addition mod 10)
 N_TOPICS = 16
@@ -46,7 +49,8 @@ def vocabulary() -> list[str]:
     words = [f"w{i}" for i in range(N_WORDS)]
     keys = [f"k{i}" for i in range(N_KEYS)]
     numbers = [f"n{i}" for i in range(N_NUMBERS)]
-    return SPECIALS + PUNCT + words + keys + numbers
+    letters = [f"a{i}" for i in range(N_LETTERS)]
+    return SPECIALS + PUNCT + words + keys + numbers + letters
 
 
 TOKEN_ID = {tok: i for i, tok in enumerate(vocabulary())}
@@ -106,7 +110,8 @@ def _zipf(n: int, exponent: float) -> np.ndarray:
 
 
 def _words(rng: np.random.Generator, n: int) -> list[str]:
-    return [f"w{i}" for i in rng.choice(N_WORDS, size=n, replace=False)]
+    """``n`` distinct content letters."""
+    return [f"a{i}" for i in rng.choice(N_LETTERS, size=n, replace=False)]
 
 
 def _distractors(rng: np.random.Generator, answer: str, pool: list[str], n_choices: int) -> list[str]:
@@ -114,7 +119,7 @@ def _distractors(rng: np.random.Generator, answer: str, pool: list[str], n_choic
     others = [t for t in dict.fromkeys(pool) if t != answer]
     rng.shuffle(others)
     while len(others) < n_choices - 1:
-        w = f"w{rng.integers(N_WORDS)}"
+        w = f"a{rng.integers(N_LETTERS)}"
         if w != answer and w not in others:
             others.append(w)
     choices = [answer] + others[: n_choices - 1]
@@ -169,9 +174,9 @@ def episode(task: str, rng: np.random.Generator, n_choices: int = 4) -> Episode:
 class CorpusConfig:
     """The mixture: how often a document carries a task block, and which task."""
 
-    task_rate: float = 0.5  # fraction of documents with one task block
-    task_weights: tuple[tuple[str, float], ...] = (("copy", 1.0), ("recall", 1.0), ("arith", 1.0), ("reverse", 1.0))
-    max_block_episodes: int = 3
+    task_rate: float = 1.0  # fraction of documents with one task block
+    task_weights: tuple[tuple[str, float], ...] = (("copy", 1.0), ("recall", 1.5), ("arith", 0.75), ("reverse", 0.75))
+    max_block_episodes: int = 6
 
     @cached_property
     def task_names(self) -> list[str]:

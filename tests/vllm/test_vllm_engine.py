@@ -259,3 +259,30 @@ def test_checkpoint_without_safetensors_is_one_line_error(models, tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"not a pickle either")
     with pytest.raises(CheckpointError, match="vLLM cannot load it"):
         VLLMEngine(ModelRef(str(tmp_path)), gpu_memory_utilization=0.1, enforce_eager=True)
+
+
+def test_bad_engine_options_are_spec_errors(models):
+    from harvest.engines.vllm_engine import VLLMEngine
+
+    with pytest.raises(SpecError, match="bad option"):
+        VLLMEngine(ModelRef(str(models["base"])), no_such_option=1)
+    with pytest.raises(SpecError, match="max_lora_rank"):
+        VLLMEngine(ModelRef(str(models["base"])), max_lora_rank=4)
+    with pytest.raises(SpecError, match="max_position_embeddings"):  # positions the model never saw
+        VLLMEngine(ModelRef(str(models["base"])), max_length=MAX_LENGTH + 1)
+
+
+def test_second_engine_without_lora_gives_same_numbers(engine, models):
+    """A second engine in the same process (LoRA off: the plain logits path), closed after use;
+    the first engine keeps working. A sweep loads one engine per checkpoint this way."""
+    from harvest.engines.vllm_engine import VLLMEngine
+
+    want = engine.score_choices(REQUESTS)
+    other = VLLMEngine(ModelRef(str(models["base"])), enable_lora=False,
+                       gpu_memory_utilization=0.1, enforce_eager=True)
+    try:
+        got = other.score_choices(REQUESTS)
+    finally:
+        other.close()
+    assert_same_scores(got, [list(s.logprobs) for s in want], "LoRA disabled vs enabled")
+    assert engine.score_choices(REQUESTS)[0].logprobs == want[0].logprobs

@@ -1,0 +1,102 @@
+"""Simulation-based calibration (SBC) of the hierarchical emergence law (issue 4).
+
+Draw parameters and item counts from the model's own prior on a fixed small design (2 tasks,
+8 checkpoints, few-shot + 3 data levels, 300 items per evaluation), fit each dataset, and check
+(Talts et al., 2018):
+
+* the rank of each true parameter among 99 thinned posterior draws is uniform (chi-square on
+  5 bins and Kolmogorov-Smirnov, per parameter; with ~20 parameters expect about one p < 0.05
+  by chance, so the smallest p-value is also shown against a Bonferroni threshold);
+* the 90% central credible interval of each task's emergence loss covers the truth 80-97%.
+
+Chains run sequentially on 1 core each (the machine is shared). Slow: minutes to an hour.
+
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/sbc_bayes.py --datasets 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from dataclasses import replace
+
+import numpy as np
+
+
+def design_data():
+    from fitting import bayes
+    from fitting.simulate import DEFAULT_TASKS, Design, simulate
+
+    design = Design(family_params=(2e8, 2e9), tokens_per_param=(2.5, 5.0, 10.0, 20.0),
+                    data_levels=(16, 128, 1024), subset_seeds=(1,), n_items=300, tasks=DEFAULT_TASKS[:2])
+    return bayes.bayes_data(simulate(design, seed=0))  # only the design is used; counts are redrawn
+
+
+def summarise(results: list[dict], n_keep: int = 99) -> int:
+    from fitting import bayes
+
+    names = list(results[0]["ranks"])
+    print(f"\n{'parameter':<28}{'chi2 p':>9}{'KS p':>9}   rank histogram (5 bins)")
+    pvalues = []
+    for name in names:
+        ranks = np.array([r["ranks"][name] for r in results])
+        chi2, ks = bayes.rank_uniformity(ranks, n_keep)
+        pvalues += [chi2, ks]
+        hist = np.bincount(ranks * 5 // (n_keep + 1), minlength=5)
+        print(f"{name:<28}{chi2:>9.3f}{ks:>9.3f}   {' '.join(f'{h:3d}' for h in hist)}")
+    covered = np.array([c for r in results for c in r["covered"]])
+    bonf = 0.05 / len(pvalues)
+    low = sum(p < 0.05 for p in pvalues)
+    print(f"\ndatasets: {len(results)}; tests: {len(pvalues)}; p < 0.05: {low} "
+          f"(expected by chance ~{0.05 * len(pvalues):.1f}); min p {min(pvalues):.4f} "
+          f"(Bonferroni threshold {bonf:.4f}: {'uniform' if min(pvalues) >= bonf else 'NOT uniform'})")
+    cov = covered.mean()
+    print(f"90% interval coverage of the emergence loss: {covered.sum()}/{covered.size} = {cov:.3f} "
+          f"(goal 0.80-0.97: {'MET' if 0.80 <= cov <= 0.97 else 'NOT MET'})")
+    div = [r["divergences"] for r in results]
+    print(f"divergences: total {sum(div)}, datasets with any {sum(d > 0 for d in div)}; "
+          f"datasets failing the r_hat/ESS/divergence gate: {sum(not r['gate_ok'] for r in results)}")
+    return 0 if (0.80 <= cov <= 0.97 and min(pvalues) >= bonf) else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", type=int, default=60)
+    parser.add_argument("--draws", type=int, default=500)
+    parser.add_argument("--tune", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sampler", default="pymc")
+    parser.add_argument("--out", default=None, help="write the per-dataset results as JSON here")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    import logging
+
+    logging.getLogger("pymc").setLevel(logging.ERROR)
+    from fitting import bayes
+
+    data = design_data()
+    config = bayes.BayesConfig(sampler=bayes.SamplerConfig(
+        sampler=args.sampler, chains=2, cores=1, draws=args.draws, tune=args.tune, progressbar=False))
+    print(f"SBC: {args.datasets} datasets from the prior; design {len(data.tasks)} tasks x "
+          f"{data.n_obs // len(data.tasks)} evaluations; {config.sampler.chains} chains x "
+          f"{args.draws} draws (+{args.tune} tune), 1 core, sampler {args.sampler}", flush=True)
+    t0 = time.perf_counter()
+
+    def progress(i, n, r):
+        print(f"  dataset {i}/{n}: covered {r['covered']}, divergences {r['divergences']}, "
+              f"gate {'ok' if r['gate_ok'] else 'FAIL'} ({time.perf_counter() - t0:.0f} s)",
+              file=sys.stderr, flush=True)
+
+    results = bayes.run_sbc(data, config, args.datasets, args.seed, progress)
+    print(f"wall time {time.perf_counter() - t0:.0f} s")
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(results, fh)
+    return summarise(results)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

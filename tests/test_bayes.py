@@ -1,0 +1,261 @@
+"""The Bayesian hierarchical emergence law (fitting.bayes): model, gate, pooling, SBC, CLI.
+
+Small designs, 2 chains, few draws: PyMC compile time dominates, so the sampled fits are
+module-scoped fixtures shared by several tests. Statistical assertions use fixed seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+pm = pytest.importorskip("pymc")
+az = pytest.importorskip("arviz")
+
+from emergence import cli  # noqa: E402
+from emergence.errors import DiagnosticsError, FitError  # noqa: E402
+from fitting import bayes  # noqa: E402
+from fitting import law as law_  # noqa: E402
+from fitting.fit import TaskData  # noqa: E402
+from fitting.simulate import DEFAULT_TASKS, Design, simulate  # noqa: E402
+
+pytestmark = pytest.mark.bayes
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+SMALL = Design(family_params=(2e8, 2e9), tokens_per_param=(2.5, 5.0, 10.0, 20.0),
+               data_levels=(16, 128, 1024), subset_seeds=(1,), n_items=300, tasks=DEFAULT_TASKS[:2])
+
+
+def sampler(**kw) -> bayes.SamplerConfig:
+    return bayes.SamplerConfig(**{"chains": 2, "cores": 1, "draws": 300, "tune": 400,
+                                  "progressbar": False, **kw})
+
+
+@pytest.fixture(scope="module")
+def small():
+    folder = simulate(SMALL, seed=3)
+    return folder, bayes.bayes_data(folder)
+
+
+@pytest.fixture(scope="module")
+def small_fit(small):
+    _, data = small
+    return bayes.HierarchicalEmergenceLaw(bayes.BayesConfig(sampler=sampler(seed=1))).fit(data)
+
+
+# --------------------------------------------------------------------------- configuration and data
+
+
+def test_priors_are_typed_and_a_misspelt_key_fails():
+    with pytest.raises(FitError, match="unknown prior 'log_k_sgima'"):
+        bayes.Priors.from_dict({"log_k_sgima": 0.3})
+    assert bayes.Priors.from_dict({"log_k_sigma": 0.3}).log_k_sigma == 0.3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        bayes.Priors().delta_sd = 1.0
+    # the power law gets its own defaults (α ~ 0.3, not 1)
+    assert bayes.Priors.for_law(law_.LawSpec(elbow="power")).log_alpha_mu[0] < -1
+
+
+def test_config_refuses_unsupported_forms_and_hash_ignores_cosmetics():
+    with pytest.raises(FitError, match="ceiling"):
+        bayes.BayesConfig(law=law_.LawSpec(ceiling=True))
+    a = bayes.BayesConfig(sampler=bayes.SamplerConfig(progressbar=True), save_posterior="x.nc")
+    assert a.hash() == bayes.BayesConfig(sampler=bayes.SamplerConfig(progressbar=False)).hash()
+    assert a.hash() != bayes.BayesConfig(sampler=bayes.SamplerConfig(seed=1)).hash()
+    with pytest.raises(FitError, match="sampler"):
+        bayes.SamplerConfig(sampler="stan")
+
+
+def test_data_has_named_levels_and_curves(small):
+    folder, data = small
+    assert data.tasks == ("sim_gsm8k", "sim_mmlu")  # sorted, as folder.tasks
+    assert data.levels == ("few_shot", "16", "128", "1024")
+    assert len(data.curves) == 2 * 3 * 1  # tasks x levels x subsets
+    assert data.n_obs == folder.results.height
+    assert (data.curve_idx[data.few_shot] == -1).all() and (data.curve_idx[~data.few_shot] >= 0).all()
+    assert data.correct.sum() == round((folder.results["value"] * folder.results["n_items"]).sum())
+    one = data.subset(["sim_gsm8k"])
+    assert one.tasks == ("sim_gsm8k",) and one.n_obs == data.n_obs // 2
+
+
+def test_few_shot_only_task_is_refused(small):
+    folder, _ = small
+    td = TaskData.from_folder(folder, "sim_mmlu").few_shot_only()
+    with pytest.raises(FitError, match="no finetune results"):
+        bayes.BayesData.from_tasks([td])
+
+
+# --------------------------------------------------------------------------- the model mirrors fitting.law
+
+
+@pytest.mark.parametrize("form", ["log_power", "power"])
+def test_model_likelihood_equals_the_numpy_law(small, form):
+    from scipy import stats
+
+    _, data = small
+    spec = law_.LAW_FORMS[form]
+    config = bayes.BayesConfig(law=spec)
+    model = bayes.build_model(data, config)
+    theta = {"A": [0.9, 0.7], "B": [0.3, 0.05], "k": [0.07, 0.05], "alpha": [1.1, 0.9] if form == "log_power" else [0.3, 0.25],
+             "C": [2.45, 2.5], "delta": [0.02, -0.01]}
+    point = model.initial_point()
+    for name in ("A", "k", "alpha"):
+        point[f"log_{name}"] = np.log(theta[name])
+    point["C"], point["delta"] = np.array(theta["C"]), np.array(theta["delta"])
+    point["logit_B"] = np.log(np.array(theta["B"]) / (1 - np.array(theta["B"])))
+    logp = model.compile_logp(vars=[model["correct"]])(point)
+    expected = 0.0
+    for t, td in enumerate(data.sources):
+        th = np.array([theta[n][t] for n in spec.param_names])
+        p = np.clip(law_.performance(spec, th, td.loss, td.n_train, td.few_shot), bayes.EPS, 1 - bayes.EPS)
+        expected += stats.binom.logpmf(td.successes, td.n_items, p).sum()
+    assert logp == pytest.approx(expected, rel=1e-9)
+
+
+def test_prior_predictive_is_plausible(small):
+    _, data = small
+    prior = bayes.prior_predictive(data, bayes.BayesConfig(), draws=200)
+    acc = prior.prior_predictive["correct"].values / data.n_items
+    e = prior.prior["emergence_loss"].values
+    assert acc.min() >= 0 and acc.max() <= 1
+    # weakly informative: the prior puts the few-shot elbow within ~1.5 nats of the data
+    assert 0.9 < np.mean(np.abs(e - data.loss.mean()) < 1.5) <= 1.0
+
+
+# --------------------------------------------------------------------------- the gate
+
+
+def fake_idata(r_hat_task: str | None, draws: int = 500, divergences: int = 0):
+    rng = np.random.default_rng(0)
+    k = rng.normal(0.0, 1.0, (2, draws, 2))
+    if r_hat_task is not None:
+        k[1, :, ["a", "b"].index(r_hat_task)] += 3.0  # chain 1 stuck elsewhere
+    div = np.zeros((2, draws), bool)
+    div.flat[:divergences] = True
+    return az.from_dict(posterior={"k": k, "mu_log_k": rng.normal(size=(2, draws))},
+                        sample_stats={"diverging": div}, coords={"task": ["a", "b"]}, dims={"k": ["task"]})
+
+
+def test_gate_names_the_task_and_the_check():
+    assert bayes.check_diagnostics(fake_idata(None, draws=2000)) == []
+    failures = bayes.check_diagnostics(fake_idata("b", draws=2000, divergences=3))
+    assert any(f.startswith("task b: r_hat of k[b]") for f in failures)
+    assert not any(f.startswith("task a: r_hat") for f in failures)
+    assert any("3 divergent transitions" in f for f in failures)
+    few = bayes.check_diagnostics(fake_idata(None, draws=60))
+    assert any("bulk ESS" in f for f in few) and any("task population" in f for f in few)
+    with pytest.raises(DiagnosticsError, match="task b: r_hat") as err:
+        bayes.enforce_gate(failures)
+    assert err.value.exit_code != 0
+    with pytest.warns(UserWarning, match="diagnostics failed"):
+        bayes.enforce_gate(failures, allow_bad=True)
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def test_posterior_covers_truth_and_passes_the_gate(small, small_fit):
+    folder, _ = small
+    truth = folder.metadata["truth"]
+    ss = small_fit.idata_.sample_stats
+    assert int(ss["diverging"].sum()) == 0
+    assert "log_likelihood" in small_fit.idata_
+    for task, pct in small_fit.percentiles().items():
+        assert list(pct) == ["p05", "p10", "p25", "p50", "p75", "p90", "p95"]
+        assert pct["p05"] <= truth[task]["emergence_loss"] <= pct["p95"], (task, pct)
+        assert pct["p95"] - pct["p05"] < 0.3  # informative, not the prior
+    # ESS gate with 600 draws: r_hat must pass; ESS >= 400 may not, which the gate reports
+    assert not any("r_hat" in f for f in small_fit.failures_), small_fit.failures_
+
+
+def test_posterior_roundtrips_with_its_config_hash(small_fit, tmp_path):
+    path = small_fit.save(tmp_path / "post.nc")
+    idata = bayes.load_posterior(path, small_fit.config_hash_)
+    assert idata.posterior.attrs["emergence_config_hash"] == small_fit.config_hash_
+    np.testing.assert_allclose(idata.posterior["emergence_loss"], small_fit.idata_.posterior["emergence_loss"])
+    with pytest.raises(FitError, match="expected"):
+        bayes.load_posterior(path, "0" * 16)
+    with pytest.raises(FitError, match="not found"):
+        bayes.load_posterior(tmp_path / "missing.nc")
+
+
+def test_same_seed_same_draws(small):
+    _, data = small
+    cfg = bayes.BayesConfig(sampler=sampler(draws=50, tune=100, seed=7))
+    model = bayes.build_model(data, cfg)
+    start = bayes.mle_start(data, cfg)
+    a = bayes.sample(model, cfg.sampler, start, log_likelihood=False)
+    b = bayes.sample(model, cfg.sampler, start, log_likelihood=False)
+    np.testing.assert_array_equal(a.posterior["emergence_loss"], b.posterior["emergence_loss"])
+
+
+def test_a_thin_task_borrows_strength():
+    """A task with one data level and 100 items: pooled with three full tasks its interval is
+    narrower than fitted alone, and it still covers the truth."""
+    design = dataclasses.replace(SMALL, tasks=DEFAULT_TASKS, n_items=300)
+    folder = simulate(design, seed=11)
+    tds = [TaskData.from_folder(folder, t.name) for t in DEFAULT_TASKS]
+    thin = tds[-1].select_levels([128])
+    thin = dataclasses.replace(thin, value=np.round(thin.value * 100) / 100, n_items=np.full(thin.n_rows, 100))
+    cfg = bayes.BayesConfig(sampler=sampler(seed=2, draws=400))
+    pooled = bayes.HierarchicalEmergenceLaw(cfg, log_likelihood=False).fit(bayes.BayesData.from_tasks(tds[:-1] + [thin]))
+    alone = bayes.HierarchicalEmergenceLaw(cfg, log_likelihood=False).fit(bayes.BayesData.from_tasks([thin]))
+    task, truth = thin.task, folder.metadata["truth"][thin.task]["emergence_loss"]
+    p, a = pooled.percentiles()[task], alone.percentiles()[task]
+    assert p["p95"] - p["p05"] < 0.8 * (a["p95"] - a["p05"]), (p, a)
+    assert p["p05"] <= truth <= p["p95"], (p, truth)
+
+
+def test_small_simulation_based_calibration():
+    """Datasets drawn from the prior: the 90% intervals cover the truth in most of them and the
+    ranks are not piled at an end (the heavy version is benchmarks/sbc_bayes.py)."""
+    design = dataclasses.replace(SMALL, tasks=DEFAULT_TASKS[:1], tokens_per_param=(2.5, 5.0, 20.0))
+    data = bayes.bayes_data(simulate(design, seed=0))
+    cfg = bayes.BayesConfig(sampler=sampler(draws=200, tune=300))
+    results = bayes.run_sbc(data, cfg, n_datasets=10, seed=5)
+    covered = sum(c for r in results for c in r["covered"])
+    assert covered >= 7, results  # P(<= 6 of 10 | 90% coverage) = 0.013
+    ranks = np.array([r["ranks"]["emergence_loss[sim_mmlu]"] for r in results])
+    assert 0 < np.mean(ranks) / 99 < 1 and len(set(ranks)) > 3
+    assert bayes.rank_uniformity(ranks)[1] > 0.001
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def run(args: list[str], capsys) -> tuple[int, str, str]:
+    argv, sys.argv = sys.argv, ["emergence", *args]
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exit_:
+        code = exit_.code
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_fit_bayes_has_the_mle_keys_and_gates(tmp_path, capsys):
+    folder = tmp_path / "sim"
+    simulate(SMALL, seed=4, out=folder)
+    common = ["fit", str(folder), "--n-boot", "0", "--chains", "2", "--tune", "100"]
+    code, out, err = run(common + ["--json"], capsys)
+    assert code == 0, err
+    mle_keys = {tuple(sorted(r)) for r in json.loads(out)}
+    post = tmp_path / "post.nc"
+    code, out, err = run(common + ["--method", "bayes", "--draws", "100", "--json", "--allow-bad-diagnostics",
+                                   "--save-posterior", str(post)], capsys)
+    assert code == 0, err
+    rows = json.loads(out)
+    assert {tuple(sorted(r)) for r in rows} == mle_keys
+    assert all(r["method"] == "bayes" and r["emergence_loss_p05"] <= r["emergence_loss_p95"] for r in rows)
+    assert all(r["flops_multiple"] is not None for r in rows)
+    assert post.is_file()
+    code, out, err = run(common + ["--method", "bayes", "--draws", "30"], capsys)
+    assert code == 3 and "ESS" in err and "task " in err and "Traceback" not in err
