@@ -160,7 +160,8 @@ def _print_backtests(results, simulated: bool) -> None:
                         _fmt(r.flop_multiplier_strict, ".2f"), f"{cov}/{n}" if n else "-")
     console.print(summary)
     for r in results:
-        console.print(_cutoff_table(r))
+        if r.cutoffs:
+            console.print(_cutoff_table(r))
         if r.note:
             console.print(f"[dim]{r.task}: {r.note}[/]", highlight=False)
     console.print(f"[dim]success: |MLE − truth| <= {results[0].tolerance if results else 0.1:g} nats; "

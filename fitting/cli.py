@@ -165,23 +165,32 @@ def _fmt(x, spec: str = ".3f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _fmt_profile(prof) -> str:
+    if prof is None:
+        return "-"
+    return f"{'<' if prof.open_low else ''}{prof.low:.2f}-{prof.high:.2f}{'<' if prof.open_high else ''}"
+
+
 def _print_predictions(predictions, simulated: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
     title = "Predicted few-shot emergence (pretraining loss, nats)"
     table = Table(title=title + (" — SIMULATED data" if simulated else ""))
-    for name in ("task", "MLE", "p5", "p50", "p95", "truth", "FLOPs", "x max", "conv."):
+    for name in ("task", "MLE", "p5", "p95", "LR 90%", "truth", "FLOPs", "x max", "conv."):
         table.add_column(name, justify="left" if name == "task" else "right", no_wrap=True)
     for p in predictions:
         pct = p.emergence_loss_pct
         flops = _fmt(p.emergence_flops, ".1e") + ("*" if p.flops_extrapolated else "")
-        table.add_row(p.task, _fmt(p.emergence_loss), _fmt(pct.get(5)), _fmt(pct.get(50)), _fmt(pct.get(95)),
-                      _fmt(p.ground_truth_loss), flops, _fmt(p.flops_multiple, ".2f"),
+        table.add_row(p.task, _fmt(p.emergence_loss), _fmt(pct.get(5)), _fmt(pct.get(95)),
+                      _fmt_profile(p.profile), _fmt(p.ground_truth_loss), flops, _fmt(p.flops_multiple, ".2f"),
                       "yes" if p.converged else "[red]no[/]")
     console = Console()
+    if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
+        console = Console(width=120)
     console.print(table)
-    console.print("[dim]p5/p50/p95: bootstrap percentiles; truth: few-shot elbow fitted to all checkpoints; "
+    console.print("[dim]p5/p95: bootstrap percentiles; LR 90%: profile-likelihood interval (< : open, "
+                  "the data do not bound that side); truth: few-shot elbow fitted to all checkpoints; "
                   "x max: emergence FLOPs / largest checkpoint's; * extrapolated beyond the data[/]")
     for p in predictions:
         if p.note:

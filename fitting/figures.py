@@ -130,20 +130,13 @@ def backtest_figure(
     ref = ground_truth if ground_truth is not None else 0.0
     y, lo, hi = (np.asarray(a, float) - ref for a in (prediction, p05, p95))
     ok = np.isfinite(y)
-    yerr = np.vstack([np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)])
-    yerr = np.where(np.isfinite(yerr), yerr, 0.0)
     if ground_truth is not None:
         ax.axhspan(-tolerance, tolerance, color=TRUTH_COLOR, alpha=0.12, lw=0,
                    label=f"success: |error| ≤ {tolerance:g} nats")
         ax.axhline(0.0, color=TRUTH_COLOR, lw=1)
     judged = success is not None and ground_truth is not None
     good = ok & (np.asarray(success, bool) if judged else True)
-    bad = ok & ~good
-    for mask, color, label in ((good, "#1f77b4", "prediction (5–95%)"),
-                               (bad, PRED_COLOR, "failed prediction (5–95%)")):
-        if mask.any():
-            ax.errorbar(x[mask], y[mask], yerr=yerr[:, mask], fmt="o", color=color, ms=5,
-                        capsize=3, lw=1, label=label)
+    _error_bars(ax, x, y, lo, hi, good, ok & ~good)
     if post_emergence_flops is not None:
         ax.axvline(post_emergence_flops, color="grey", ls="--", lw=1,
                    label="earliest post-emergence checkpoint")
@@ -158,6 +151,17 @@ def backtest_figure(
     ax.legend(fontsize=7, frameon=False, loc="best")
     fig.tight_layout()
     return fig
+
+
+def _error_bars(ax, x, y, lo, hi, good, bad) -> None:
+    """Points with 5–95% bars (a missing interval draws no bar): blue successes, red failures."""
+    yerr = np.vstack([np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)])
+    yerr = np.where(np.isfinite(yerr), yerr, 0.0)
+    for mask, color, label in ((good, "#1f77b4", "prediction (5–95%)"),
+                               (bad, PRED_COLOR, "failed prediction (5–95%)")):
+        if mask.any():
+            ax.errorbar(x[mask], y[mask], yerr=yerr[:, mask], fmt="o", color=color, ms=5,
+                        capsize=3, lw=1, label=label)
 
 
 def _clip_outliers(ax, x, y, ok, tolerance: float | None) -> None:

@@ -297,7 +297,8 @@ class Problem:
 
     ``y`` and ``n`` are (N,) or (B, N): successes and trials for the binomial likelihood, or
     values and row weights for the Gaussian one (weights are checkpoint multiplicities in a
-    bootstrap resample).
+    bootstrap resample). ``lower``/``upper`` are (P,) or (B, P) (a profile pins one parameter
+    at a different value per member).
     """
 
     spec: law_.LawSpec
@@ -350,13 +351,13 @@ def lm_batch(problem: Problem, theta0: np.ndarray, max_iter: int = 200, tol: flo
         sub = _subproblem(problem, act)
         _, grad, _, jac, weight = sub.value_and_grad(theta[act])
         hess = np.einsum("bnp,bn,bnq->bpq", jac, weight, jac)
-        step, grad = _damped_step(theta[act], grad, hess, lam[act], problem, eye)
+        step, grad = _damped_step(theta[act], grad, hess, lam[act], sub, eye)
         decrement = np.einsum("bp,bp->b", grad, step)
-        trial = np.clip(theta[act] - step, problem.lower, problem.upper)
+        trial = np.clip(theta[act] - step, sub.lower, sub.upper)
         f_new = sub.objective(trial)
         # try 2x and 4x the step too: cheap (no Jacobian) and fast along curved valleys
         for factor in (2.0, 4.0):
-            longer = np.clip(theta[act] - factor * step, problem.lower, problem.upper)
+            longer = np.clip(theta[act] - factor * step, sub.lower, sub.upper)
             f_long = sub.objective(longer)
             use_long = f_long < f_new
             trial[use_long], f_new = longer[use_long], np.where(use_long, f_long, f_new)
@@ -386,12 +387,10 @@ def _damped_step(theta, grad, hess, lam, problem: Problem, eye):
 
 
 def _subproblem(problem: Problem, rows: np.ndarray) -> Problem:
-    """The batch members ``rows`` of a problem whose targets are per member (B, N)."""
-    if problem.y.ndim == 1 and problem.n.ndim == 1:
-        return problem
-    y = problem.y[rows] if problem.y.ndim == 2 else problem.y
-    n = problem.n[rows] if problem.n.ndim == 2 else problem.n
-    return replace(problem, y=y, n=n)
+    """The batch members ``rows`` of a problem whose targets (B, N) or bounds (B, P) are per member."""
+    pick = lambda a: a[rows] if a.ndim == 2 else a  # noqa: E731
+    return replace(problem, y=pick(problem.y), n=pick(problem.n), lower=pick(problem.lower),
+                   upper=pick(problem.upper))
 
 
 def polish(problem: Problem, theta0: np.ndarray, max_iter: int = 500):

@@ -33,7 +33,9 @@ ground-truth elbow and the FLOPs of that elbow are still reported.
 JSON keys of ``TaskPrediction.to_json()``: ``task, method, law, likelihood, emergence_loss,
 emergence_loss_p05 … _p95 (p05 p10 p25 p50 p75 p90 p95), ground_truth_loss, emerged,
 ground_truth (details), emergence_flops, emergence_flops_p05 … _p95, flops_multiple,
-flops_multiple_p05 … _p95, flops_extrapolated, flops_law, ground_truth_flops, max_flops,
+flops_multiple_p05 … _p95, emergence_loss_profile_low, emergence_loss_profile_high,
+profile_open (list of "low"/"high": sides the data do not bound), flops_extrapolated,
+flops_law, ground_truth_flops, max_flops,
 converged, message, n_checkpoints, n_rows, n_boot, n_boot_failed, params, loglik, simulated,
 note``. Numbers that do not exist are ``null``, never NaN.
 """
@@ -51,7 +53,7 @@ from fitting import compute
 from fitting import law as law_
 from fitting.fit import EmergenceLawFit, GroundTruth, TaskData, fit_ground_truth
 from fitting.schema import ResultsFolder
-from fitting.uncertainty import PERCENTILES, Progress, bootstrap
+from fitting.uncertainty import PERCENTILES, Progress, bootstrap, profile_interval
 
 METHODS = ("mle", "bayes")
 
@@ -71,6 +73,7 @@ class FitConfig:
     metric: str | None = None  # default: accuracy, or the task's only metric
     gt_alpha: float = 1e-3  # ground truth: likelihood-ratio test level
     gt_min_rise: float = 0.05  # ground truth: minimal rise above base (metric units)
+    profile: bool = True  # also the 90% profile-likelihood interval (fitting.uncertainty.profile_interval)
     bayes: Any = None  # method="bayes": a fitting.bayes.BayesConfig (None: its defaults, this seed)
 
     def __post_init__(self) -> None:
@@ -123,6 +126,7 @@ class TaskPrediction:
     loglik: float | None = None
     simulated: bool = False
     note: str = ""
+    profile: Any = None  # fitting.uncertainty.ProfileInterval or None
     samples: np.ndarray | None = None  # bootstrap (or posterior) emergence-loss samples; not in JSON
 
     @property
@@ -140,6 +144,11 @@ class TaskPrediction:
         out.update(_pct_keys("emergence_flops", self.emergence_flops_pct))
         out["flops_multiple"] = self.flops_multiple
         out.update(_pct_keys("flops_multiple", self.flops_multiple_pct))
+        prof = self.profile
+        out.update(emergence_loss_profile_low=None if prof is None else prof.low,
+                   emergence_loss_profile_high=None if prof is None else prof.high,
+                   profile_open=None if prof is None else [s for s, o in (("low", prof.open_low),
+                                                                         ("high", prof.open_high)) if o])
         out.update(flops_extrapolated=self.flops_extrapolated, flops_law=self.flops_law,
                    ground_truth_flops=self.ground_truth_flops, max_flops=self.max_flops,
                    converged=self.converged, message=self.message, n_checkpoints=self.n_checkpoints,
@@ -198,7 +207,27 @@ def predict_data(data: TaskData, config: FitConfig = FitConfig(), *, ground_trut
         boot = bootstrap(data, model, config.n_boot, config.seed, config.items, progress=progress)
         record.emergence_loss_pct = dict(boot.percentiles)
         record.n_boot, record.n_boot_failed, record.samples = boot.n_boot, boot.n_failed, boot.emergence_loss
+    if config.profile:
+        _add_profile(record, data, model)
     return _with_flops(record, data, config)
+
+
+def _add_profile(record: TaskPrediction, data: TaskData, model: EmergenceLawFit) -> None:
+    """The profile-likelihood interval, and a warning when the bootstrap's is much narrower."""
+    prof = profile_interval(data, model)
+    record.profile = prof
+    if prof is None:
+        return
+    notes = []
+    if prof.open_low or prof.open_high:
+        notes.append("the likelihood is flat over 0.5 nats on the "
+                     + " and ".join(s for s, o in (("low", prof.open_low), ("high", prof.open_high)) if o)
+                     + " side: the data do not bound the prediction there")
+    pct = record.emergence_loss_pct
+    if 5 in pct and 95 in pct and (prof.high - prof.low) > 2 * (pct[95] - pct[5]):
+        notes.append(f"the 90% profile-likelihood interval [{prof.low:.3f}, {prof.high:.3f}] is over twice "
+                     "as wide as the bootstrap's: trust the wider one")
+    record.note = "; ".join(filter(None, [record.note, *notes]))
 
 
 def check_task(data: TaskData, config: FitConfig) -> None:

@@ -301,6 +301,8 @@ def _summary_text(results: Sequence[TaskBacktest]) -> str:
     for r in results:
         if not r.emerged:
             parts.append(f"{r.task}: never emerged in these checkpoints (no ground truth, no multiplier)")
+        elif not r.cutoffs:
+            parts.append(f"{r.task}: {r.note or 'no cutoff could be fitted'}")
         elif r.flop_multiplier is None:
             parts.append(f"{r.task}: no cutoff predicted the elbow within {r.tolerance:g} nats")
         elif r.flop_multiplier <= 1:

@@ -26,10 +26,11 @@ that still fail are counted in ``n_failed`` and left out of the percentiles.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Literal
 
 import numpy as np
+from scipy import stats
 
 from emergence.errors import FitError
 from fitting import law as law_
@@ -146,3 +147,64 @@ def _refit(data: TaskData, model: EmergenceLawFit, y: np.ndarray, n: np.ndarray)
         better = ok2 & (~ok[retry] | (f2 < f[retry]))
         theta[retry[better]], f[retry[better]], ok[retry[better]] = t2[better], f2[better], True
     return theta, ok
+
+
+# --------------------------------------------------------------------------- profile likelihood
+
+
+@dataclass(frozen=True)
+class ProfileInterval:
+    """Likelihood-ratio interval of the emergence loss (profile over the few-shot elbow).
+
+    ``open_low``/``open_high``: the profile stays inside the interval up to the edge of the
+    scanned grid (``MLE ± half_width`` nats), i.e. the data do not bound the prediction on that
+    side; the bootstrap, warm-started at the MLE, cannot see this and is then too narrow.
+    """
+
+    low: float
+    high: float
+    open_low: bool
+    open_high: bool
+    level: float
+    grid: np.ndarray  # (G,) emergence losses scanned
+    deviance: np.ndarray  # (G,) 2 x (max log-lik - profile log-lik)
+
+
+def profile_interval(data: TaskData, model: EmergenceLawFit, level: float = 0.90, half_width: float = 0.5,
+                     n_grid: int = 41, n_starts: int = 4) -> ProfileInterval | None:
+    """Profile the log-likelihood over the emergence loss; None when the law's prediction is not
+    a single parameter (it is C for the log power law with D0 = 1, the default).
+
+    One batch: each grid value of C is pinned and the other parameters refitted from the MLE
+    and from ``n_starts`` of the multi-start points (the best kept). Deviance is referred to
+    chi-squared with 1 degree of freedom (binomial; Gaussian: N log(RSS_c / RSS_min)), and the
+    interval's ends are interpolated linearly between grid points.
+    """
+    spec = model.spec
+    if spec.elbow != "log_power" or spec.d0 != 1.0 or not getattr(model, "converged_", False):
+        return None
+    c = spec.param_names.index("C")
+    problem = make_problem(spec, data, model.likelihood)
+    grid = np.clip(model.theta_[c] + np.linspace(-half_width, half_width, n_grid), problem.lower[c], problem.upper[c])
+    inits = np.vstack([model.theta_[None], starts(spec, data, n_starts, model.seed)])  # (S, P)
+    theta0 = np.repeat(inits[None], n_grid, 0)  # (G, S, P)
+    theta0[..., c] = grid[:, None]
+    theta0 = theta0.reshape(-1, len(model.theta_))
+    lower, upper = (np.tile(b, (len(theta0), 1)) for b in (problem.lower, problem.upper))
+    lower[:, c] = upper[:, c] = theta0[:, c]
+    _, f, _, _ = lm_batch(replace(problem, lower=lower, upper=upper), theta0, max_iter=model.max_iter)
+    f = f.reshape(n_grid, -1).min(1)
+    f_best = min(float(f.min()), float(problem.objective(model.theta_[None])[0]))
+    dev = 2 * (f - f_best) if model.likelihood == "binomial" else data.n_rows * np.log(f / f_best)
+    cut = stats.chi2.ppf(level, 1)
+    inside = dev <= cut
+    low, high = _crossing(grid, dev, cut, np.argmax(inside), -1), _crossing(grid, dev, cut, len(grid) - 1 - np.argmax(inside[::-1]), 1)
+    return ProfileInterval(low, high, bool(inside[0]), bool(inside[-1]), level, grid, dev)
+
+
+def _crossing(grid: np.ndarray, dev: np.ndarray, cut: float, i: int, side: int) -> float:
+    """Where the deviance crosses ``cut`` between grid point i (inside) and its outer neighbour."""
+    j = i + side
+    if j < 0 or j >= len(grid) or dev[j] == dev[i]:
+        return float(grid[i])
+    return float(grid[i] + (grid[j] - grid[i]) * (cut - dev[i]) / (dev[j] - dev[i]))

@@ -3,7 +3,7 @@
 - **local** (default): cells in order, grouped by checkpoint: every pending cell of a
   checkpoint is finetuned first (adapters saved with their stats), then one engine is loaded
   for that checkpoint and scores every adapter (one vLLM engine per base checkpoint when the
-  spec's engine is vLLM). A kill loses at most the cell in flight: finished parts and saved
+  spec's engine is vLLM). Full finetuning goes one cell at a time (train, score, delete). A kill loses at most the cell in flight: finished parts and saved
   adapters are reused on restart. Errors stop the run (fix, rerun: it resumes).
 - **ray**: one Ray task per cell (train, score, write its part), asking for ``num_cpus`` CPUs
   and ``num_gpus`` GPUs (1 when the cluster has GPUs), plus one task per checkpoint for its base
@@ -109,9 +109,19 @@ def run_local(plan: SweepPlan, cells, advance: Callable[[Cell], None] = lambda c
 
 
 def _local_checkpoint(plan: SweepPlan, group: list[Cell], outcome: Outcome, advance) -> None:
-    phases, bases = Phases(), BaseModels()
+    """LoRA: train every cell, then score them all in one engine. Full finetuning: one cell at a
+    time (train, score, delete), so at most one full copy of the weights is on disk."""
+    bases = BaseModels()
+    batches = [group] if plan.config.recipe.method == "lora" else [[c] for c in group]
+    for batch in batches:
+        _local_batch(plan, batch, bases, outcome, advance)
+
+
+def _local_batch(plan: SweepPlan, group: list[Cell], bases: BaseModels, outcome: Outcome, advance) -> None:
+    phases = Phases()
     stats = {c.key: train_cell(plan, c, phases, bases) for c in group}
-    del bases  # free the base copy before the engine loads
+    if plan.config.recipe.method == "lora":
+        bases.release()  # every cell of the checkpoint is trained: free it before the engine loads
     shared = None  # one engine for every LoRA cell of this checkpoint
     with phases("eval_load"):
         tokenizer = load_tokenizer(plan, group[0].checkpoint)

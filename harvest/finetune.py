@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -287,8 +287,6 @@ def finetune(
     ``seed`` (added to ``recipe.seed``) fixes the data order and the adapter's initialisation.
     ``progress`` is an optional callable ``(step, steps, loss)`` for progress bars.
     """
-    import torch
-
     if not examples:
         raise SpecError("finetune: no training examples")
     seed = recipe.seed + seed
@@ -304,14 +302,9 @@ def finetune(
     start = time.perf_counter()
     for step, idx in enumerate(batch_order(len(data), batch, steps, seed)):
         inputs = {k: v.to(device) for k, v in collate([data[i] for i in idx], pad_id).items()}
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, steps, recipe)
-        loss = model(**inputs).loss  # mean over target tokens of the batch
+        loss = model(**inputs).loss  # mean over the batch's target tokens (nats)
         loss.backward()
-        if recipe.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], recipe.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        _update(model, optimizer, recipe, lr_at(step, steps, recipe))
         tokens += int(inputs["attention_mask"].sum())
         target_tokens += int((inputs["labels"][:, 1:] != -100).sum())
         losses.append(float(loss.detach()))
@@ -324,6 +317,18 @@ def finetune(
         tokens=tokens, target_tokens=target_tokens, params=total, trainable_params=trainable,
         flops=6.0 * total * tokens, seconds=time.perf_counter() - start, losses=losses,
     )
+
+
+def _update(model, optimizer, recipe: Recipe, lr: float) -> None:
+    """One AdamW step at learning rate ``lr``, after clipping the global gradient norm."""
+    import torch
+
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    if recipe.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], recipe.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 # --------------------------------------------------------------------------- saving
@@ -375,7 +380,3 @@ def read_stats(folder: str | Path) -> dict[str, Any] | None:
     path = Path(folder) / STATS_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 
-
-def with_overrides(recipe: Recipe, **changes: Any) -> Recipe:
-    """A copy of ``recipe`` with some fields changed (validated again)."""
-    return replace(recipe, **changes)

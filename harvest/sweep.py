@@ -15,6 +15,7 @@ The ``[sweep]`` table (every key optional except the data levels)::
     subset_seeds = [0, 1]                 # random subsets per level
     nested = true                         # smaller subsets inside larger ones (same seed)
     eval_shots = 0                        # shots when scoring finetuned models
+    train_split = "train"                 # default: the task's few-shot (train) split
     tasks = ["synthetic_arithmetic"]      # task names of the spec (default: all)
     checkpoints = ["step1000"]            # checkpoint names (default: all)
     keep_adapters = false                 # keep adapters/weights under RESULTS_DIR/adapters
@@ -58,7 +59,7 @@ from harvest.store import Store
 FINETUNE_KIND = "finetune"
 ADAPTERS_DIR = "adapters"
 SWEEP_VERSION = "1"  # bump when the cell procedure changes what a cell computes
-SWEEP_KEYS = {"n_train", "subset_seeds", "nested", "eval_shots", "tasks", "checkpoints",
+SWEEP_KEYS = {"n_train", "subset_seeds", "nested", "eval_shots", "train_split", "tasks", "checkpoints",
               "keep_adapters", "retries", "num_cpus", "num_gpus", "recipe"}
 
 
@@ -78,6 +79,7 @@ class SweepConfig:
     subset_seeds: tuple[int, ...] = (0, 1)
     nested: bool = True
     eval_shots: int | None = 0  # None: the task spec's shots
+    train_split: str | None = None  # None: the task's few-shot split (its train split)
     tasks: tuple[str, ...] | None = None
     checkpoints: tuple[str, ...] | None = None
     keep_adapters: bool = False
@@ -112,6 +114,7 @@ def parse_sweep(spec: HarvestSpec) -> SweepConfig:
         subset_seeds=tuple(_int_list(raw.get("subset_seeds", [0, 1]), f"{where}.subset_seeds", minimum=0)),
         nested=_typed(raw, "nested", bool, True, where),
         eval_shots=_typed(raw, "eval_shots", int, 0, where),
+        train_split=_typed(raw, "train_split", str, None, where),
         tasks=_names(raw, "tasks", [t.name for t in spec.tasks], where),
         checkpoints=_names(raw, "checkpoints", [c.name for c in spec.checkpoints], where),
         keep_adapters=_typed(raw, "keep_adapters", bool, False, where),
@@ -148,9 +151,11 @@ def _parse_levels(value, where: str):
         return tuple(_int_list(value, f"{where}.n_train", minimum=1)), None
     if isinstance(value, dict):
         extra = sorted(set(value) - {"min", "count", "max"})
-        if extra or "min" not in value or "count" not in value:
-            raise SpecError(f"{where}.n_train: a geometric series takes min, count and optional max; got {value!r}")
-        return None, (int(value["min"]), int(value["count"]), value.get("max"))
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in value.values())
+        if extra or "min" not in value or "count" not in value or not ints:
+            raise SpecError(f"{where}.n_train: a geometric series takes integers min, count and optional max; "
+                            f"got {value!r}")
+        return None, (value["min"], value["count"], value.get("max"))
     raise SpecError(f"{where}.n_train: must be a list or a table, got {value!r}")
 
 
@@ -215,14 +220,14 @@ def plan_sweep(spec: HarvestSpec, out_dir: str | Path, config: SweepConfig | Non
     if not tasks:
         raise SpecError(f"{spec.source}: the sweep has no tasks (add [[tasks]])")
     eval_plans = {t.name: plan_task(_eval_task_spec(t, config)) for t in tasks}
-    pools = {name: plan.task.train_examples() for name, plan in eval_plans.items()}
+    pools = {name: plan.task.train_examples(config.train_split) for name, plan in eval_plans.items()}
     checkpoints = [c for c in spec.checkpoints if config.checkpoints is None or c.name in config.checkpoints]
     cells = tuple(
         _cell(spec, config, c, eval_plans[t.name], pools[t.name], n, s)
         for c in checkpoints for t in tasks
         for n in config.levels_for(len(pools[t.name]), t.name) for s in config.subset_seeds
     )
-    return SweepPlan(spec, config, Path(out_dir), eval_plans, pools, cells)
+    return SweepPlan(spec, config, Path(out_dir).resolve(), eval_plans, pools, cells)
 
 
 def _eval_task_spec(ts: TaskSpec, config: SweepConfig) -> TaskSpec:
@@ -290,6 +295,9 @@ class BaseModels:
             self.name = checkpoint
         return copy.deepcopy(self.model).to(device_for(plan)), self.tokenizer
 
+    def release(self) -> None:
+        self.name = self.model = self.tokenizer = None
+
 
 def train_cell(plan: SweepPlan, cell: Cell, phases: Phases, bases: BaseModels | None = None) -> dict[str, Any]:
     """Finetune one cell and save its adapter (or weights) with its stats; resumable."""
@@ -314,7 +322,19 @@ def train_cell(plan: SweepPlan, cell: Cell, phases: Phases, bases: BaseModels | 
     return read_stats(folder)
 
 
-def eval_tokens(plan: SweepPlan, task: str, tokenizer) -> int:
+_EVAL_TOKENS: dict[tuple, int] = {}  # (checkpoint path, revision, prompt hash) -> tokens
+
+
+def eval_tokens(plan: SweepPlan, cell: Cell, tokenizer) -> int:
+    """:func:`count_eval_tokens`, computed once per checkpoint tokenizer and task prompts."""
+    ref = plan.checkpoint(cell.checkpoint).ref
+    key = (ref.path, ref.revision, plan.eval_plans[cell.task].prompt_hash)
+    if key not in _EVAL_TOKENS:
+        _EVAL_TOKENS[key] = count_eval_tokens(plan, cell.task, tokenizer)
+    return _EVAL_TOKENS[key]
+
+
+def count_eval_tokens(plan: SweepPlan, task: str, tokenizer) -> int:
     """Tokens one evaluation runs: each item's context once plus every choice (or the prompt)."""
     from harvest.engines.hf import encode_pair
 
@@ -346,7 +366,7 @@ def evaluate_cell(plan: SweepPlan, cell: Cell, engine, stats: dict[str, Any], to
     with phases("eval"):
         rows = evaluate_task(engine, plan.eval_plans[cell.task], cell.checkpoint, setting=FINETUNE,
                              n_train=cell.n_train, subset_seed=cell.subset_seed, adapter=adapter)
-    costs = cost_columns(stats, eval_tokens(plan, cell.task, tokenizer))
+        costs = cost_columns(stats, eval_tokens(plan, cell, tokenizer))
     dtypes = {str: pl.String, int: pl.Int64, float: pl.Float64}
     return rows.with_columns(pl.lit(v, dtypes[type(v)]).alias(k) for k, v in costs.items())
 
@@ -417,12 +437,14 @@ def run_base(spec: HarvestSpec, out_dir: Path, checkpoints: list[str], show_prog
     return time.perf_counter() - start
 
 
-def base_units(spec: HarvestSpec, docs_hash: str) -> list[tuple[str, str]]:
-    """(kind, key) of the loss and few-shot parts the tables need."""
+def base_units(spec: HarvestSpec, docs_hash: str) -> list[tuple[str, str, str]]:
+    """(kind, key, label) of the loss and few-shot parts the tables need."""
     from harvest.evaluate import EVAL_KIND, LOSS_KIND, eval_unit_key, loss_unit_key, plan_tasks
 
-    units = [(EVAL_KIND, eval_unit_key(c, p, spec.engine)) for c in spec.checkpoints for p in plan_tasks(spec)]
-    units += [(LOSS_KIND, loss_unit_key(c, spec, docs_hash)) for c in spec.checkpoints if c.pretrain_loss is None]
+    units = [(EVAL_KIND, eval_unit_key(c, p, spec.engine), f"few-shot {p.spec.name} of {c.name}")
+             for c in spec.checkpoints for p in plan_tasks(spec)]
+    units += [(LOSS_KIND, loss_unit_key(c, spec, docs_hash), f"pretraining loss of {c.name}")
+              for c in spec.checkpoints if c.pretrain_loss is None]
     return units
 
 
@@ -432,11 +454,11 @@ def held_out_hash(spec: HarvestSpec) -> str:
     return "" if spec.held_out is None else documents_hash(read_documents(spec.held_out))
 
 
-def missing_units(plan: SweepPlan, docs_hash: str) -> list[str]:
-    """Labels of the units not yet in the store (empty: ready to compact)."""
+def missing_units(plan: SweepPlan, docs_hash: str) -> tuple[list[str], list[str]]:
+    """Labels of the base units and of the cells not yet in the store."""
     store = Store(plan.out_dir)
-    missing = [f"{kind} {key[:12]}" for kind, key in base_units(plan.spec, docs_hash) if not store.has(kind, key)]
-    return missing + [c.label for c in plan.cells if not store.has(FINETUNE_KIND, c.key)]
+    base = [label for kind, key, label in base_units(plan.spec, docs_hash) if not store.has(kind, key)]
+    return base, [c.label for c in plan.cells if not store.has(FINETUNE_KIND, c.key)]
 
 
 def compact_sweep(plan: SweepPlan, docs_hash: str):
@@ -445,7 +467,7 @@ def compact_sweep(plan: SweepPlan, docs_hash: str):
     from harvest.store import compact
 
     store = Store(plan.out_dir)
-    units = [u for u in base_units(plan.spec, docs_hash) if u[0] == EVAL_KIND]
+    units = [(kind, key) for kind, key, _ in base_units(plan.spec, docs_hash) if kind == EVAL_KIND]
     units += [(FINETUNE_KIND, c.key) for c in plan.cells if store.has(FINETUNE_KIND, c.key)]
     meta = {"spec_hash": plan.spec.spec_hash, "sweep": {"recipe": plan.config.recipe.to_dict(),
                                                        "nested": plan.config.nested,
@@ -486,8 +508,8 @@ def run_sweep(spec: HarvestSpec | str | Path, out_dir: str | Path, *, executor: 
     cells, base = list(plan.cells), [c.name for c in plan.spec.checkpoints]
     if shard is not None:
         cells, base = shard_cells(cells, *shard), shard_checkpoints(base, *shard)
-    else:  # the only writer: clear temp files a killed run left (never done for shards)
-        Store(plan.out_dir).remove_stale_temps()
+    else:  # the only writer: clear what a killed run left (never for shards: they may share it)
+        _remove_leftovers(plan.out_dir)
     docs_hash = held_out_hash(plan.spec)
     base = _base_pending(plan, base, docs_hash)
     with harvest_progress(show_progress) as progress:
@@ -514,7 +536,17 @@ def merge_sweep(spec: HarvestSpec | str | Path, out_dir: str | Path, sources: li
         if not (Path(source) / "parts").is_dir():
             raise SpecError(f"{source}: no parts folder (is it a sweep's --out folder?)")
         copy_parts(Path(source), plan.out_dir)
-    return _finish(plan, held_out_hash(plan.spec), len(plan.cells), Outcome(), start, "merge")
+    present = len(plan.cells) - len(_pending(plan, plan.cells))
+    return _finish(plan, held_out_hash(plan.spec), len(plan.cells), Outcome(skipped=present), start, "merge")
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Temp files and base-unit scratch folders of a killed run (never a finished part)."""
+    Store(out_dir).remove_stale_temps()
+    for scratch in out_dir.glob(".base-*"):
+        shutil.rmtree(scratch, ignore_errors=True)
+    for tmp in (out_dir / ADAPTERS_DIR).glob(".*"):  # half-saved adapters (save_finetuned's temp)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _plan_from(spec, out_dir, keep_adapters: bool) -> SweepPlan:
@@ -536,7 +568,7 @@ def _base_pending(plan: SweepPlan, names: list[str], docs_hash: str) -> list[str
     """Checkpoints among ``names`` whose loss or few-shot parts are missing."""
     store = Store(plan.out_dir)
     return [n for n in names
-            if not all(store.has(k, key) for k, key in base_units(base_spec(plan.spec, [n]), docs_hash))]
+            if not all(store.has(k, key) for k, key, _ in base_units(base_spec(plan.spec, [n]), docs_hash))]
 
 
 def _run_name(executor: str, shard: tuple[int, int] | None) -> str:
@@ -545,8 +577,8 @@ def _run_name(executor: str, shard: tuple[int, int] | None) -> str:
 
 def _finish(plan: SweepPlan, docs_hash: str, n_cells: int, outcome, start: float, run: str) -> SweepReport:
     compacting = time.perf_counter()
-    missing = missing_units(plan, docs_hash)
-    base_missing = [m for m in missing if m.startswith(("eval ", "loss "))]
+    base_missing, cells_missing = missing_units(plan, docs_hash)
+    missing = base_missing + cells_missing
     tables = None if base_missing else compact_sweep(plan, docs_hash)
     report = SweepReport(n_cells, outcome.computed, outcome.skipped, outcome.failed, missing,
                          outcome.phase_seconds, 0.0, tables)
@@ -606,7 +638,7 @@ def summarize(report: SweepReport, out_dir: str | Path) -> str:
         line += f"\nwrote {out_dir}: {t.checkpoints.height} checkpoints, {t.results.height} results, {items} items"
     if report.missing:
         line += (f"\n{len(report.missing)} units of the sweep are not in {out_dir} yet (e.g. {report.missing[0]}): "
-                 "run the other shards, then 'emergence harvest merge'")
+                 "rerun to compute them (shards: run the others, then 'emergence harvest merge')")
     return line
 
 

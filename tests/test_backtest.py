@@ -214,3 +214,34 @@ def test_cli_json_on_stdout_progress_on_stderr(tmp_path):
     assert out[NEVER.name]["ground_truth_loss"] is None
     bad = subprocess.run(cmd[:5] + ["--tolerance", "0"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "tolerance" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_failed_fit_marks_its_cutoff_and_running_out_of_data_ends_the_list():
+    from fitting.backtest import _Failure, assemble, plan_task, predict_data
+
+    folder = _folder([COLA], seed=5)
+    data = TaskData.from_folder(folder, COLA.name)
+    config = _config(min_checkpoints=9)
+    plan = plan_task(data, config, simulated=True)
+    assert len(plan.cuts) == 4 and len(plan.jobs) == 4
+    pred = predict_data(data, config.fit, ground_truth=plan.truth)
+    outputs = [pred, _Failure("diagnostics failed: r_hat", stop=False), pred, _Failure("no fit: too few", stop=True)]
+    r = assemble(plan, outputs, config, simulated=True)
+    assert [c.n_checkpoints for c in r.cutoffs] == [12, 11, 10]  # the list ends at the unfittable cutoff
+    failed = r.cutoffs[1]
+    assert failed.success is False and failed.emergence_loss is None and "r_hat" in failed.note
+    assert r.to_json()["cutoffs"][1]["success"] is False
+
+
+def test_few_shot_only_folder_has_ground_truth_but_nothing_to_backtest():
+    import polars as pl
+
+    from fitting.schema import ResultsFolder
+
+    sim = _folder([COLA], seed=6)
+    folder = ResultsFolder(sim.checkpoints, sim.results.filter(pl.col("setting") == "few_shot"), None, {})
+    (r,) = backtest(folder, _config(ablations=AblationSpec()))
+    j = r.to_json()
+    assert j["emerged"] is True and abs(j["ground_truth_loss"] - COLA.C) < 0.05
+    assert j["cutoffs"] == [] and j["ablations"] == [] and j["flop_multiplier"] is None
+    assert "few-shot results only" in j["note"]

@@ -139,6 +139,28 @@ def test_rerun_resumes_everything_and_changes_nothing(spec_path, local_out):
         assert_frame_equal(frame, before[name])
 
 
+def test_full_finetuning_cell_saves_weights_and_counts_every_parameter(spec_path, local_out, tmp_path):
+    from harvest.executors import copy_parts
+    from harvest.sweep import run_sweep
+
+    full = build_sweep_spec(spec_path.parent, 'checkpoints = ["step12"]\nkeep_adapters = true\n', "full.toml")
+    text = full.read_text().replace("n_train = [4, 12, 32]", "n_train = [12]").replace("[0, 1]", "[0]")
+    full.write_text(text.replace("lr = 1e-2", 'method = "full"\nlr = 1e-3'))
+    copy_parts(local_out, tmp_path, ("loss", "eval"))  # base units already measured
+    report = run_sweep(full, tmp_path, show_progress=False)
+    assert report.computed == 1 and report.tables is not None
+    row = report.tables.results.filter(pl.col("setting") == "finetune").row(0, named=True)
+    (weights,) = (tmp_path / "adapters").iterdir()
+    assert (weights / "model.safetensors").is_file() and not list(weights.glob("*.bin"))
+    from harvest.testing import n_params
+
+    assert row["finetune_method"] == "full" and row["trainable_params"] == n_params(weights)
+    assert row["finetune_flops"] == 6.0 * n_params(weights) * row["finetune_tokens"]
+    lora = tables(local_out)["results"].filter((pl.col("checkpoint") == "step12") & (pl.col("n_train") == 12)
+                                               & (pl.col("subset_seed") == 0))
+    assert row["finetune_tokens"] == lora["finetune_tokens"][0]  # same examples, same batches
+
+
 # --------------------------------------------------------------------------- shards
 
 
@@ -224,7 +246,7 @@ def test_sigkill_in_the_middle_resumes_without_duplicates(spec_path, local_out):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "emergence", "harvest", "sweep", str(spec_path), "--out", str(out), "--quiet"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 150
     while len(finetune_parts(out)) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
@@ -233,6 +255,7 @@ def test_sigkill_in_the_middle_resumes_without_duplicates(spec_path, local_out):
     assert 2 <= done < N_CELLS, f"kill landed outside the sweep ({done} cells done)"
     report = run_sweep(spec_path, out, show_progress=False)
     assert report.skipped == done and report.computed == N_CELLS - done
+    assert not list(out.glob(".base-*")) and not list(out.rglob(".*.tmp"))  # leftovers cleared
     assert len(finetune_parts(out)) == N_CELLS
     assert_same_tables(local_out, out)  # duplicates would fail the contract's unique key
 

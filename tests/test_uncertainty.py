@@ -10,7 +10,7 @@ import pytest
 from emergence.errors import FitError
 from fitting.fit import EmergenceLawFit, TaskData
 from fitting.simulate import DEFAULT_TASKS, Design, simulate
-from fitting.uncertainty import PERCENTILES, bootstrap, task_seed
+from fitting.uncertainty import PERCENTILES, bootstrap, profile_interval, task_seed
 
 MMLU = DEFAULT_TASKS[0]
 # The default 12-checkpoint ladder with 3 data levels x 2 subsets (fewer rows, so 200 datasets
@@ -80,3 +80,28 @@ def test_interval_coverage_on_200_datasets():
     print(f"coverage of the 90% bootstrap interval: {covered}/{n_ok} = {covered / n_ok:.3f}")
     assert n_ok >= 195
     assert 0.80 <= covered / n_ok <= 0.97, f"coverage {covered}/{n_ok}"
+
+
+def test_profile_interval_on_all_checkpoints(fitted):
+    data, model = fitted
+    prof = profile_interval(data, model)
+    assert prof.low <= model.emergence_loss_ <= prof.high
+    assert prof.low <= MMLU.emergence_loss <= prof.high
+    assert prof.high - prof.low < 0.1 and not (prof.open_low or prof.open_high)
+    assert prof.deviance.min() >= -1e-6  # the MLE is the profile's maximum
+
+
+def test_profile_warns_when_the_bootstrap_is_too_narrow():
+    """Six pre-emergence checkpoints: the likelihood is nearly flat in the emergence loss. The
+    warm-started bootstrap misses the truth; the profile interval covers it, and the record says
+    which to trust."""
+    from fitting.predict import FitConfig, predict_data
+
+    data = TaskData.from_folder(simulate(Design(), seed=0), MMLU.name)
+    early = data.select_max_flops(np.sort(data.ckpt_flops)[5])
+    record = predict_data(early, FitConfig(n_boot=200)).to_json()
+    print(f"bootstrap 5-95% [{record['emergence_loss_p05']:.3f}, {record['emergence_loss_p95']:.3f}], profile "
+          f"[{record['emergence_loss_profile_low']:.3f}, {record['emergence_loss_profile_high']:.3f}]")
+    assert record["emergence_loss_profile_low"] <= MMLU.emergence_loss <= record["emergence_loss_profile_high"]
+    assert not record["emergence_loss_p05"] <= MMLU.emergence_loss <= record["emergence_loss_p95"]
+    assert "profile-likelihood interval" in record["note"]

@@ -5,13 +5,16 @@ one vLLM engine can score many finetuned adapters of the same base (``LoRAReques
 
 Tokenisation follows lm-evaluation-harness so per-item scores are comparable with it:
 ``whole = encode(context + continuation)``, ``ctx = encode(context)``, and the continuation's
-tokens are ``whole[len(ctx):]``; BOS only where the tokenizer adds it by default.
+tokens are ``whole[len(ctx):]``, after trailing whitespace of the context has moved to the front
+of the continuation (lm-eval's ``_encode_pair``); BOS only where the tokenizer adds it by default.
 
 Shared rules, so that two engines give the same numbers on the same checkpoint:
 
-- Too long: when ``whole`` has more tokens than the engine's ``max_length`` (its option; by
-  default the model's ``max_position_embeddings``), only its last ``max_length`` tokens are fed
-  (the context is cut on the left); a continuation that does not fit is a ``SpecError``.
+- Too long: the model is fed ``ctx + cont[:-1]``, at most ``max_length`` tokens (the engine's
+  option; by default the model's ``max_position_embeddings``), as lm-eval feeds
+  ``whole[-(max_length + 1):][:-1]``. A request whose longest continuation has ``n`` tokens
+  drops the first ``len(ctx) + n - 1 - max_length`` context tokens, the same for all its
+  choices; a continuation of ``max_length`` tokens or more is a ``SpecError``.
 - ``token_nll``: each text is encoded on its own (BOS as above) and cut into consecutive,
   non-overlapping windows of ``max_length`` tokens; in each window every token but the first is
   predicted from the window's earlier tokens. Returns the summed ``-log p`` (nats) and the

@@ -55,6 +55,7 @@ class LadderConfig:
     parallel: int = 2  # pretraining processes at a time
     shards: int = 2  # sweep shards run side by side
     sweep: bool = True
+    sweep_every: int = 2  # finetune every 2nd checkpoint of a size, counted back from its last (cost)
 
 
 def quick_config() -> LadderConfig:
@@ -63,7 +64,7 @@ def quick_config() -> LadderConfig:
         sizes=("t1", "t0"), train=TrainConfig(steps=60, first_checkpoint=20, n_checkpoints=3, batch_size=8,
                                               heldout_docs=8, log_every=20),
         n_test=40, heldout_docs=16, data_levels=(4, 16), subset_seeds=(0,), shards=1,
-        recipe={"method": "full", "lr": 3e-4, "epochs": 1.0, "min_steps": 4, "batch_size": 8},
+        recipe={"method": "full", "lr": 3e-4, "epochs": 1.0, "min_steps": 4, "batch_size": 8}, sweep_every=1,
     )
 
 
@@ -131,21 +132,40 @@ def checkpoint_rows(models: Path, cfg: LadderConfig) -> list[dict]:
     return rows
 
 
+def logged_pretrain_seconds(rows: list[dict]) -> dict[str, float]:
+    """Training seconds per size as its own log recorded them (survives an orchestrator restart)."""
+    return {size: max(r["elapsed_s"] for r in rows if r["size"] == size) for size in dict.fromkeys(r["size"] for r in rows)}
+
+
+def checkpoint_name(row: dict) -> str:
+    return f"{row['size']}-{row['checkpoint']}"
+
+
+def sweep_checkpoints(rows: list[dict], every: int) -> list[str]:
+    """Every ``every``-th checkpoint of each size, counted back from its last one."""
+    names = []
+    for size in dict.fromkeys(r["size"] for r in rows):
+        mine = [r for r in rows if r["size"] == size]
+        names += [checkpoint_name(r) for r in mine[::-1][::every][::-1]]
+    return names
+
+
 def write_spec(out: Path, rows: list[dict], cfg: LadderConfig) -> Path:
     """The harvest spec (TOML) over every checkpoint and task; paths relative to ``out``."""
     lines = ["# written by harvest.microladder.run", f"seed = {cfg.train.seed}", "",
              "[engine]", 'name = "hf"', "batch_size = 32", "",
              "[held_out]", 'path = "heldout_background.jsonl"', f"window = {SEQ_LEN}", ""]
     for r in rows:
-        lines += ["[[checkpoints]]", f'name = "{r["size"]}-{r["checkpoint"]}"',
+        lines += ["[[checkpoints]]", f'name = "{checkpoint_name(r)}"',
                   f'path = "models/{r["size"]}/{r["checkpoint"]}"', f'family = "microladder-{r["size"]}"',
                   f'params = {r["params"]}', f'tokens = {r["tokens"]}', ""]
     for task in cfg.tasks:
         lines += ["[[tasks]]", f'task = "{task}"', f"shots = {cfg.shots}", f"seed = {cfg.train.seed + 1234}",
                   "[tasks.options]", f"n_test = {cfg.n_test}", ""]
     if cfg.sweep:
+        names = json.dumps(sweep_checkpoints(rows, cfg.sweep_every))
         lines += ["[sweep]", f"n_train = {list(cfg.data_levels)}", f"subset_seeds = {list(cfg.subset_seeds)}",
-                  "nested = true", "eval_shots = 0", "", "[sweep.recipe]"]
+                  "nested = true", "eval_shots = 0", f"checkpoints = {names}", "", "[sweep.recipe]"]
         lines += [f"{k} = {json.dumps(v)}" for k, v in cfg.recipe.items()]
     path = out / "harvest.toml"
     path.write_text("\n".join(lines) + "\n")
@@ -256,6 +276,7 @@ def run_ladder(out: Path, cfg: LadderConfig, *, command: str = "", say=print, an
     walls["pretrain_by_size_s"] = pretrain_all(out / "models", cfg, say)
     walls["pretrain_s"] = round(time.time() - t0, 1)
     rows = checkpoint_rows(out / "models", cfg)
+    walls["pretrain_logged_s"] = logged_pretrain_seconds(rows)
     spec = write_spec(out, rows, cfg)
     walls.update(harvest(out, spec, cfg, say))
     status = analyse(out, say) if analysis else {}

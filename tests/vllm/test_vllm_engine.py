@@ -17,37 +17,15 @@ torch = pytest.importorskip("torch")
 from emergence.errors import CheckpointError, SpecError  # noqa: E402
 from harvest.engines.base import ChoiceRequest, GenerateRequest, ModelRef  # noqa: E402
 
-import tiny_models as tiny  # noqa: E402  (pytest puts tests/vllm on sys.path)
+from vllm_reference import (MAX_LENGTH, REQUESTS, TOL, assert_same_scores,  # noqa: E402
+                            reference_generate, reference_scores)
 
 pytestmark = pytest.mark.vllm
 
-TOL = 2e-4  # nats per choice (summed over its tokens), float32 on both sides; measured ~1e-5
-MAX_LENGTH = 256  # the tiny model's max_position_embeddings: the long item below is cut
 
-REQUESTS = [
-    ChoiceRequest("Question: what colour is the sky? Answer:", (" blue", " water", " five", " green tree")),
-    ChoiceRequest("the quick brown ", ("fox", "dog jumps", "cat")),  # trailing space moves to the choice
-    ChoiceRequest("yes no true false A B C D", (" the", " A", " what", " is")),  # one token each: one prompt
-    ChoiceRequest("Question: what do cows drink? Answer:", (" water", " blue.", " the lazy dog.")),
-    ChoiceRequest("the cat sat on the mat. " * 40 + "Question: what do cows drink? Answer:",
-                  (" water", " five", " a bird sang")),  # ~400 tokens: the context is cut on the left
-    ChoiceRequest("a bird sang in the", (" tall tree.", " mat.")),
-]
-
-
-@pytest.fixture(scope="session")
-def models(tmp_path_factory):
-    """Base checkpoint, two LoRA adapters, and the first adapter merged into the weights."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("tiny")
-    base = tiny.build_model(root / "base")
-    adapters = [tiny.build_lora(base, root / f"lora{k}", seed=k) for k in (1, 2)]
-    merged = [tiny.merge_lora(base, a, root / f"merged{k}") for k, a in zip((1, 2), adapters)]
-    return {"base": base, "adapters": adapters, "merged": merged}
-
-
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def engine(models):
+    """Closed at the end of this module: one in-process vLLM engine at a time (docs/vllm.md)."""
     from harvest.engines.vllm_engine import VLLMEngine
 
     # max_loras=1: the two adapters must swap in and out of the single GPU slot between calls.
@@ -55,65 +33,6 @@ def engine(models):
                      gpu_memory_utilization=0.1, enforce_eager=True)
     yield eng
     eng.close()
-
-
-# ---------------------------------------------------------------------- reference: plain transformers
-
-
-def lm_eval_split(tok, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    n = len(context) - len(context.rstrip())
-    if n:
-        context, continuation = context[:-n], context[-n:] + continuation
-    whole, ctx = tok.encode(context + continuation), tok.encode(context)
-    return ctx, whole[len(ctx):]
-
-
-def reference_scores(folder, requests, max_length=MAX_LENGTH) -> list[list[float]]:
-    """One forward per choice over ``ctx + cont[:-1]`` (context cut as in base.py)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    out = []
-    for req in requests:
-        pairs = [lm_eval_split(tok, req.context, c) for c in req.continuations]
-        longest = max(len(c) for _, c in pairs)
-        cut = max(0, len(pairs[0][0]) + longest - 1 - max_length)
-        row = []
-        for ctx, cont in pairs:
-            seq = ctx[cut:] + cont
-            with torch.no_grad():
-                logits = model(torch.tensor([seq[:-1]])).logits[0].float()  # [T, V]
-            logp = torch.log_softmax(logits, -1)[len(seq) - 1 - len(cont):]  # rows predicting cont
-            row.append(float(logp[torch.arange(len(cont)), torch.tensor(cont)].sum()))
-        out.append(row)
-    return out
-
-
-def reference_generate(folder, prompt: str, max_new_tokens: int, stop: tuple[str, ...]) -> str:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    ids = torch.tensor([tok.encode(prompt)])
-    with torch.no_grad():
-        gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=tok.eos_token_id)
-    text = tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True)
-    cuts = [text.find(s) for s in stop if s in text]
-    return text[:min(cuts)] if cuts else text
-
-
-def assert_same_scores(got, want, label: str, tol=TOL) -> None:
-    """Every choice within ``tol`` nats, every prediction identical; prints the largest gap."""
-    worst = 0.0
-    for g, w in zip(got, want, strict=True):
-        assert len(g.logprobs) == len(w)
-        gap = max(abs(a - b) for a, b in zip(g.logprobs, w))
-        assert gap < tol, (g.logprobs, w)
-        assert g.logprobs.index(max(g.logprobs)) == w.index(max(w))  # same prediction
-        worst = max(worst, gap)
-    print(f"\n{label}: max |log p(vLLM) - log p(ref)| = {worst:.1e} nats over {sum(len(w) for w in want)} choices")
 
 
 def hf_engine(folder):
@@ -270,19 +189,3 @@ def test_bad_engine_options_are_spec_errors(models):
         VLLMEngine(ModelRef(str(models["base"])), max_lora_rank=4)
     with pytest.raises(SpecError, match="max_position_embeddings"):  # positions the model never saw
         VLLMEngine(ModelRef(str(models["base"])), max_length=MAX_LENGTH + 1)
-
-
-def test_second_engine_without_lora_gives_same_numbers(engine, models):
-    """A second engine in the same process (LoRA off: the plain logits path), closed after use;
-    the first engine keeps working. A sweep loads one engine per checkpoint this way."""
-    from harvest.engines.vllm_engine import VLLMEngine
-
-    want = engine.score_choices(REQUESTS)
-    other = VLLMEngine(ModelRef(str(models["base"])), enable_lora=False,
-                       gpu_memory_utilization=0.1, enforce_eager=True)
-    try:
-        got = other.score_choices(REQUESTS)
-    finally:
-        other.close()
-    assert_same_scores(got, [list(s.logprobs) for s in want], "LoRA disabled vs enabled")
-    assert engine.score_choices(REQUESTS)[0].logprobs == want[0].logprobs
