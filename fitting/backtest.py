@@ -11,7 +11,9 @@ Protocol (Snell et al. 2024, Sec. 6; ``docs/backtest.md``), per task:
    few-shot rows), refits, and predicts the few-shot emergence loss with its 5–95% interval
    using the configured method (:func:`fitting.predict.predict_data`).
 3. **Success**: the fit converged and ``|MLE prediction − ground truth| <= tolerance``
-   (0.1 nats by default). **Covered**: ``p05 <= ground truth <= p95``.
+   (0.1 nats by default). **Covered**: ``p05 <= ground truth <= p95``; ``covered_profile``
+   the same for the 90% profile-likelihood interval when the fit gives one (a side the data do
+   not bound counts as unbounded).
 4. **Earliest post-emergence checkpoint**: among the task's checkpoints whose pretraining loss
    is strictly below the ground-truth elbow (so the ground-truth hinge puts their few-shot
    accuracy above its base: they have left chance), the one with the fewest FLOPs (ties: the
@@ -121,6 +123,10 @@ class CutoffResult:
     error: float | None = None  # prediction − ground truth, nats
     success: bool | None = None  # None when there is no ground truth
     covered: bool | None = None  # ground truth inside [p05, p95]; None without either
+    profile_low: float | None = None  # 90% profile-likelihood interval (when the method gives one)
+    profile_high: float | None = None
+    profile_open: list[str] = field(default_factory=list)  # sides the data do not bound: "low"/"high"
+    covered_profile: bool | None = None  # truth inside the profile interval (open sides unbounded)
     note: str = ""
     prediction: TaskPrediction | None = field(default=None, repr=False)  # not in JSON
 
@@ -131,7 +137,9 @@ class CutoffResult:
             most_capable_loss=self.most_capable_loss, pre_emergence=self.pre_emergence,
             emergence_loss=self.emergence_loss, emergence_loss_p05=self.p05,
             emergence_loss_p95=self.p95, converged=self.converged, error=self.error,
-            success=self.success, covered=self.covered, note=self.note,
+            success=self.success, covered=self.covered, profile_low=self.profile_low,
+            profile_high=self.profile_high, profile_open=self.profile_open,
+            covered_profile=self.covered_profile, note=self.note,
         ))
 
 
@@ -213,6 +221,12 @@ class TaskBacktest:
         return sum(known), len(known)
 
     @property
+    def coverage_profile(self) -> tuple[int, int]:
+        """(covered, cutoffs with a profile-likelihood interval and a ground truth)."""
+        known = [c.covered_profile for c in self.cutoffs if c.covered_profile is not None]
+        return sum(known), len(known)
+
+    @property
     def main_cutoff(self) -> CutoffResult | None:
         """The fit a user would have made before emergence: the largest pre-emergence cutoff
         (every checkpoint when the task never emerged)."""
@@ -223,6 +237,7 @@ class TaskBacktest:
     def to_json(self) -> dict[str, Any]:
         first, strict = self.earliest_success, self.earliest_strict_success
         covered, n = self.coverage
+        pcov, pn = self.coverage_profile
         gt = self.ground_truth
         return _clean(dict(
             task=self.task, method=self.method, tolerance=self.tolerance,
@@ -235,6 +250,7 @@ class TaskBacktest:
             earliest_success_checkpoint=None if first is None else first.most_capable,
             strict_success_max_flops=None if strict is None else strict.max_flops,
             coverage=covered / n if n else None, n_covered=covered, n_intervals=n,
+            coverage_profile=pcov / pn if pn else None, n_covered_profile=pcov, n_profile=pn,
             simulated=self.simulated, note=self.note,
             cutoffs=[c.to_json() for c in self.cutoffs],
             ablations=[a.to_json() for a in self.ablations],
@@ -282,6 +298,7 @@ def score_cutoff(cut: CutoffResult, pred: TaskPrediction, truth: float | None, t
     cut.prediction, cut.converged, cut.note = pred, bool(pred.converged), pred.note
     cut.emergence_loss = pred.emergence_loss
     cut.p05, cut.p95 = pred.emergence_loss_pct.get(5), pred.emergence_loss_pct.get(95)
+    _take_profile(cut, getattr(pred, "profile", None))
     if truth is None:
         return cut
     if cut.emergence_loss is not None and cut.converged:
@@ -289,6 +306,10 @@ def score_cutoff(cut: CutoffResult, pred: TaskPrediction, truth: float | None, t
     cut.success = cut.error is not None and abs(cut.error) <= tolerance
     if cut.p05 is not None and cut.p95 is not None:
         cut.covered = bool(cut.p05 <= truth <= cut.p95)
+    if cut.profile_low is not None and cut.profile_high is not None:
+        low = -np.inf if "low" in cut.profile_open else cut.profile_low
+        high = np.inf if "high" in cut.profile_open else cut.profile_high
+        cut.covered_profile = bool(low <= truth <= high)
     return cut
 
 
@@ -419,7 +440,7 @@ def plan_task(data: TaskData, config: BacktestConfig, simulated: bool) -> _TaskP
             cuts.append(_blank_cutoff(sub, f, elbow))
             jobs.append(_Job(data.task, ("cutoff", f), sub, config.fit, truth, simulated))
     rows, variants = _plan_ablations(data, elbow, config, note)
-    fit0 = replace(config.fit, n_boot=0)
+    fit0 = replace(config.fit, n_boot=0, profile=False)  # ablations: the point error only
     jobs += [_Job(data.task, ("ablation", name), d, fit0, truth, simulated) for name, d in variants.items()]
     return _TaskPlan(data, truth, cuts, jobs, rows, variants, note)
 
@@ -451,6 +472,14 @@ def assemble(plan: _TaskPlan, outputs: list[Outcome], config: BacktestConfig,
     note = plan.note or ("" if truth.emerged else f"never emerged: {truth.reason}")
     return TaskBacktest(plan.data.task, truth, config.tolerance, config.fit.method, cutoffs,
                         name, flops, ablations, simulated, note)
+
+
+def _take_profile(cut: CutoffResult, prof) -> None:
+    """Copy a fitting.uncertainty.ProfileInterval (None when the method gives none)."""
+    if prof is None or not (np.isfinite(prof.low) and np.isfinite(prof.high)):
+        return
+    cut.profile_low, cut.profile_high = float(prof.low), float(prof.high)
+    cut.profile_open = [side for side, is_open in (("low", prof.open_low), ("high", prof.open_high)) if is_open]
 
 
 def _failed_cutoff(cut: CutoffResult, message: str, truth: float | None) -> CutoffResult:

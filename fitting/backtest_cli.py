@@ -28,6 +28,7 @@ Base = Annotated[str, typer.Option(help="ablation base: pre_emergence checkpoint
 Chains = Annotated[int, typer.Option(help="bayes: MCMC chains per fit")]
 Draws = Annotated[int, typer.Option(help="bayes: posterior draws per chain")]
 Tune = Annotated[int, typer.Option(help="bayes: tuning steps per chain")]
+Profile = Annotated[bool, typer.Option(help="also the 90% profile-likelihood interval of each fit (mle)")]
 
 
 def register(app: typer.Typer) -> None:
@@ -37,7 +38,8 @@ def register(app: typer.Typer) -> None:
 
 
 def _config(*, law="log_power", n_boot=1000, seed=0, method="mle", metric=None, tolerance=0.1,
-            min_checkpoints=3, workers=1, ablations=None, cutoffs=True, chains=4, draws=1000, tune=1000):
+            min_checkpoints=3, workers=1, ablations=None, cutoffs=True, chains=4, draws=1000, tune=1000,
+            profile=True):
     from fitting.backtest import BacktestConfig
     from fitting.predict import FitConfig
 
@@ -46,7 +48,8 @@ def _config(*, law="log_power", n_boot=1000, seed=0, method="mle", metric=None, 
         from fitting.bayes import config_from_cli
 
         bayes = config_from_cli(chains=chains, draws=draws, tune=tune, sampler="pymc", seed=seed)
-    fit = FitConfig(law=law, n_boot=n_boot, seed=seed, method=method, metric=metric, bayes=bayes)
+    fit = FitConfig(law=law, n_boot=n_boot, seed=seed, method=method, metric=metric, bayes=bayes,
+                    profile=profile)
     return BacktestConfig(fit=fit, tolerance=tolerance, min_checkpoints=min_checkpoints,
                           workers=workers, ablations=ablations, cutoffs=cutoffs)
 
@@ -65,7 +68,7 @@ def backtest_command(
     min_checkpoints: MinCkpt = 3, workers: Workers = 1,
     ablations: Annotated[bool, typer.Option("--ablations", help="also run the Table-2 ablations")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON list on stdout")] = False,
-    chains: Chains = 4, draws: Draws = 1000, tune: Tune = 1000,
+    profile: Profile = True, chains: Chains = 4, draws: Draws = 1000, tune: Tune = 1000,
 ) -> None:
     """Hold out the most expensive checkpoints, refit, predict: how far ahead (in FLOPs) does it work?"""
     from fitting.backtest import AblationSpec, backtest, backtests_json
@@ -73,7 +76,8 @@ def backtest_command(
 
     config = _config(law=law, n_boot=n_boot, seed=seed, method=method, metric=metric, tolerance=tolerance,
                      min_checkpoints=min_checkpoints, workers=workers,
-                     ablations=AblationSpec() if ablations else None, chains=chains, draws=draws, tune=tune)
+                     ablations=AblationSpec() if ablations else None, chains=chains, draws=draws, tune=tune,
+                     profile=profile)
     folder = load_results(results_dir)
     results = backtest(folder, config, tasks=task or None, progress=True)
     if as_json:
@@ -114,7 +118,7 @@ def report_command(
     method: Method = "mle", metric: Metric = None, tolerance: Tolerance = 0.1,
     min_checkpoints: MinCkpt = 3, workers: Workers = 1,
     ablations: Annotated[bool, typer.Option(help="include the Table-2 ablations")] = True,
-    chains: Chains = 4, draws: Draws = 1000, tune: Tune = 1000,
+    profile: Profile = True, chains: Chains = 4, draws: Draws = 1000, tune: Tune = 1000,
 ) -> None:
     """Write an HTML page and a Markdown file with the fits, the backtest and the ablations."""
     from fitting.backtest import AblationSpec
@@ -122,7 +126,8 @@ def report_command(
 
     config = _config(law=law, n_boot=n_boot, seed=seed, method=method, metric=metric, tolerance=tolerance,
                      min_checkpoints=min_checkpoints, workers=workers,
-                     ablations=AblationSpec() if ablations else None, chains=chains, draws=draws, tune=tune)
+                     ablations=AblationSpec() if ablations else None, chains=chains, draws=draws, tune=tune,
+                     profile=profile)
     paths = write_report(results_dir, out, config, tasks=task or None, progress=True)
     typer.echo(f"wrote {paths.html} and {paths.markdown} ({len(paths.figures)} figures)")
 
@@ -151,13 +156,15 @@ def _print_backtests(results, simulated: bool) -> None:
 
     console = _console()
     summary = Table(title="Backtest: how far ahead the prediction works" + (" — SIMULATED data" if simulated else ""))
-    for name in ("task", "truth (nats)", "first post-emergence", "FLOP x", "FLOP x (strict)", "coverage"):
+    for name in ("task", "truth (nats)", "first post-emergence", "FLOP x", "FLOP x (strict)", "coverage",
+                 "coverage (profile)"):
         summary.add_column(name, justify="left" if name in ("task", "first post-emergence") else "right")
     for r in results:
-        cov, n = r.coverage
+        (cov, n), (pcov, pn) = r.coverage, r.coverage_profile
         summary.add_row(r.task, _fmt(r.ground_truth_loss) if r.emerged else "never emerged",
                         r.post_emergence_checkpoint or "-", _fmt(r.flop_multiplier, ".2f"),
-                        _fmt(r.flop_multiplier_strict, ".2f"), f"{cov}/{n}" if n else "-")
+                        _fmt(r.flop_multiplier_strict, ".2f"), f"{cov}/{n}" if n else "-",
+                        f"{pcov}/{pn}" if pn else "-")
     console.print(summary)
     for r in results:
         if r.cutoffs:
@@ -166,8 +173,9 @@ def _print_backtests(results, simulated: bool) -> None:
             console.print(f"[dim]{r.task}: {r.note}[/]", highlight=False)
     console.print(f"[dim]success: |MLE − truth| <= {results[0].tolerance if results else 0.1:g} nats; "
                   "FLOP x = FLOPs(first post-emergence checkpoint) / FLOPs(most capable checkpoint of the "
-                  "earliest success); strict: every larger cutoff also succeeds; *: the cutoff already keeps a "
-                  "post-emergence checkpoint[/]")
+                  "earliest success); strict: every larger cutoff also succeeds; coverage: cutoffs whose 5–95% "
+                  "bootstrap (profile: 90% profile-likelihood) interval holds the truth; *: the cutoff already "
+                  "keeps a post-emergence checkpoint[/]")
 
 
 def _cutoff_table(r):

@@ -77,11 +77,11 @@ class Priors:
 
     log_A_mu: tuple[float, float] = (float(np.log(0.5)), 1.0)  # A ~ 0.5 acc/nat, x/e^2 at 95%
     log_A_sigma: float = 0.5
-    log_k_mu: tuple[float, float] = (float(np.log(0.1)), 1.0)  # elbow shift per (log D)^α
-    log_k_sigma: float = 0.5
+    log_g_mu: tuple[float, float] = (float(np.log(0.2)), 1.0)  # elbow slope g (nats per e-fold of x)
+    log_g_sigma: float = 0.5
     log_alpha_mu: tuple[float, float] = (0.0, 0.5)  # α near 1 for the log power law
     log_alpha_sigma: float = 0.25
-    C_sd: float = 0.5  # C_t ~ N(midpoint of the task's losses, C_sd · max(loss range, 0.5))
+    E_ref_sd: float = 0.5  # E_ref ~ N(midpoint of the task's losses, E_ref_sd · max(loss range, 0.5))
     B_logit_sd: float = 1.0  # logit B_t ~ N(logit(chance_t), B_logit_sd)
     delta_sd: float = 0.05  # Δ_t ~ N(0, delta_sd): the few-shot base shift, in accuracy
     subset_sigma: float = 0.02  # σ_s ~ HalfNormal(subset_sigma) nats (extra level only)
@@ -98,7 +98,7 @@ class Priors:
     def for_law(cls, spec: law_.LawSpec) -> "Priors":
         """Defaults per elbow form: the power law D^α needs a small α (D spans 1e0..1e4)."""
         if spec.elbow == "power":
-            return cls(log_k_mu=(float(np.log(0.05)), 1.0), log_alpha_mu=(float(np.log(0.3)), 0.5))
+            return cls(log_alpha_mu=(float(np.log(0.3)), 0.5))
         return cls()
 
 
@@ -264,14 +264,16 @@ def _from_tasks(sources: Sequence, d0: float) -> BayesData:
 # --------------------------------------------------------------------------- the model
 
 
-def _elbow_basis(level_values: np.ndarray, form: str) -> tuple[np.ndarray, np.ndarray]:
-    """(log of the base of the power, mask) per level so that E = mask·k·exp(α·logbase) + C.
+def elbow_basis(level_values: np.ndarray, form: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per level: log(x / x_ref) (0 where x = 0), a mask (x > 0), and x_ref.
 
-    Precomputed in numpy so the gradient never meets 0**α at D = 1 (log 1 = 0).
+    x = log D (log power law) or D (power law); x_ref = the geometric mean of the finetuning
+    levels' x. Precomputed in numpy so the gradient never meets 0**α at D = 1 (log 1 = 0).
     """
-    base = np.log(level_values) if form == "log_power" else level_values
-    mask = (base > 0).astype(float)
-    return np.log(np.where(base > 0, base, 1.0)), mask
+    x = np.log(level_values) if form == "log_power" else np.asarray(level_values, float)
+    x_ref = float(np.exp(np.mean(np.log(x[1:])))) if len(x) > 1 else 1.0
+    mask = (x > 0).astype(float)
+    return np.log(np.where(x > 0, x, 1.0) / x_ref), mask, x_ref
 
 
 def _population(pm, name: str, mu_prior: tuple[float, float], sigma_scale: float, centered: bool):
@@ -292,9 +294,9 @@ def _task_parameters(pm, data: BayesData, config: BayesConfig) -> dict:
     chance = np.clip(data.chance, 0.005, 0.995)
     theta = {
         "A": _population(pm, "A", pr.log_A_mu, pr.log_A_sigma, config.centered),
-        "k": _population(pm, "k", pr.log_k_mu, pr.log_k_sigma, config.centered),
+        "g": _population(pm, "g", pr.log_g_mu, pr.log_g_sigma, config.centered),
         "alpha": _population(pm, "alpha", pr.log_alpha_mu, pr.log_alpha_sigma, config.centered),
-        "C": pm.Normal("C", mid, pr.C_sd * np.maximum(width, 0.5), dims="task"),
+        "E_ref": pm.Normal("E_ref", mid, pr.E_ref_sd * np.maximum(width, 0.5), dims="task"),
         "B": pm.Deterministic("B", pm.math.invlogit(pm.Normal(
             "logit_B", np.log(chance / (1 - chance)), pr.B_logit_sd, dims="task")), dims="task"),
     }
@@ -331,14 +333,17 @@ def build_model(data: BayesData, config: BayesConfig = BayesConfig()):
     """
     pm, pt = _import_pymc()
     coords = {"task": data.tasks, "level": data.levels, "curve": data.curves, "obs": np.arange(data.n_obs)}
-    log_base, mask = _elbow_basis(data.level_values, config.law.elbow)
+    log_ratio, mask, x_ref = elbow_basis(data.level_values, config.law.elbow)
     with pm.Model(coords=coords) as model:
         correct = pm.Data("correct_obs", data.correct, dims="obs")
         n_items = pm.Data("n_items", data.n_items, dims="obs")
         loss = pm.Data("pretrain_loss", data.loss, dims="obs")
         th = _task_parameters(pm, data, config)
-        shape = th["k"][:, None] * pt.exp(th["alpha"][:, None] * log_base[None, :]) * mask[None, :]
-        elbow = pm.Deterministic("elbow", shape + th["C"][:, None], dims=("task", "level"))
+        g, alpha = th["g"][:, None], th["alpha"][:, None]
+        box_cox = (mask[None, :] * pt.exp(alpha * log_ratio[None, :]) - 1.0) / alpha  # (task, level)
+        elbow = pm.Deterministic("elbow", th["E_ref"][:, None] + g * box_cox, dims=("task", "level"))
+        pm.Deterministic("k", th["g"] / (th["alpha"] * x_ref ** th["alpha"]), dims="task")
+        pm.Deterministic("C", th["E_ref"] - th["g"] / th["alpha"], dims="task")
         pm.Deterministic("emergence_loss", elbow[:, 0], dims="task")
         e_obs = elbow[data.task_idx, data.level_idx] + _subset_jitter(pm, pt, data, config)
         base = th["B"][data.task_idx] + th["delta"][data.task_idx] * data.few_shot
@@ -372,11 +377,15 @@ def mle_start(data: BayesData, config: BayesConfig) -> dict[str, np.ndarray]:
     """
     rows = [_mle_params(td, config) for td in data.sources]
     col = lambda n: np.array([r[n] for r in rows])  # noqa: E731
-    point: dict[str, np.ndarray] = {"C": col("C"), "logit_B": np.log(col("B") / (1 - col("B")))}
+    x_ref = elbow_basis(data.level_values, config.law.elbow)[2]
+    k, alpha = col("k"), col("alpha")
+    shift = k * x_ref**alpha  # elbow shift at the reference size: E_ref = C + k·x_ref^α
+    values = {"A": col("A"), "g": alpha * shift, "alpha": alpha}
+    point: dict[str, np.ndarray] = {"E_ref": col("C") + shift, "logit_B": np.log(col("B") / (1 - col("B")))}
     if config.law.delta:
         point["delta"] = np.clip(col("delta"), -0.3, 0.3)
-    for name in ("A", "k", "alpha"):
-        logs = np.log(col(name))
+    for name in ("A", "g", "alpha"):
+        logs = np.log(values[name])
         mu, sd = float(logs.mean()), float(np.clip(logs.std(), 0.05, 1.0))
         point[f"mu_log_{name}"], point[f"sigma_log_{name}"] = np.array(mu), np.array(sd)
         point[f"log_{name}" if config.centered else f"z_log_{name}"] = (

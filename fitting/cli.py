@@ -192,9 +192,12 @@ def _print_predictions(predictions, simulated: bool) -> None:
     console.print("[dim]p5/p95: bootstrap percentiles; LR 90%: profile-likelihood interval (< : open, "
                   "the data do not bound that side); truth: few-shot elbow fitted to all checkpoints; "
                   "x max: emergence FLOPs / largest checkpoint's; * extrapolated beyond the data[/]")
+    by_note: dict[str, list[str]] = {}
     for p in predictions:
         if p.note:
-            console.print(f"[dim]{p.task}: {p.note}[/]", highlight=False)
+            by_note.setdefault(p.note, []).append(p.task)
+    for note, tasks in by_note.items():  # one line per distinct note
+        console.print(f"[dim]{', '.join(tasks)}: {note}[/]", highlight=False)
 
 
 def _print_comparison(table) -> None:

@@ -120,6 +120,7 @@ def backtest_figure(
     tolerance: float,
     success: np.ndarray | None = None,  # (c,) bool
     post_emergence_flops: float | None = None,
+    profile: tuple[np.ndarray, np.ndarray] | None = None,  # (c,) low, high of a 90% profile interval
 ) -> Figure:
     """Error of each cutoff's prediction against the cutoff's FLOPs (the paper's Figure 7).
 
@@ -136,6 +137,8 @@ def backtest_figure(
         ax.axhline(0.0, color=TRUTH_COLOR, lw=1)
     judged = success is not None and ground_truth is not None
     good = ok & (np.asarray(success, bool) if judged else True)
+    if profile is not None:
+        _profile_bars(ax, x, *(np.asarray(a, float) - ref for a in profile))
     _error_bars(ax, x, y, lo, hi, good, ok & ~good)
     if post_emergence_flops is not None:
         ax.axvline(post_emergence_flops, color="grey", ls="--", lw=1,
@@ -162,6 +165,13 @@ def _error_bars(ax, x, y, lo, hi, good, bad) -> None:
         if mask.any():
             ax.errorbar(x[mask], y[mask], yerr=yerr[:, mask], fmt="o", color=color, ms=5,
                         capsize=3, lw=1, label=label)
+
+
+def _profile_bars(ax, x, low, high) -> None:
+    """Wide grey bars behind the points: the profile-likelihood interval of each cutoff."""
+    has = np.isfinite(low) & np.isfinite(high)
+    if has.any():
+        ax.vlines(x[has], low[has], high[has], color="grey", lw=7, alpha=0.3, label="profile-likelihood 90%")
 
 
 def _clip_outliers(ax, x, y, ok, tolerance: float | None) -> None:

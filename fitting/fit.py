@@ -624,7 +624,9 @@ class GroundTruth:
     the hinge's unidentified E under the null, see docs/law.md), (2) the fitted rise at the best
     checkpoint, A·(E − L_min), is at least ``min_rise`` (absolute metric units), and (3) at
     least two checkpoints lie past the elbow (one point cannot place it). ``elbow_loss`` is set
-    only then.
+    only when, in addition, (4) at least two checkpoints lie at or before the elbow: otherwise
+    performance was above base from the start, ``emerged`` is True but the elbow is an
+    extrapolation and ``elbow_loss`` stays None.
     """
 
     elbow_loss: float | None
@@ -673,17 +675,21 @@ def fit_ground_truth(data: TaskData, likelihood: Likelihood = "binomial", alpha_
     lr = max(2.0 * (ll_hinge - ll_flat), 0.0)
     p_value = float(stats.chi2.sf(lr, df=2))
     rise = A * max(E - float(few.loss.min()), 0.0)
-    n_past = int(np.sum(few.ckpt_loss < E))
+    n_past, n_before = int(np.sum(few.ckpt_loss < E)), int(np.sum(few.ckpt_loss >= E))
     if p_value >= alpha_level:
         reason = f"few-shot performance has not left its base (likelihood-ratio p = {p_value:.2g})"
     elif rise < min_rise:
         reason = f"rise above base {rise:.3f} < {min_rise}"
     elif n_past < 2:
         reason = f"only {n_past} checkpoint past the elbow; need >= 2"
+    elif n_before < 2:
+        reason = (f"already above base at (nearly) every checkpoint: the elbow ({E:.3f}) lies before the "
+                  f"weakest checkpoint and is not located by the data ({n_before} before it; need >= 2)")
     else:
         reason = "emerged"
-    emerged = reason == "emerged"
-    return GroundTruth(E if emerged else None, emerged, A, B, E, lr, p_value, rise, n_past, reason)
+    located = reason == "emerged"
+    emerged = located or reason.startswith("already above")
+    return GroundTruth(E if located else None, emerged, A, B, E, lr, p_value, rise, n_past, reason)
 
 
 def _loglik_rows(problem: Problem, theta: np.ndarray, data: TaskData, likelihood: str) -> float:

@@ -94,7 +94,8 @@ def _interval(lo, hi) -> str:
 def summary_table(results: Sequence[TaskBacktest], truth: dict[str, Any] | None) -> Table:
     """Per task: the pre-emergence prediction, its interval, the ground truth, multipliers, coverage."""
     headers = ["task", "ground truth (nats)", "prediction (nats)", "5–95%", "error", "fit on",
-               "predicted FLOPs (× largest fitted)", "FLOP multiplier", "strict", "coverage"]
+               "predicted FLOPs (× largest fitted)", "FLOP multiplier", "strict", "coverage",
+               "coverage (profile)"]
     if truth:
         headers.insert(2, "simulated truth")
     rows, bad = [], set()
@@ -102,12 +103,13 @@ def summary_table(results: Sequence[TaskBacktest], truth: dict[str, Any] | None)
         main = r.main_cutoff
         pred = main.prediction if main is not None else None
         cov, n = r.coverage
+        pcov, pn = r.coverage_profile
         row = [r.task, _f(r.ground_truth_loss) if r.emerged else "never emerged",
                _f(main.emergence_loss) if main else "–", _interval(main.p05, main.p95) if main else "–",
                _f(main.error, "+.3f") if main else "–",
                f"{main.n_checkpoints} ckpts" if main else "no fit",
                _flops_cell(pred), _mult(r.flop_multiplier), _mult(r.flop_multiplier_strict),
-               f"{cov}/{n}" if n else "–"]
+               f"{cov}/{n}" if n else "–", f"{pcov}/{pn}" if pn else "–"]
         if truth:
             row.insert(2, _f((truth.get(r.task) or {}).get("emergence_loss")))
         if main is not None and main.success is False:
@@ -117,7 +119,8 @@ def summary_table(results: Sequence[TaskBacktest], truth: dict[str, Any] | None)
                "when the task never emerged); error = prediction − ground truth; FLOP multiplier: "
                "FLOPs of the first post-emergence checkpoint ÷ FLOPs of the most capable checkpoint of "
                "the earliest successful cutoff (strict: every larger cutoff also succeeds); coverage: "
-               "cutoffs whose 5–95% interval contains the ground truth; * FLOPs extrapolated beyond the "
+               "cutoffs whose 5–95% bootstrap interval contains the ground truth (profile: the 90% "
+               "profile-likelihood interval, a side the data do not bound counting as open); * FLOPs extrapolated beyond the "
                "fitted loss-vs-FLOPs law.")
     return Table(headers, rows, caption, bad)
 
@@ -131,20 +134,27 @@ def _flops_cell(pred) -> str:
 
 def cutoff_table(r: TaskBacktest) -> Table:
     headers = ["cutoff FLOPs", "checkpoints", "most capable (loss)", "prediction", "5–95%", "error",
-               "success", "covered"]
+               "success", "covered", "profile 90%", "covered (profile)"]
     rows, bad = [], set()
     for i, c in enumerate(r.cutoffs):
         post = "" if c.pre_emergence is not False else " †"
         rows.append([f"{c.max_flops:.3g}", str(c.n_checkpoints), f"{c.most_capable} ({c.most_capable_loss:.3f}){post}",
                      _f(c.emergence_loss), _interval(c.p05, c.p95), _f(c.error, "+.3f"),
-                     _yes(c.success) if c.converged or c.success is None else "fit failed", _yes(c.covered)])
-        if c.success is False:
-            bad.add((i, 6))
-        if c.covered is False:
-            bad.add((i, 7))
+                     _yes(c.success) if c.converged or c.success is None else "fit failed", _yes(c.covered),
+                     _profile(c), _yes(c.covered_profile)])
+        bad |= {(i, j) for j, flag in ((6, c.success), (7, c.covered), (9, c.covered_profile)) if flag is False}
     caption = (f"success: converged and |error| ≤ {r.tolerance:g} nats. † the cutoff already keeps a "
-               "post-emergence checkpoint (no longer a forecast).")
+               "post-emergence checkpoint (no longer a forecast). profile 90%: the profile-likelihood "
+               "interval; open: the data do not bound that side within 0.5 nats of the MLE.")
     return Table(headers, rows, caption, bad)
+
+
+def _profile(c) -> str:
+    if c.profile_low is None or c.profile_high is None:
+        return "–"
+    low = "open" if "low" in c.profile_open else f"{c.profile_low:.3f}"
+    high = "open" if "high" in c.profile_open else f"{c.profile_high:.3f}"
+    return f"{low} – {high}"
 
 
 def ablations_as_table(results: Sequence[TaskBacktest]) -> Table | None:
@@ -244,10 +254,12 @@ def backtest_figure(r: TaskBacktest) -> Figure | None:
     fig = fig_.backtest_figure(r.task, arr("max_flops"), arr("emergence_loss"), arr("p05"), arr("p95"),
                                ground_truth=r.ground_truth_loss, tolerance=r.tolerance,
                                success=np.array([bool(c.success) for c in r.cutoffs]),
-                               post_emergence_flops=r.post_emergence_flops)
+                               post_emergence_flops=r.post_emergence_flops,
+                               profile=(arr("profile_low"), arr("profile_high")))
     caption = (f"{r.task} backtest: each point refits on the checkpoints with FLOPs ≤ the cutoff; bars: "
-               f"5–95% interval; green band: ±{r.tolerance:g} nats of the ground truth; dashed grey: the "
-               "first post-emergence checkpoint (cutoffs left of it are forecasts).")
+               f"5–95% bootstrap interval; wide grey bars: 90% profile-likelihood interval (a side the data do "
+               f"not bound stops at ±0.5 nats); green band: ±{r.tolerance:g} nats of the ground truth; dashed "
+               "grey: the first post-emergence checkpoint (cutoffs left of it are forecasts).")
     return Figure(f"backtest_{_slug(r.task)}", fig_.png_bytes(fig), caption)
 
 
@@ -342,7 +354,7 @@ def simulated_banner(folder: ResultsFolder) -> str | None:
 
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1080px;margin:2em auto;
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1180px;margin:2em auto;
 padding:0 1em;color:#222;line-height:1.45}
 h1{font-size:1.6em;margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
 h3{margin-top:1.6em}

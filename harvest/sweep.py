@@ -222,8 +222,9 @@ def plan_sweep(spec: HarvestSpec, out_dir: str | Path, config: SweepConfig | Non
     eval_plans = {t.name: plan_task(_eval_task_spec(t, config)) for t in tasks}
     pools = {name: plan.task.train_examples(config.train_split) for name, plan in eval_plans.items()}
     checkpoints = [c for c in spec.checkpoints if config.checkpoints is None or c.name in config.checkpoints]
+    hashes = {name: pool_hash(pool) for name, pool in pools.items()}
     cells = tuple(
-        _cell(spec, config, c, eval_plans[t.name], pools[t.name], n, s)
+        _cell(spec, config, c, eval_plans[t.name], hashes[t.name], n, s)
         for c in checkpoints for t in tasks
         for n in config.levels_for(len(pools[t.name]), t.name) for s in config.subset_seeds
     )
@@ -241,12 +242,12 @@ def pool_hash(pool: list[tuple[str, str]]) -> str:
     return h.hexdigest()
 
 
-def _cell(spec, config, ckpt, plan, pool, n_train, seed) -> Cell:
+def _cell(spec, config, ckpt, plan, pool_sha: str, n_train, seed) -> Cell:
     from importlib import metadata
 
     from harvest.evaluate import eval_unit_key
 
-    training = {"recipe": config.recipe.to_dict(), "nested": config.nested, "pool": pool_hash(pool),
+    training = {"recipe": config.recipe.to_dict(), "nested": config.nested, "pool": pool_sha,
                 "sweep_version": SWEEP_VERSION, "peft": metadata.version("peft")}
     key = eval_unit_key(ckpt, plan, spec.engine, setting=FINETUNE, n_train=n_train, subset_seed=seed,
                         adapter=training)

@@ -30,15 +30,15 @@ def _folder(tasks, seed=0, **design):
     return simulate(replace(Design(), tasks=tuple(tasks), **design), seed=seed)
 
 
-def _config(n_boot=0, **kw) -> BacktestConfig:
-    return BacktestConfig(fit=FitConfig(n_boot=n_boot, n_starts=12), **kw)
+def _config(n_boot=0, profile=False, **kw) -> BacktestConfig:
+    return BacktestConfig(fit=FitConfig(n_boot=n_boot, n_starts=12, profile=profile), **kw)
 
 
 @pytest.fixture(scope="module")
 def booted():
     """One backtest with a small bootstrap (intervals, coverage): two emerging tasks."""
     folder = _folder([COLA, CSQA], seed=3)
-    return folder, backtest(folder, _config(n_boot=40))
+    return folder, backtest(folder, _config(n_boot=40, profile=True))
 
 
 # --------------------------------------------------------------------------- protocol
@@ -132,6 +132,12 @@ def test_coverage_is_reported_and_consistent(booted):
                 assert c["covered"] is inside
         assert j["n_intervals"] == n > 0
         assert j["coverage"] == pytest.approx(sum(c["covered"] is True for c in j["cutoffs"]) / n)
+        profiled = [c for c in j["cutoffs"] if c["profile_low"] is not None]
+        assert j["n_profile"] == len(profiled) > 0
+        for c in profiled:
+            low = -np.inf if "low" in c["profile_open"] else c["profile_low"]
+            high = np.inf if "high" in c["profile_open"] else c["profile_high"]
+            assert c["covered_profile"] is (low <= j["ground_truth_loss"] <= high)
 
 
 def test_task_that_never_emerges_is_reported_as_such():
@@ -203,7 +209,7 @@ def test_worker_processes_give_the_same_answer():
 def test_cli_json_on_stdout_progress_on_stderr(tmp_path):
     simulate(replace(Design(), tasks=(COLA, NEVER)), seed=0, out=tmp_path / "res")
     cmd = [sys.executable, "-m", "emergence", "backtest", str(tmp_path / "res"), "--json", "--n-boot", "10",
-           "--min-checkpoints", "10"]
+           "--min-checkpoints", "10", "--no-profile"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     out = {t["task"]: t for t in json.loads(run.stdout)}

@@ -99,6 +99,13 @@ def test_ground_truth_found_when_emerged_and_null_when_not():
     assert "not left" in flat.reason
 
 
+def test_ground_truth_not_located_when_above_base_from_the_start():
+    early = TaskTruth("early", chance=0.25, A=0.4, k=0.06, alpha=1.0, C=3.6)  # elbow above every loss
+    data = TaskData.from_folder(simulate(replace(LOW_NOISE, tasks=(early,)), seed=1), "early")
+    gt = fit_ground_truth(data)
+    assert gt.emerged and gt.elbow_loss is None and "before the weakest checkpoint" in gt.reason
+
+
 def test_ground_truth_false_positive_rate_is_small():
     """At chance everywhere (no emergence), 30 datasets: the test claims an elbow at most once."""
     never = TaskTruth("never", chance=0.25, A=1.0, k=0.06, alpha=1.0, C=1.5)

@@ -120,3 +120,19 @@ def test_not_toml_and_missing_file(tmp_path):
         load_spec(write(tmp_path, "[[checkpoints]\n"))
     with pytest.raises(SpecError, match="spec file not found"):
         load_spec(tmp_path / "nope.toml")
+
+
+def test_held_out_documents_from_files(tmp_path):
+    import polars as pl
+
+    from harvest.loss import documents_hash, read_documents
+    from harvest.spec import HeldOutSpec
+
+    pl.DataFrame({"text": ["one doc", "", "two doc", "three"], "n": [1, 2, 3, 4]}).write_ndjson(tmp_path / "h.jsonl")
+    docs = read_documents(HeldOutSpec(path=str(tmp_path / "h.jsonl"), max_documents=2))
+    assert docs == ["one doc", "two doc"]  # empty rows dropped, then the first N
+    assert documents_hash(docs) != documents_hash(["one doc", "two doc "])
+    txt = read_documents(HeldOutSpec(path=str(FIXTURES / "heldout.txt")))
+    assert len(txt) == 1 and txt[0].startswith(open(FIXTURES / "heldout.txt").read()[:20])
+    with pytest.raises(SpecError, match="held_out.column: 'body' not in"):
+        read_documents(HeldOutSpec(path=str(tmp_path / "h.jsonl"), column="body"))

@@ -20,7 +20,7 @@ from fitting.simulate import Design, TaskTruth, simulate
 COLA = TaskTruth("t_cola", chance=0.5, A=0.6, k=0.05, alpha=1.1, C=2.45)
 NEVER = TaskTruth("t_never", chance=0.25, A=0.9, k=0.1, alpha=1.0, C=1.9)
 PNG = b"\x89PNG\r\n\x1a\n"
-CONFIG = BacktestConfig(fit=FitConfig(n_boot=30, n_starts=8), min_checkpoints=8,
+CONFIG = BacktestConfig(fit=FitConfig(n_boot=30, n_starts=8), min_checkpoints=10,
                         ablations=AblationSpec(last_k=(4,)))
 
 
@@ -50,7 +50,7 @@ def test_html_is_self_contained_and_has_the_tables(written):
     assert not re.search(r'(src|href)="(https?:|//|figures/)', page)  # opens offline, alone
     for text in ("SIMULATED DATA", "FLOP multiplier", "coverage", "5–95%", "Ablations",
                  "drop 1 smallest level", "last 4 checkpoints", "Provenance", "sim/folder",
-                 "never emerged", "t_cola", "t_never", "cutoff FLOPs"):
+                 "never emerged", "t_cola", "t_never", "cutoff FLOPs", "coverage (profile)", "profile 90%"):
         assert text in page, text
 
 
@@ -83,7 +83,7 @@ def test_summary_numbers_match_the_backtest(written):
 def test_measured_folder_has_no_simulated_banner(tmp_path):
     sim = simulate(replace(Design(), tasks=(COLA,)), seed=1)
     folder = write_results(tmp_path / "res", sim.checkpoints, sim.results, metadata={"source": "lab run 7"})
-    config = BacktestConfig(fit=FitConfig(n_boot=0, n_starts=8), min_checkpoints=11)
+    config = BacktestConfig(fit=FitConfig(n_boot=0, n_starts=8, profile=False), min_checkpoints=11)
     paths = render_report(folder, backtest(folder, config), config, tmp_path / "out")
     page = paths.html.read_text()
     assert "SIMULATED" not in page and "simulated data" not in page
@@ -116,7 +116,7 @@ def test_report_command(tmp_path):
     simulate(replace(Design(), tasks=(COLA,)), seed=2, out=tmp_path / "res")
     runner = CliRunner()
     args = ["report", str(tmp_path / "res"), "--out", str(tmp_path / "out"), "--n-boot", "0",
-            "--min-checkpoints", "11", "--no-ablations"]
+            "--min-checkpoints", "11", "--no-ablations", "--no-profile"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "index.html").is_file() and (tmp_path / "out" / "report.md").is_file()

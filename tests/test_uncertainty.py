@@ -105,3 +105,11 @@ def test_profile_warns_when_the_bootstrap_is_too_narrow():
     assert record["emergence_loss_profile_low"] <= MMLU.emergence_loss <= record["emergence_loss_profile_high"]
     assert not record["emergence_loss_p05"] <= MMLU.emergence_loss <= record["emergence_loss_p95"]
     assert "profile-likelihood interval" in record["note"]
+
+
+def test_gaussian_bootstrap_runs_and_brackets_the_mle(fitted):
+    data, _ = fitted
+    model = EmergenceLawFit(likelihood="gaussian").fit(data)
+    out = bootstrap(data, model, n_boot=80, seed=2)
+    assert out.n_failed <= 2
+    assert out.percentiles[5] <= model.emergence_loss_ <= out.percentiles[95]

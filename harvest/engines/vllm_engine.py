@@ -23,7 +23,7 @@ from typing import Any, Sequence
 from emergence.errors import CheckpointError, MissingExtraError, SpecError
 from harvest.engines import engine_version
 from harvest.engines.base import ChoiceRequest, ChoiceScore, GenerateRequest, ModelRef
-from harvest.engines.hf import _windows, encode_pair
+from harvest.engines.hf import encode_pair  # the lm-eval split, shared so the engines agree
 
 # The linear layers of Llama-, Mistral-, Qwen-, GPT-NeoX- and OLMo-style blocks.
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
@@ -156,7 +156,9 @@ class VLLMEngine:
 
         if max_length > self.max_length:
             raise SpecError(f"token_nll window {max_length} exceeds the engine's max_length {self.max_length}")
-        windows = [w for t in texts for w in _windows(self.tok.encode(t), int(max_length)) if len(w) > 1]
+        size = int(max_length)
+        windows = [ids[i:i + size] for t in texts for ids in [self.tok.encode(t)] for i in range(0, len(ids), size)]
+        windows = [w for w in windows if len(w) > 1]  # a one-token window predicts nothing
         params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0, detokenize=False)
         total = 0.0
         for window, out in zip(windows, self._run(windows, [params] * len(windows), None)):

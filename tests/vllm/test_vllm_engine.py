@@ -49,6 +49,7 @@ def test_base_scores_match_transformers(engine, models):
     assert_same_scores(got, reference_scores(models["base"], REQUESTS), "base vs transformers")
     assert [len(s.n_tokens) for s in got] == [len(r.continuations) for r in REQUESTS]
     assert got[1].n_tokens[1] > 1 and all(n == 1 for n in got[2].n_tokens)  # both paths exercised
+    assert engine.max_length == MAX_LENGTH < len(engine.tok.encode(REQUESTS[4].context))  # cut
 
 
 def test_base_scores_match_hf_engine(engine, models):
@@ -100,6 +101,8 @@ def test_greedy_generation_matches_transformers(engine, models):
     got = engine.generate(PROMPTS)
     want = [reference_generate(models["base"], p.prompt, p.max_new_tokens, p.stop) for p in PROMPTS]
     assert got == want
+    hf = hf_engine(models["base"])  # one request per call: its batches share stop strings
+    assert got == [hf.generate([p])[0] for p in PROMPTS]
     assert got[1] and "." not in got[1] and "Question" not in got[2]
     unstopped = engine.generate([GenerateRequest(p.prompt, p.max_new_tokens) for p in PROMPTS[1:]])
     assert "." in unstopped[0] and got[1] == unstopped[0][:unstopped[0].index(".")]  # cut, not changed
