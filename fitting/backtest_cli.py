@@ -208,3 +208,6 @@ def _print_ablations(results) -> None:
     for row in tab.rows:
         table.add_row(row, *(tab.cell_text(row, t) for t in tab.tasks))
     console.print(table)
+    base = {t: tab.cells.get((tab.rows[0], t)) for t in tab.tasks}
+    console.print("[dim]base: the pre-emergence checkpoints (all when a task never emerged): "
+                  + ", ".join(f"{t} {b.n_checkpoints}" for t, b in base.items() if b is not None) + "[/]")

@@ -107,7 +107,7 @@ def summary_table(results: Sequence[TaskBacktest], truth: dict[str, Any] | None)
         row = [r.task, _f(r.ground_truth_loss) if r.emerged else "never emerged",
                _f(main.emergence_loss) if main else "–", _interval(main.p05, main.p95) if main else "–",
                _f(main.error, "+.3f") if main else "–",
-               f"{main.n_checkpoints} ckpts" if main else "no fit",
+               f"{main.n_checkpoints} ckpts" if main else "no pre-emergence fit",
                _flops_cell(pred), _mult(r.flop_multiplier), _mult(r.flop_multiplier_strict),
                f"{cov}/{n}" if n else "–", f"{pcov}/{pn}" if pn else "–"]
         if truth:

@@ -20,7 +20,7 @@ from fitting.simulate import Design, TaskTruth, simulate
 COLA = TaskTruth("t_cola", chance=0.5, A=0.6, k=0.05, alpha=1.1, C=2.45)
 NEVER = TaskTruth("t_never", chance=0.25, A=0.9, k=0.1, alpha=1.0, C=1.9)
 PNG = b"\x89PNG\r\n\x1a\n"
-CONFIG = BacktestConfig(fit=FitConfig(n_boot=30, n_starts=8), min_checkpoints=10,
+CONFIG = BacktestConfig(fit=FitConfig(n_boot=30, n_starts=8), min_checkpoints=9,
                         ablations=AblationSpec(last_k=(4,)))
 
 

@@ -41,8 +41,8 @@ class LadderError(EmergenceError):
 class LadderConfig:
     """Everything that determines a micro-ladder run (recorded whole in the manifest)."""
 
-    sizes: tuple[str, ...] = ("s2", "s1", "s0")  # largest first: it bounds the wall time
-    train: TrainConfig = TrainConfig(steps=1500, first_checkpoint=60, n_checkpoints=12)
+    sizes: tuple[str, ...] = ("sm", "s1", "s0")  # largest first: it bounds the wall time
+    train: TrainConfig = TrainConfig(steps=1000, first_checkpoint=40, n_checkpoints=11)
     corpus: CorpusConfig = CorpusConfig()
     tasks: tuple[str, ...] = ("ml_copy", "ml_recall")
     shots: int = 2

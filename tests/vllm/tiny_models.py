@@ -1,9 +1,9 @@
-"""A tiny Llama (about 0.12M parameters), its tokenizer and LoRA adapters, built offline.
+"""A tiny Llama (0.12M parameters), its tokenizer and LoRA adapters, built offline.
 
 Nothing is downloaded: the byte-level BPE tokenizer is trained with ``tokenizers`` on a small
 corpus, the model is trained for a few seconds on the same corpus so that its predictions are
 peaked (random weights give near-ties that no two engines need to order alike), and everything
-is saved with safetensors. Sizes respect vLLM's CPU attention (head_dim 32, block size 32).
+is saved with safetensors. head_dim is 32, the smallest vLLM's CPU attention accepts.
 """
 
 from __future__ import annotations
@@ -70,10 +70,8 @@ def build_model(out: Path, steps: int = 60, seed: int = 0) -> Path:
 def _train(model, tok, steps: int) -> None:
     import torch
 
-    batch = tok(corpus(), return_tensors="pt", padding="longest") if tok.pad_token else None
-    if batch is None:
-        tok.pad_token = tok.eos_token
-        batch = tok(corpus(), return_tensors="pt", padding="longest")
+    tok.pad_token = tok.eos_token  # in memory only: the saved tokenizer has no pad token
+    batch = tok(corpus(), return_tensors="pt", padding="longest")  # [49, T]
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     optim = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model.train()

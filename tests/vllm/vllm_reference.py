@@ -20,7 +20,7 @@ REQUESTS = [
     ChoiceRequest("yes no true false A B C D", (" the", " A", " what", " is")),  # one token each: one prompt
     ChoiceRequest("Question: what do cows drink? Answer:", (" water", " blue.", " the lazy dog.")),
     ChoiceRequest("the cat sat on the mat. " * 40 + "Question: what do cows drink? Answer:",
-                  (" water", " five", " a bird sang")),  # ~400 tokens: the context is cut on the left
+                  (" water", " five", " a bird sang")),  # 454 tokens: the context is cut on the left
     ChoiceRequest("a bird sang in the", (" tall tree.", " mat.")),
 ]
 
