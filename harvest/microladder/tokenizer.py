@@ -19,7 +19,7 @@ def build_tokenizer():
     core.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", TOKEN_ID["<s>"])]
     )
-    core.decoder = decoders.WordPiece(prefix="##")  # joins words with single spaces
+    core.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with single spaces
     return PreTrainedTokenizerFast(
         tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
         pad_token="</s>", model_max_length=4096, clean_up_tokenization_spaces=False,
