@@ -83,11 +83,12 @@ def main() -> None:
         strict = "-" if j["flop_multiplier_strict"] is None else f"{j['flop_multiplier_strict']:.2f}x"
         boot_failed = sum(c.prediction.n_boot_failed for c in r.cutoffs if c.prediction is not None)
         print(f"  {r.task:10s} truth {j['ground_truth_loss']:.3f}  multiplier {mult:>7s} (strict {strict:>7s})  "
-              f"coverage {j['n_covered']}/{j['n_intervals']}  failed resamples {boot_failed}")
+              f"coverage {j['n_covered']}/{j['n_intervals']} (profile {j['n_covered_profile']}/{j['n_profile']})  "
+              f"failed resamples {boot_failed}")
 
     per_ours = cpu / n_fits
     naive_wall, naive_cpu = naive_per_fit(folder, args.n_boot, args.naive_resamples)
-    print(f"per fit (MLE + {args.n_boot} resamples): ours {per_ours:.2f} CPU s (backtest average)   "
+    print(f"per fit (MLE + {args.n_boot} resamples + profile interval): ours {per_ours:.2f} CPU s (backtest average)   "
           f"naive curve_fit baseline of bench_fit.py {naive_cpu:.2f} CPU s ({naive_wall:.2f} s wall; "
           f"{args.naive_resamples} resamples measured, scaled)   ratio naive/ours {naive_cpu / per_ours:.1f}")
 

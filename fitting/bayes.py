@@ -112,7 +112,7 @@ class SamplerConfig:
     tune: int = 1000
     cores: int = 2
     seed: int = 0
-    target_accept: float = 0.9
+    target_accept: float = 0.8  # PyMC's default
     progressbar: bool = True
 
     def __post_init__(self) -> None:
