@@ -87,6 +87,12 @@ def test_greedy_generation_with_stop_strings(engine):
     stop = full[3:5]
     cut = engine.generate([GenerateRequest(prompt, 12, (stop,))])[0]
     assert cut == full[: full.find(stop)]
+    # One batch mixing stop lists and budgets: each request keeps its own.
+    n_prompt = len(engine.tok.encode(prompt))
+    first3 = engine.tok.decode(ids[n_prompt:n_prompt + 3], skip_special_tokens=True)
+    mixed = engine.generate([GenerateRequest(prompt, 12, (stop,)), GenerateRequest(prompt, 12),
+                             GenerateRequest(prompt, 3)])
+    assert mixed == [cut, full, first3]
 
 
 def test_pretraining_loss_matches_a_direct_computation(engine):

@@ -230,10 +230,19 @@ class HFEngine:
     # ------------------------------------------------------------------ generation
 
     def generate(self, requests: Sequence[GenerateRequest], adapter: str | None = None) -> list[str]:
-        out: list[str] = []
+        # Batch only requests that share a token budget and stop strings: HF's generate applies
+        # one max_new_tokens and one stop list to the whole batch.
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault((r.max_new_tokens, tuple(sorted(r.stop))), []).append(i)
+        out: list[str] = [""] * len(requests)
         with self._using(adapter) as model:
-            for start in range(0, len(requests), self.batch_size):
-                out.extend(self._generate_batch(model, requests[start:start + self.batch_size]))
+            for idx in groups.values():
+                for start in range(0, len(idx), self.batch_size):
+                    chunk = idx[start:start + self.batch_size]
+                    texts = self._generate_batch(model, [requests[i] for i in chunk])
+                    for i, text in zip(chunk, texts):
+                        out[i] = text
         return out
 
     def _generate_batch(self, model, batch: Sequence[GenerateRequest]) -> list[str]:
