@@ -70,7 +70,11 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sampler", default="pymc")
     parser.add_argument("--out", default=None, help="write the per-dataset results as JSON here")
+    parser.add_argument("--summarise", nargs="+", default=None, help="only summarise these JSON result files")
     args = parser.parse_args()
+    if args.summarise:
+        results = [r for path in args.summarise for r in json.load(open(path))]
+        return summarise(results)
     warnings.filterwarnings("ignore")
     import logging
 
@@ -85,16 +89,19 @@ def main() -> int:
           f"{args.draws} draws (+{args.tune} tune), 1 core, sampler {args.sampler}", flush=True)
     t0 = time.perf_counter()
 
+    partial: list[dict] = []
+
     def progress(i, n, r):
+        partial.append(r)
+        if args.out:  # keep what is done, so an interrupted run can still be summarised
+            with open(args.out, "w") as fh:
+                json.dump(partial, fh)
         print(f"  dataset {i}/{n}: covered {r['covered']}, divergences {r['divergences']}, "
               f"gate {'ok' if r['gate_ok'] else 'FAIL'} ({time.perf_counter() - t0:.0f} s)",
               file=sys.stderr, flush=True)
 
     results = bayes.run_sbc(data, config, args.datasets, args.seed, progress)
     print(f"wall time {time.perf_counter() - t0:.0f} s")
-    if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(results, fh)
     return summarise(results)
 
 

@@ -42,6 +42,7 @@ SIZES = {
     "s0": ModelSize("s0", 32, 2, 2, 96),
     "s1": ModelSize("s1", 64, 2, 2, 192),
     "sm": ModelSize("sm", 80, 3, 2, 240),
+    "w2": ModelSize("w2", 96, 2, 3, 288),  # two layers like s1, wider
     "s2": ModelSize("s2", 96, 3, 3, 288),
     "s3": ModelSize("s3", 128, 4, 4, 384),
     # test-only

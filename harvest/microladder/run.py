@@ -41,7 +41,7 @@ class LadderError(EmergenceError):
 class LadderConfig:
     """Everything that determines a micro-ladder run (recorded whole in the manifest)."""
 
-    sizes: tuple[str, ...] = ("sm", "s1", "s0")  # largest first: it bounds the wall time
+    sizes: tuple[str, ...] = ("sm", "w2", "s1", "s0")  # largest first: it bounds the wall time
     train: TrainConfig = TrainConfig(steps=1000, first_checkpoint=40, n_checkpoints=11)
     corpus: CorpusConfig = CorpusConfig()
     tasks: tuple[str, ...] = ("ml_copy", "ml_recall")
