@@ -10,24 +10,40 @@ for evaluation i of task t on a checkpoint of pretraining loss :math:`L_i`, fine
     p_i &= B_t + \Delta_t [\text{few-shot}] + A_t\, h\big(E_t(D_i) - L_i\big) \\
     E_t(D) &= k_t (\log D)^{\alpha_t} + C_t \quad\text{or}\quad k_t D^{\alpha_t} + C_t
 
+Coordinates. The sampler does not see (k, α, C) directly: given the data they lie on a
+curved ridge. Each task's elbow law is written with a reference size x_ref (the geometric mean
+of the finetuning levels' x = log D, or D for the power law) in Box-Cox form,
+
+.. math::
+
+    E_t(D) = E_{\mathrm{ref},t} + g_t \, \frac{(x/x_\mathrm{ref})^{\alpha_t} - 1}{\alpha_t},
+    \qquad k_t = \frac{g_t}{\alpha_t x_\mathrm{ref}^{\alpha_t}}, \quad C_t = E_{\mathrm{ref},t} - g_t/\alpha_t
+
+which is the same law (k and C are stored as deterministics): E_ref is the elbow at the
+reference size, g the elbow's slope per e-fold of x there, α its curvature.
+
 Hierarchy (partial pooling across tasks, so a task with thin data borrows strength):
 
 .. math::
 
-    \log A_t \sim N(\mu_A, \sigma_A), \quad \log k_t \sim N(\mu_k, \sigma_k), \quad
+    \log A_t \sim N(\mu_A, \sigma_A), \quad \log g_t \sim N(\mu_g, \sigma_g), \quad
     \log \alpha_t \sim N(\mu_\alpha, \sigma_\alpha)
 
-with weakly informative hyperpriors (:class:`Priors`). The elbow offset :math:`C_t`, the base
-:math:`B_t` (logit-normal around the task's chance level) and :math:`\Delta_t` are per task.
-Optional extra level: each finetuning subset (task, D, subset seed) shifts its elbow by
-:math:`\epsilon_s \sim N(0, \sigma_s)` (different random subsets help differently).
+with weakly informative hyperpriors (:class:`Priors`). E_ref (normal around the midpoint of
+the task's losses), the base B_t (logit-normal around the task's chance level) and Δ_t are
+per task. Optional extra level: each finetuning subset (task, D, subset seed) shifts its elbow
+by ε_s ~ N(0, σ_s) (different random subsets help differently).
 
-Centred parameterisation by default: with informative binomial data the non-centred form
-gave ~200 divergences and 10x the time here; ``centered=False`` selects it.
+Centred parameterisation by default (the issue measured ~200 divergences and 10x the time for
+the non-centred form with informative binomial data); ``centered=False`` selects it.
 
-The ReLU kink makes the log-density non-differentiable on a set of measure zero; NUTS copes
-(0 divergences on the default simulated data, see docs/bayes.md). ``LawSpec(hinge="softplus",
-temperature=...)`` smooths it inside the sampler if a dataset needs it.
+NUTS starts at each task's maximum-likelihood fit (``mle_start``): from PyMC's default
+jittered start chains got stuck on the flat parts of the clipped ReLU. The ReLU kink is kept
+(the paper's law); ``LawSpec(hinge="softplus", temperature=...)`` smooths it inside the sampler
+(it did not change tree depth or step size on the default simulated data).
+
+PyMC compile time dominates small fits: the observations are ``pm.Data`` containers, so one
+model serves datasets of the same design (``pm.set_data``; nutpie ``compiled.with_data``).
 """
 
 from __future__ import annotations

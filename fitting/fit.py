@@ -382,8 +382,19 @@ def _damped_step(theta, grad, hess, lam, problem: Problem, eye):
     diag = np.einsum("bpp->bp", hess)
     scale = np.maximum(diag, 1e-8 * diag.max(-1, keepdims=True) + 1e-12)  # Marquardt scaling
     system = np.nan_to_num(hess + lam[:, None, None] * scale[:, :, None] * eye)
-    step = np.linalg.solve(system, np.nan_to_num(grad)[..., None])[..., 0]
+    step = _solve_or_lstsq(system, np.nan_to_num(grad))
     return step * free, grad
+
+
+def _solve_or_lstsq(system: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Solve (B, P, P) x = (B, P); a singular member (e.g. a NaN curvature zeroed by nan_to_num)
+    gets the minimum-norm least-squares step (pseudo-inverse) instead of crashing the batch.
+    A non-finite step becomes 0: that member's λ then grows until it stops ("stuck")."""
+    try:
+        step = np.linalg.solve(system, rhs[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        step = np.einsum("bpq,bq->bp", np.linalg.pinv(system), rhs)
+    return np.where(np.isfinite(step), step, 0.0)
 
 
 def _subproblem(problem: Problem, rows: np.ndarray) -> Problem:

@@ -34,7 +34,8 @@ JSON keys of ``TaskPrediction.to_json()``: ``task, method, law, likelihood, emer
 emergence_loss_p05 … _p95 (p05 p10 p25 p50 p75 p90 p95), ground_truth_loss, emerged,
 ground_truth (details), emergence_flops, emergence_flops_p05 … _p95, flops_multiple,
 flops_multiple_p05 … _p95, emergence_loss_profile_low, emergence_loss_profile_high,
-profile_open (list of "low"/"high": sides the data do not bound), flops_extrapolated,
+profile_open (list of "low"/"high": sides the data do not bound), emergence_loss_boot_p05,
+emergence_loss_boot_p95 (the bootstrap's own ends), interval_reliable, flops_extrapolated,
 flops_law, ground_truth_flops, max_flops,
 converged, message, n_checkpoints, n_rows, n_boot, n_boot_failed, params, loglik, simulated,
 note``. Numbers that do not exist are ``null``, never NaN.
@@ -127,6 +128,8 @@ class TaskPrediction:
     simulated: bool = False
     note: str = ""
     profile: Any = None  # fitting.uncertainty.ProfileInterval or None
+    boot_pct: dict[int, float | None] = field(default_factory=dict)  # bootstrap alone, before the hull
+    interval_reliable: bool | None = None  # False: the data do not bound the prediction (see _add_profile)
     samples: np.ndarray | None = None  # bootstrap (or posterior) emergence-loss samples; not in JSON
 
     @property
@@ -149,6 +152,8 @@ class TaskPrediction:
                    emergence_loss_profile_high=None if prof is None else prof.high,
                    profile_open=None if prof is None else [s for s, o in (("low", prof.open_low),
                                                                          ("high", prof.open_high)) if o])
+        out.update(emergence_loss_boot_p05=self.boot_pct.get(5), emergence_loss_boot_p95=self.boot_pct.get(95),
+                   interval_reliable=self.interval_reliable)
         out.update(flops_extrapolated=self.flops_extrapolated, flops_law=self.flops_law,
                    ground_truth_flops=self.ground_truth_flops, max_flops=self.max_flops,
                    converged=self.converged, message=self.message, n_checkpoints=self.n_checkpoints,
@@ -213,20 +218,36 @@ def predict_data(data: TaskData, config: FitConfig = FitConfig(), *, ground_trut
 
 
 def _add_profile(record: TaskPrediction, data: TaskData, model: EmergenceLawFit) -> None:
-    """The profile-likelihood interval, and a warning when the bootstrap's is much narrower."""
+    """The profile-likelihood interval, combined with the bootstrap's (rule below).
+
+    Rule: the reported 5-95% interval is the hull of the bootstrap 5-95% interval and the 90%
+    profile-likelihood interval (p05 = min of the lows, p95 = max of the highs; p10-p90 stay
+    the bootstrap's). The bootstrap is warm-started at the MLE and stays near it when the
+    likelihood is flat in the prediction (few, pre-emergence checkpoints); the profile scans
+    the prediction itself. ``emergence_loss_boot_p05/_p95`` keep the bootstrap's own ends.
+    ``interval_reliable`` is False when the profile is open on a side (flat up to the edge of
+    the scanned range: the data do not bound the prediction) or the bootstrap collapsed to a
+    point; measured coverage by number of checkpoints: docs/law.md.
+    """
     prof = profile_interval(data, model)
     record.profile = prof
+    pct = record.emergence_loss_pct
+    record.boot_pct = {q: pct.get(q) for q in (5, 95)} if pct else {}
+    degenerate = bool(pct) and 5 in pct and 95 in pct and pct[95] - pct[5] < 1e-3
     if prof is None:
+        record.interval_reliable = None if not pct else not degenerate
         return
     notes = []
     if prof.open_low or prof.open_high:
-        notes.append("the likelihood is flat over 0.5 nats on the "
+        notes.append(f"the likelihood is flat up to the edge of the scanned range [{prof.grid[0]:.2f}, "
+                     f"{prof.grid[-1]:.2f}] on the "
                      + " and ".join(s for s, o in (("low", prof.open_low), ("high", prof.open_high)) if o)
-                     + " side: the data do not bound the prediction there")
-    pct = record.emergence_loss_pct
-    if 5 in pct and 95 in pct and (prof.high - prof.low) > 2 * (pct[95] - pct[5]):
-        notes.append(f"the 90% profile-likelihood interval [{prof.low:.3f}, {prof.high:.3f}] is over twice "
-                     "as wide as the bootstrap's: trust the wider one")
+                     + " side: the data do not bound the prediction there; interval unreliable")
+    if 5 in pct and 95 in pct and (prof.low < pct[5] or prof.high > pct[95]):
+        notes.append(f"5-95% interval widened to include the 90% profile-likelihood interval "
+                     f"[{prof.low:.3f}, {prof.high:.3f}] (bootstrap alone [{pct[5]:.3f}, {pct[95]:.3f}])")
+        pct[5], pct[95] = min(pct[5], prof.low), max(pct[95], prof.high)
+    record.interval_reliable = not (prof.open_low or prof.open_high or degenerate)
     record.note = "; ".join(filter(None, [record.note, *notes]))
 
 

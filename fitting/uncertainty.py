@@ -157,7 +157,7 @@ class ProfileInterval:
     """Likelihood-ratio interval of the emergence loss (profile over the few-shot elbow).
 
     ``open_low``/``open_high``: the profile stays inside the interval up to the edge of the
-    scanned grid (``MLE ± half_width`` nats), i.e. the data do not bound the prediction on that
+    scanned grid (see ``profile_interval``), i.e. the data do not bound the prediction on that
     side; the bootstrap, warm-started at the MLE, cannot see this and is then too narrow.
     """
 
@@ -171,35 +171,80 @@ class ProfileInterval:
 
 
 def profile_interval(data: TaskData, model: EmergenceLawFit, level: float = 0.90, half_width: float = 0.5,
-                     n_grid: int = 41, n_starts: int = 4) -> ProfileInterval | None:
+                     n_grid: int = 25, n_starts: int = 4, reach: tuple[float, float] = (1.0, 0.5),
+                     n_wide: int = 25, n_sweeps: int = 3) -> ProfileInterval | None:
     """Profile the log-likelihood over the emergence loss; None when the law's prediction is not
     a single parameter (it is C for the log power law with D0 = 1, the default).
 
-    One batch: each grid value of C is pinned and the other parameters refitted from the MLE
-    and from ``n_starts`` of the multi-start points (the best kept). Deviance is referred to
-    chi-squared with 1 degree of freedom (binomial; Gaussian: N log(RSS_c / RSS_min)), and the
-    interval's ends are interpolated linearly between grid points.
+    Grid: ``n_grid`` points over MLE ± ``half_width`` nats (the resolution near the optimum)
+    plus ``n_wide`` points from ``reach[0]`` nats below the best checkpoint's loss to
+    ``reach[1]`` above the weakest's (with few checkpoints the likelihood can be flat over more
+    than a nat, and a grid around the MLE alone then cuts the interval short). Each grid value
+    of C is pinned and the other parameters refitted, all in one batch, from the MLE and
+    ``n_starts`` multi-start points; then ``n_sweeps`` continuation passes restart every grid
+    point from its two neighbours' solutions (a profile is continuous: a point whose fit got
+    stuck is rescued by its neighbour). Deviance is referred to chi-squared with 1 degree of
+    freedom (binomial; Gaussian: N log(RSS_c / RSS_min)); ends are interpolated linearly.
     """
     spec = model.spec
     if spec.elbow != "log_power" or spec.d0 != 1.0 or not getattr(model, "converged_", False):
         return None
     c = spec.param_names.index("C")
     problem = make_problem(spec, data, model.likelihood)
-    grid = np.clip(model.theta_[c] + np.linspace(-half_width, half_width, n_grid), problem.lower[c], problem.upper[c])
+    lo_l, hi_l = float(data.loss.min()), float(data.loss.max())
+    grid = np.unique(np.concatenate([model.theta_[c] + np.linspace(-half_width, half_width, n_grid),
+                                     np.linspace(lo_l - reach[0], hi_l + reach[1], n_wide)]))
+    grid = np.unique(np.clip(grid, problem.lower[c], problem.upper[c]))
     inits = np.vstack([model.theta_[None], starts(spec, data, n_starts, model.seed)])  # (S, P)
-    theta0 = np.repeat(inits[None], n_grid, 0)  # (G, S, P)
-    theta0[..., c] = grid[:, None]
-    theta0 = theta0.reshape(-1, len(model.theta_))
-    lower, upper = (np.tile(b, (len(theta0), 1)) for b in (problem.lower, problem.upper))
-    lower[:, c] = upper[:, c] = theta0[:, c]
-    _, f, _, _ = lm_batch(replace(problem, lower=lower, upper=upper), theta0, max_iter=model.max_iter)
-    f = f.reshape(n_grid, -1).min(1)
+    theta, f = _pinned_fits(problem, c, grid, np.repeat(inits[None], len(grid), 0), model.max_iter)
+    for _ in range(n_sweeps):
+        neighbours = np.stack([np.roll(theta, 1, 0), np.roll(theta, -1, 0)], 1)  # (G, 2, P)
+        t2, f2 = _pinned_fits(problem, c, grid, neighbours, 60)  # neighbours start close
+        better = f2 < f - 1e-9
+        if not better.any():
+            break
+        theta[better], f[better] = t2[better], f2[better]
     f_best = min(float(f.min()), float(problem.objective(model.theta_[None])[0]))
-    dev = 2 * (f - f_best) if model.likelihood == "binomial" else data.n_rows * np.log(f / f_best)
     cut = stats.chi2.ppf(level, 1)
+    grid, theta, f = _refine_ends(problem, c, grid, theta, f, _deviance(f, f_best, model, data) <= cut, model.max_iter)
+    f_best = min(f_best, float(f.min()))
+    dev = _deviance(f, f_best, model, data)
     inside = dev <= cut
     low, high = _crossing(grid, dev, cut, np.argmax(inside), -1), _crossing(grid, dev, cut, len(grid) - 1 - np.argmax(inside[::-1]), 1)
     return ProfileInterval(low, high, bool(inside[0]), bool(inside[-1]), level, grid, dev)
+
+
+def _deviance(f: np.ndarray, f_best: float, model: EmergenceLawFit, data: TaskData) -> np.ndarray:
+    return 2 * (f - f_best) if model.likelihood == "binomial" else data.n_rows * np.log(f / f_best)
+
+
+def _refine_ends(problem, c: int, grid, theta, f, inside, max_iter: int, n_fine: int = 8):
+    """Insert ``n_fine`` points between each end of the interval and its outer neighbour (the
+    grid is coarse next to a narrow interval), fitted from the inner point's solution."""
+    lo, hi = int(np.argmax(inside)), len(grid) - 1 - int(np.argmax(inside[::-1]))
+    pairs = [(i, j) for i, j in ((lo, lo - 1), (hi, hi + 1)) if 0 <= j < len(grid)]
+    if not pairs:
+        return grid, theta, f
+    fine = np.concatenate([np.linspace(grid[i], grid[j], n_fine + 2)[1:-1] for i, j in pairs])
+    seeds = np.concatenate([np.repeat(theta[[i]], n_fine, 0) for i, _ in pairs])
+    t2, f2 = _pinned_fits(problem, c, fine, seeds[:, None], max_iter)
+    order = np.argsort(np.concatenate([grid, fine]), kind="stable")
+    return (np.concatenate([grid, fine])[order], np.concatenate([theta, t2])[order],
+            np.concatenate([f, f2])[order])
+
+
+def _pinned_fits(problem, c: int, grid: np.ndarray, theta0: np.ndarray, max_iter: int):
+    """Fit with parameter c pinned at each grid value from (G, S, P) starts: best (G, P), (G,)."""
+    n_grid, n_start, n_par = theta0.shape
+    theta0 = theta0.copy()
+    theta0[..., c] = grid[:, None]
+    flat = theta0.reshape(-1, n_par)
+    lower, upper = (np.tile(b, (len(flat), 1)) for b in (problem.lower, problem.upper))
+    lower[:, c] = upper[:, c] = flat[:, c]
+    theta, f, _, _ = lm_batch(replace(problem, lower=lower, upper=upper), flat, max_iter=max_iter)
+    theta, f = theta.reshape(n_grid, n_start, n_par), f.reshape(n_grid, n_start)
+    best = f.argmin(1)
+    return theta[np.arange(n_grid), best], f[np.arange(n_grid), best]
 
 
 def _crossing(grid: np.ndarray, dev: np.ndarray, cut: float, i: int, side: int) -> float:

@@ -168,3 +168,44 @@ def test_thin_task_gives_a_record_in_predict_task_and_raises_in_predict_data(def
     assert record["emergence_loss"] is None and "need >= 3 checkpoints" in record["note"]
     with pytest.raises(FitError, match="too few"):
         predict_data(TaskData.from_folder(folder, "sim_mmlu"), FitConfig(n_boot=0))
+
+
+def test_singular_gauss_newton_step_is_damped_not_a_crash():
+    """Regression (sim_gsm8k, 6 checkpoints raised LinAlgError): a NaN curvature, zeroed by
+    nan_to_num, made the damped system singular and np.linalg.solve raised for the whole batch.
+    Now that member gets a least-squares (or zero) step and the others are unaffected."""
+    from fitting.fit import _damped_step
+
+    class Box:
+        lower, upper = np.full(2, -10.0), np.full(2, 10.0)
+
+    hess = np.stack([np.array([[np.nan, 0.0], [0.0, 1.0]]), np.eye(2)])
+    with np.errstate(invalid="ignore"):
+        step, _ = _damped_step(np.zeros((2, 2)), np.ones((2, 2)), hess, np.full(2, 1e-3), Box, np.eye(2))
+    assert np.isfinite(step).all()
+    np.testing.assert_allclose(step[1], 1 / (1 + 1e-3))  # the healthy member: the usual LM step
+
+
+def test_lm_batch_survives_a_member_with_nan_jacobian(default_data, monkeypatch):
+    """One batch member whose Jacobian is NaN (at every iteration) does not stop the others."""
+    from fitting import fit as fit_mod
+
+    data = TaskData.from_folder(default_data, "sim_gsm8k")
+    model = EmergenceLawFit(n_starts=4).fit(data)
+    problem = fit_mod.make_problem(model.spec, data, "binomial")
+    theta0 = np.repeat(model.theta_[None], 3, 0) * np.array([[1.0], [1.05], [0.95]])
+    clean, f_clean, ok_clean, _ = fit_mod.lm_batch(problem, theta0)
+    real = fit_mod.performance_jacobian
+
+    def poisoned(spec, theta, *args):
+        perf, jac = real(spec, theta, *args)
+        jac = jac.copy()
+        if len(theta) == 3:  # the first member while all three are active
+            jac[0, :, 0] = np.nan
+        return perf, jac
+
+    monkeypatch.setattr(fit_mod, "performance_jacobian", poisoned)
+    with np.errstate(invalid="ignore"):
+        theta, f, ok, _ = fit_mod.lm_batch(problem, theta0)
+    assert np.isfinite(theta).all() and np.isfinite(f).all()
+    assert f[0] <= problem.objective(theta0[:1])[0] + 1e-9  # never worse than its start

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -55,7 +56,7 @@ class LadderConfig:
     parallel: int = 2  # pretraining processes at a time
     shards: int = 2  # sweep shards run side by side
     sweep: bool = True
-    sweep_every: int = 2  # finetune every 2nd checkpoint of a size, counted back from its last (cost)
+    sweep_every: int = 1  # finetune every n-th checkpoint of a size, counted back from its last (1: all)
 
 
 def quick_config() -> LadderConfig:
@@ -201,17 +202,27 @@ def harvest(out: Path, spec: Path, cfg: LadderConfig, say) -> dict[str, float]:
 
 
 def run_sweep(results: Path, spec: Path, cfg: LadderConfig, log: Path) -> None:
+    """The sweep, in ``cfg.shards`` side-by-side shards merged with ``emergence harvest merge``.
+
+    Each shard writes its own folder (``results-shard{i}``), seeded with the parts already in
+    ``results/parts`` so a rerun resumes instead of recomputing them.
+    """
     if cfg.shards <= 1:
         emergence(["harvest", "sweep", str(spec), "--out", str(results), "--quiet"], log)
         return
-    procs = [subprocess.Popen([str(Path(sys.executable).with_name("emergence")), "harvest", "sweep", str(spec),
-                               "--out", str(results), "--shard", f"{i}/{cfg.shards}", "--quiet"],
-                              stdout=open(log.with_suffix(f".shard{i}.log"), "a"), stderr=subprocess.STDOUT,
-                              env=single_thread_env()) for i in range(cfg.shards)]
+    shard_dirs = [results.parent / f"results-shard{i}" for i in range(cfg.shards)]
+    for folder in shard_dirs:
+        if (results / "parts").is_dir():
+            shutil.copytree(results / "parts", folder / "parts", dirs_exist_ok=True)
+    exe = str(Path(sys.executable).with_name("emergence"))
+    procs = [subprocess.Popen([exe, "harvest", "sweep", str(spec), "--out", str(folder), "--shard", f"{i}/{cfg.shards}",
+                               "--quiet"], stdout=open(log.with_suffix(f".shard{i}.log"), "a"),
+                              stderr=subprocess.STDOUT, env=single_thread_env())
+             for i, folder in enumerate(shard_dirs)]
     codes = [p.wait() for p in procs]
     if any(codes):
         raise LadderError(f"sweep shard failed (exit codes {codes}); see {log.with_suffix('.shard0.log')}")
-    emergence(["harvest", "sweep", str(spec), "--out", str(results), "--quiet"], log)  # merge: every cell is done
+    emergence(["harvest", "merge", str(spec), *map(str, shard_dirs), "--out", str(results)], log)
 
 
 def analyse(out: Path, say) -> dict[str, str]:
