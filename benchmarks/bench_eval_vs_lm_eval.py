@@ -9,17 +9,24 @@ side and task in a fresh Python process:
 - lm-eval 0.4.13: ``simple_evaluate(model="hf", ...)`` on the task as a dict over the same rows
   dumped to JSON lines (``../shared/notes/lm-eval-parity.md``).
 
-Two tasks of 500 items, 5-shot, 4 choices: ``synthetic_arithmetic`` scored on the letter
-(MMLU-style, one-token answers " A".." D") and ``synthetic_copy`` scored on the options' own text
-(multi-token answers such as " q w e r t y", as in ARC or HellaSwag). lm-eval already runs a
-context once when every choice is one token (its "one-token continuation cache"), so on letters
-our gain is only the LM head and log-softmax we skip on context positions; on multi-token
-answers lm-eval runs the context once per choice, we run it once per item.
+Three tasks of 500 items, 5-shot, 4 choices:
+
+- ``synthetic_arithmetic`` scored on the letter (one-token answers " A".." D"), shots drawn at
+  random per item (lm-eval's default sampler), so prompts share no long prefix. lm-eval already
+  runs a context once when every choice is one token (its "one-token continuation cache"), so
+  here our gain is only the LM head and log-softmax we skip on context positions;
+- ``synthetic_copy`` scored on the options' own text (multi-token answers such as " q w e r t y",
+  as in ARC or HellaSwag): lm-eval runs the context once per choice, we run it once per item;
+- ``mmlu`` on a local MMLU-format dataset (5 subjects x 100 test rows, 5 dev rows each, questions
+  taken from the synthetic tasks), letter answers, shots = the first 5 dev rows of the subject
+  (lm-eval's MMLU ``first_n`` sampler, and ours): every item of a subject starts with the same
+  5-shot prefix, whose KV cache we compute once per subject. lm-eval runs it as 5 task dicts
+  with the MMLU template, ``description`` and ``fewshot_config: {sampler: first_n}``.
 
 Reported per side and task: scoring time (ours: the evaluation unit's time in the manifest;
 lm-eval: time inside ``HFLM._loglikelihood_tokens``), whole-process wall time (spawn to exit:
-imports, model load, data, prompts, scoring, writing), items/s, ratios, whether every answer is
-identical and the largest per-choice log-likelihood difference.
+imports, model load, data, prompts, scoring, writing), items/s, ratios, whether every prompt
+and every answer is identical, and the largest per-choice log-likelihood difference.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_eval_vs_lm_eval.py            # 500 items, 5-shot
     OMP_NUM_THREADS=1 python benchmarks/bench_eval_vs_lm_eval.py --items 40 --small   # smoke run
@@ -40,7 +47,9 @@ from pathlib import Path
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
        "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
-TASKS = (("synthetic_arithmetic", "letter"), ("synthetic_copy", "text"))
+TASKS = (("synthetic_arithmetic", "letter"), ("synthetic_copy", "text"), ("mmlu", "letter"))
+MMLU_SUBJECTS = 5
+MMLU_TEMPLATE = "{{question.strip()}}\nA. {{choices[0]}}\nB. {{choices[1]}}\nC. {{choices[2]}}\nD. {{choices[3]}}\nAnswer:"
 
 LM_EVAL_SIDE = textwrap.dedent('''
     import json, sys, time
@@ -50,7 +59,7 @@ LM_EVAL_SIDE = textwrap.dedent('''
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    model, config, out, batch = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    model, configs, out, batch = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], int(sys.argv[4])
     spent = [0.0]
     inner = HFLM._loglikelihood_tokens
     def timed(self, *a, **k):
@@ -60,11 +69,12 @@ LM_EVAL_SIDE = textwrap.dedent('''
         finally:
             spent[0] += time.perf_counter() - t0
     HFLM._loglikelihood_tokens = timed
-    res = simple_evaluate(model="hf", model_args=f"pretrained={model},dtype=float32", tasks=[config],
+    res = simple_evaluate(model="hf", model_args=f"pretrained={model},dtype=float32", tasks=configs,
                           device="cpu", batch_size=batch, log_samples=True,
                           task_manager=TaskManager(include_defaults=False))
-    samples = sorted(res["samples"][config["task"]], key=lambda s: s["doc_id"])
+    samples = [s for c in configs for s in sorted(res["samples"][c["task"]], key=lambda s: s["doc_id"])]
     json.dump({"scoring_seconds": spent[0],
+               "prompts": [s["arguments"][0][0] for s in samples],
                "logprobs": [[float(r[0][0]) for r in s["resps"]] for s in samples]}, open(out, "w"))
 ''')
 
@@ -83,17 +93,15 @@ def build_model(folder: Path, small: bool) -> dict:
             "non_embedding": total - 2 * config["vocab_size"] * config["hidden_size"]}
 
 
-def write_inputs(root: Path, model: Path, name: str, answer: str, items: int, shots: int) -> dict:
-    """The harvest spec, and the lm-eval task config over the same rows."""
-    from harvest.tasks import get_task
-
-    task = get_task(name, n_test=items, n_train=256, answer=answer)
+def write_inputs(root: Path, model: Path, name: str, answer: str, items: int, shots: int) -> list[dict]:
+    """The harvest spec, and the lm-eval task configs over the same rows."""
     folder = root / f"{name}-{answer}"
     folder.mkdir()
-    for split in ("test", "train"):
-        with open(folder / f"{split}.jsonl", "w") as f:
-            for d in task.docs(split):
-                f.write(json.dumps({"text": task.doc_to_text(d), "choices": task.choices(d), "label": task.gold(d)}) + "\n")
+    if name == "mmlu":
+        configs, table = write_mmlu(folder, items, shots), f'data = "{folder / "data"}"'
+    else:
+        configs = [write_synthetic(folder, name, answer, items, shots)]
+        table = f'options = {{ n_test = {items}, n_train = 256, answer = "{answer}" }}'
     (folder / "spec.toml").write_text(textwrap.dedent(f"""
         [engine]
         batch_size = 8
@@ -109,13 +117,57 @@ def write_inputs(root: Path, model: Path, name: str, answer: str, items: int, sh
         [[tasks]]
         task = "{name}"
         shots = {shots}
-        options = {{ n_test = {items}, n_train = 256, answer = "{answer}" }}
+        {table}
     """))
+    return configs
+
+
+def write_synthetic(folder: Path, name: str, answer: str, items: int, shots: int) -> dict:
+    from harvest.tasks import get_task
+
+    task = get_task(name, n_test=items, n_train=256, answer=answer)
+    for split in ("test", "train"):
+        with open(folder / f"{split}.jsonl", "w") as f:
+            for d in task.docs(split):
+                f.write(json.dumps({"text": task.doc_to_text(d), "choices": task.choices(d), "label": task.gold(d)}) + "\n")
     return {"task": f"bench_{name}_{answer}", "dataset_path": "json",
             "dataset_kwargs": {"data_files": {"train": str(folder / "train.jsonl"), "test": str(folder / "test.jsonl")}},
             "test_split": "test", "fewshot_split": "train", "output_type": "multiple_choice",
             "doc_to_text": "text", "doc_to_choice": "choices", "doc_to_target": "label",
             "num_fewshot": shots, "metric_list": [{"metric": "acc"}]}
+
+
+def write_mmlu(folder: Path, items: int, shots: int) -> list[dict]:
+    """MMLU columns (question, subject, choices, answer): ``MMLU_SUBJECTS`` subjects of equal size,
+    test rows grouped by subject; one lm-eval task per subject, as lm-eval's MMLU."""
+    from harvest.tasks import get_task
+
+    per = items // MMLU_SUBJECTS
+    rows = {"test": [], "dev": []}
+    for s in range(MMLU_SUBJECTS):
+        source = ("synthetic_arithmetic", "synthetic_copy")[s % 2]
+        task = get_task(source, n_test=per, n_train=shots, data_seed=100 + s)
+        subject = f"{source.split('_')[1]}_part_{s}"
+        for split, src in (("test", "test"), ("dev", "train")):
+            rows[split] += [{"question": d["question"], "subject": subject, "choices": d["choices"],
+                             "answer": d["answer"]} for d in task.docs(src)]
+    (folder / "data").mkdir()
+    for split, docs in rows.items():
+        (folder / "data" / f"{split}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    configs = []
+    for subject in dict.fromkeys(d["subject"] for d in rows["test"]):
+        files = {}
+        for split, docs in rows.items():
+            files[split] = str(folder / f"{subject}-{split}.jsonl")
+            Path(files[split]).write_text("".join(json.dumps(d) + "\n" for d in docs if d["subject"] == subject))
+        configs.append({"task": f"bench_mmlu_{subject}", "dataset_path": "json", "dataset_kwargs": {"data_files": files},
+                        "test_split": "test", "fewshot_split": "dev", "fewshot_config": {"sampler": "first_n"},
+                        "description": f"The following are multiple choice questions (with answers) about "
+                                       f"{subject.replace('_', ' ')}.\n\n",
+                        "output_type": "multiple_choice", "doc_to_text": MMLU_TEMPLATE,
+                        "doc_to_choice": ["A", "B", "C", "D"], "doc_to_target": "answer",
+                        "num_fewshot": shots, "metric_list": [{"metric": "acc"}]})
+    return configs
 
 
 def run_ours(folder: Path) -> dict:
@@ -133,21 +185,21 @@ def run_ours(folder: Path) -> dict:
     return {"wall": wall, "scoring": unit["seconds"], "logprobs": items["choice_logprobs"].to_list()}
 
 
-def run_lm_eval(folder: Path, model: Path, config: dict) -> dict:
+def run_lm_eval(folder: Path, model: Path, configs: list[dict]) -> dict:
     out = folder / "lm_eval.json"
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", LM_EVAL_SIDE, str(model), json.dumps(config), str(out), "8"],
+    subprocess.run([sys.executable, "-c", LM_EVAL_SIDE, str(model), json.dumps(configs), str(out), "8"],
                    env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     data = json.loads(out.read_text())
-    return {"wall": wall, "scoring": data["scoring_seconds"], "logprobs": data["logprobs"]}
+    return {"wall": wall, "scoring": data["scoring_seconds"], "logprobs": data["logprobs"], "prompts": data["prompts"]}
 
 
 def argmax(xs: list[float]) -> int:
     return max(range(len(xs)), key=lambda i: (xs[i], -i))
 
 
-def report(label: str, n: int, shots: int, ours: dict, theirs: dict, prompt_tokens: float) -> None:
+def report(label: str, n: int, shots: int, ours: dict, theirs: dict, prompt_tokens: float, prompts: list[str]) -> None:
     same = sum(argmax(a) == argmax(b) for a, b in zip(ours["logprobs"], theirs["logprobs"]))
     diff = max(abs(x - y) for a, b in zip(ours["logprobs"], theirs["logprobs"]) for x, y in zip(a, b))
     print(f"\ntask: {label}, {n} items x 4 choices, {shots}-shot, mean prompt {prompt_tokens:.0f} tokens")
@@ -156,10 +208,13 @@ def report(label: str, n: int, shots: int, ours: dict, theirs: dict, prompt_toke
         print(f"{label:24}{ours[key]:12.2f}{theirs[key]:12.2f}{theirs[key] / ours[key]:9.2f}x")
     for label, key in (("scoring items/s", "scoring"), ("whole-process items/s", "wall")):
         print(f"{label:24}{n / ours[key]:12.2f}{n / theirs[key]:12.2f}{theirs[key] / ours[key]:9.2f}x")
-    print(f"identical answers: {same}/{n}; max |log-likelihood difference|: {diff:.2e} nats", flush=True)
+    same_prompts = sum(a == b for a, b in zip(prompts, theirs["prompts"]))
+    print(f"identical prompts: {same_prompts}/{len(theirs['prompts'])}; identical answers: {same}/{n}; "
+          f"max |log-likelihood difference|: {diff:.2e} nats", flush=True)
 
 
-def mean_prompt_tokens(model: Path, spec: Path) -> float:
+def our_prompts(model: Path, spec: Path) -> tuple[float, list[str]]:
+    """Mean prompt length in tokens, and our prompts in item order."""
     from transformers import AutoTokenizer
 
     from harvest.evaluate import plan_task
@@ -167,7 +222,8 @@ def mean_prompt_tokens(model: Path, spec: Path) -> float:
 
     tok = AutoTokenizer.from_pretrained(model)
     plan = plan_task(load_spec(spec).tasks[0])
-    return sum(len(tok.encode(it.context)) for it in plan.items) / len(plan.items)
+    items = sorted(plan.items, key=lambda it: int(it.item_id.split("-")[1]))
+    return sum(len(tok.encode(it.context)) for it in items) / len(items), [it.context for it in items]
 
 
 def main() -> None:
@@ -175,19 +231,21 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=500)
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--small", action="store_true", help="a 0.15M-parameter model (smoke test)")
+    parser.add_argument("--tasks", nargs="*", default=[n for n, _ in TASKS], help="a subset of the tasks")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         info = build_model(root / "model", args.small)
         print(f"model: Llama, {info['params'] / 1e6:.1f}M parameters ({info['non_embedding'] / 1e6:.1f}M "
               f"non-embedding, vocabulary {info['vocab']}), float32, CPU, 1 thread, batch size 8 both sides")
-        for name, answer in TASKS:
-            config = write_inputs(root, root / "model", name, answer, args.items, args.shots)
+        for name, answer in [t for t in TASKS if t[0] in args.tasks]:
+            configs = write_inputs(root, root / "model", name, answer, args.items, args.shots)
             folder = root / f"{name}-{answer}"
-            tokens = mean_prompt_tokens(root / "model", folder / "spec.toml")
+            tokens, prompts = our_prompts(root / "model", folder / "spec.toml")
             ours = run_ours(folder)
-            theirs = run_lm_eval(folder, root / "model", config)
-            report(f"{name}, {answer} answers", args.items, args.shots, ours, theirs, tokens)
+            theirs = run_lm_eval(folder, root / "model", configs)
+            shots = "first-n (fixed per subject)" if name == "mmlu" else "random"
+            report(f"{name}, {answer} answers, {shots} shots", args.items, args.shots, ours, theirs, tokens, prompts)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import json
 import sys
 import time
 import warnings
-from dataclasses import replace
 
 import numpy as np
 

@@ -208,28 +208,45 @@ def predict_data(data: TaskData, config: FitConfig = FitConfig(), *, ground_trut
         record.note = "maximum-likelihood fit did not converge: no prediction"
         return _with_flops(record, data, config)
     record.emergence_loss = model.emergence_loss_
+    prof = profile_interval(data, model) if config.profile else None
     if config.n_boot > 0:
         boot = bootstrap(data, model, config.n_boot, config.seed, config.items, progress=progress)
+        if prof is not None and _outside(prof, boot.percentiles):  # flat direction: refit from its far ends too
+            boot = bootstrap(data, model, config.n_boot, config.seed, config.items, progress=progress,
+                             extra_starts=prof.end_thetas())
         record.emergence_loss_pct = dict(boot.percentiles)
         record.n_boot, record.n_boot_failed, record.samples = boot.n_boot, boot.n_failed, boot.emergence_loss
     if config.profile:
-        _add_profile(record, data, model)
+        _add_profile(record, data, model, prof)
     return _with_flops(record, data, config)
 
 
-def _add_profile(record: TaskPrediction, data: TaskData, model: EmergenceLawFit) -> None:
+def _outside(prof, pct: dict[int, float]) -> bool:
+    """The profile interval reaches beyond the bootstrap's 5-95% interval by more than half its
+    width on a side, or is open (the rerun costs 3x; on well-bounded fits the two agree)."""
+    if not pct or prof.open_low or prof.open_high:
+        return True
+    half = 0.5 * (pct[95] - pct[5])
+    return prof.low < pct[5] - half or prof.high > pct[95] + half
+
+
+def _add_profile(record: TaskPrediction, data: TaskData, model: EmergenceLawFit, prof=None) -> None:
     """The profile-likelihood interval, combined with the bootstrap's (rule below).
 
     Rule: the reported 5-95% interval is the hull of the bootstrap 5-95% interval and the 90%
     profile-likelihood interval (p05 = min of the lows, p95 = max of the highs; p10-p90 stay
     the bootstrap's). The bootstrap is warm-started at the MLE and stays near it when the
     likelihood is flat in the prediction (few, pre-emergence checkpoints); the profile scans
-    the prediction itself. ``emergence_loss_boot_p05/_p95`` keep the bootstrap's own ends.
+    the prediction itself. Before the hull, when the profile reaches beyond the bootstrap's
+    interval by more than half its width on a side (or is open), the bootstrap is rerun with
+    every resample also started from the profile's two end solutions
+    (``bootstrap(extra_starts=...)``, best optimum kept).
+    ``emergence_loss_boot_p05/_p95`` keep the bootstrap's own ends.
     ``interval_reliable`` is False when the profile is open on a side (flat up to the edge of
     the scanned range: the data do not bound the prediction) or the bootstrap collapsed to a
     point; measured coverage by number of checkpoints: docs/law.md.
     """
-    prof = profile_interval(data, model)
+    prof = profile_interval(data, model) if prof is None else prof
     record.profile = prof
     pct = record.emergence_loss_pct
     record.boot_pct = {q: pct.get(q) for q in (5, 95)} if pct else {}

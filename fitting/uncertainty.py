@@ -20,7 +20,14 @@ Resampling scheme (the units that are correlated, then the items):
 Every resample is refitted by the batched Levenberg-Marquardt loop of :mod:`fitting.fit`,
 warm-started at the MLE, all resamples of a chunk in one numpy batch (no Python loop per
 resample). Resamples that do not converge are retried from the MLE's multi-start points; those
-that still fail are counted in ``n_failed`` and left out of the percentiles.
+that still fail are counted in ``n_failed`` and left out of the percentiles. With
+``extra_starts`` (the pipeline passes the profile interval's end solutions when the likelihood
+is flat in the prediction) every resample is also refitted from those points in the same batch
+and keeps its best optimum: a resample warm-started only at the MLE stays near it along a flat
+direction, which made the interval far too narrow at early backtest cutoffs (docs/law.md).
+
+``profile_interval`` scans the emergence loss itself (a wide grid, continuation from
+neighbours, refined ends); ``fitting.predict`` reports the hull of both intervals.
 """
 
 from __future__ import annotations
@@ -109,8 +116,14 @@ def _gaussian_targets(data, mult, rng, items, model):
 
 def bootstrap(data: TaskData, model: EmergenceLawFit, n_boot: int = 1000, seed: int = 0,
               items: ItemResampling = "fitted", subsets: bool = True, chunk: int = 250,
-              progress: Progress | None = None) -> BootstrapResult:
+              progress: Progress | None = None, extra_starts: np.ndarray | None = None) -> BootstrapResult:
     """Refit ``n_boot`` resamples of ``data`` around the fitted ``model`` (its spec/likelihood).
+
+    ``extra_starts`` (S, P): every resample is also refitted from these points (one batch with
+    the warm start) and keeps its best optimum. The pipeline passes the profile-likelihood
+    interval's two end solutions when the bootstrap alone is narrower than the profile: along
+    a flat direction a resample warm-started at the MLE stays near it, one started at the far
+    ends finds its own optimum there.
 
     Deterministic given ``seed`` (combined with the task name). Raises FitError when the model
     is not fitted or did not converge (there is no centre to warm-start from).
@@ -124,7 +137,7 @@ def bootstrap(data: TaskData, model: EmergenceLawFit, n_boot: int = 1000, seed: 
     for lo in range(0, n_boot, chunk):
         size = min(chunk, n_boot - lo)
         y, n = resample_targets(data, model, size, rng, items, subsets)
-        theta, ok = _refit(data, model, y, n)
+        theta, ok = _refit(data, model, y, n, extra_starts)
         thetas.append(theta)
         oks.append(ok)
         if progress is not None:
@@ -135,11 +148,17 @@ def bootstrap(data: TaskData, model: EmergenceLawFit, n_boot: int = 1000, seed: 
     return BootstrapResult(samples, theta, ok, items, seed, pct)
 
 
-def _refit(data: TaskData, model: EmergenceLawFit, y: np.ndarray, n: np.ndarray):
-    """Fit every resample (batch) from the MLE; retry failures from a few multi-start points."""
-    problem = make_problem(model.spec, data, model.likelihood, y=y, n=n)
-    theta0 = np.broadcast_to(model.theta_, (len(y), len(model.theta_)))
-    theta, f, ok, _ = lm_batch(problem, theta0, max_iter=model.max_iter)
+def _refit(data: TaskData, model: EmergenceLawFit, y: np.ndarray, n: np.ndarray, extra_starts=None):
+    """Fit every resample (batch) from the MLE (and ``extra_starts``, best kept); retry failures
+    from a few multi-start points."""
+    inits = model.theta_[None] if extra_starts is None else np.vstack([model.theta_[None], extra_starts])
+    n_b, n_s, n_p = len(y), len(inits), len(model.theta_)
+    problem = make_problem(model.spec, data, model.likelihood, y=np.repeat(y, n_s, 0), n=np.repeat(n, n_s, 0))
+    theta, f, ok, _ = lm_batch(problem, np.tile(inits, (n_b, 1)), max_iter=model.max_iter)
+    theta, f, ok = theta.reshape(n_b, n_s, n_p), f.reshape(n_b, n_s), ok.reshape(n_b, n_s)
+    pick = np.where(ok, f, np.inf).argmin(1)  # best converged start (start 0 when none converged)
+    rows = np.arange(n_b)
+    theta, f, ok = theta[rows, pick], f[rows, pick], ok[rows, pick]
     retry = np.flatnonzero(~ok)
     for start in starts(model.spec, data, 4, model.seed)[: 4 if len(retry) else 0]:
         sub = make_problem(model.spec, data, model.likelihood, y=y[retry], n=n[retry])
@@ -168,6 +187,11 @@ class ProfileInterval:
     level: float
     grid: np.ndarray  # (G,) emergence losses scanned
     deviance: np.ndarray  # (G,) 2 x (max log-lik - profile log-lik)
+    theta: np.ndarray | None = None  # (G, P) the profile's parameters at each grid point
+
+    def end_thetas(self) -> np.ndarray:
+        """(2, P) parameters at the grid points nearest the interval's two ends."""
+        return self.theta[[int(np.argmin(np.abs(self.grid - self.low))), int(np.argmin(np.abs(self.grid - self.high)))]]
 
 
 def profile_interval(data: TaskData, model: EmergenceLawFit, level: float = 0.90, half_width: float = 0.5,
@@ -211,7 +235,7 @@ def profile_interval(data: TaskData, model: EmergenceLawFit, level: float = 0.90
     dev = _deviance(f, f_best, model, data)
     inside = dev <= cut
     low, high = _crossing(grid, dev, cut, np.argmax(inside), -1), _crossing(grid, dev, cut, len(grid) - 1 - np.argmax(inside[::-1]), 1)
-    return ProfileInterval(low, high, bool(inside[0]), bool(inside[-1]), level, grid, dev)
+    return ProfileInterval(low, high, bool(inside[0]), bool(inside[-1]), level, grid, dev, theta)
 
 
 def _deviance(f: np.ndarray, f_best: float, model: EmergenceLawFit, data: TaskData) -> np.ndarray:

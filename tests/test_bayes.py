@@ -126,8 +126,10 @@ def test_prior_predictive_is_plausible(small):
     acc = prior.prior_predictive["correct"].values / data.n_items
     e = prior.prior["emergence_loss"].values
     assert acc.min() >= 0 and acc.max() <= 1
-    # weakly informative: the prior puts the few-shot elbow within ~1.5 nats of the data
-    assert 0.9 < np.mean(np.abs(e - data.loss.mean()) < 1.5) <= 1.0
+    # weakly informative: the prior puts most few-shot elbows within 1.5 nats of the data
+    # (about 91% with 2000 draws), not everywhere, and not all in one place
+    near = np.abs(e - data.loss.mean())
+    assert np.mean(near < 1.5) > 0.8 and np.mean(near < 3.0) > 0.95 and np.mean(near < 0.2) < 0.5
 
 
 # --------------------------------------------------------------------------- the gate
@@ -262,3 +264,24 @@ def test_cli_fit_bayes_has_the_mle_keys_and_gates(tmp_path, capsys):
     assert post.is_file()
     code, out, err = run(common + ["--method", "bayes", "--tune", "30", "--draws", "30"], capsys)
     assert code == 3 and "diagnostics failed: task " in err and "r_hat" in err and "Traceback" not in err
+
+
+def test_compare_laws_ranks_forms_by_loo(small, monkeypatch):
+    """Wiring of the LOO table (the sampling itself is tested above): a form whose pointwise
+    log-likelihood is higher ranks first; an unsupported form is refused."""
+    _, data = small
+    rng = np.random.default_rng(0)
+    level = {"log_power": -1.0, "power": -1.5, "no_delta": -1.1}
+
+    def fake_fit(self, data):
+        ll = rng.normal(level[self.config.law.elbow if self.config.law.delta else "no_delta"], 0.05, (2, 200, data.n_obs))
+        self.idata_ = az.from_dict(posterior={"x": rng.normal(size=(2, 200))}, log_likelihood={"correct": ll})
+        self.failures_ = []
+        return self
+
+    monkeypatch.setattr(bayes.HierarchicalEmergenceLaw, "fit", fake_fit)
+    rows = bayes.compare_laws(data, ("power", "log_power", "no_delta"))
+    assert [r["law"] for r in rows] == ["log_power", "no_delta", "power"]
+    assert rows[0]["rank"] == 0 and rows[0]["elpd_diff"] == 0 and rows[-1]["elpd_diff"] > 0
+    with pytest.raises(FitError, match="ceiling"):
+        bayes.compare_laws(data, ("ceiling",))

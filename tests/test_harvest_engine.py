@@ -14,7 +14,7 @@ import torch  # noqa: E402
 
 from emergence.errors import CheckpointError  # noqa: E402
 from harvest.engines.base import ChoiceRequest, GenerateRequest, ModelRef  # noqa: E402
-from harvest.engines.hf import HFEngine, encode_pair  # noqa: E402
+from harvest.engines.hf import HFEngine, encode_pair, shared_prefix_groups  # noqa: E402
 from harvest.loss import measure_loss  # noqa: E402
 from harvest.testing import build_tiny_llama  # noqa: E402
 
@@ -54,6 +54,41 @@ def test_shared_prefix_scores_equal_one_forward_per_choice(engine):
         for cont, lp, n in zip(req.continuations, score.logprobs, score.n_tokens):
             assert lp == pytest.approx(direct_logprob(engine.model, engine.tok, req.context, cont), abs=TOL)
             assert n == len(encode_pair(engine.tok, req.context, cont)[1])
+
+
+SHOTS = "Question: What is 2 + 2?\nAnswer: 4\n\nQuestion: Name a colour.\nAnswer: red\n\n" * 2
+FIXED_SHOT_REQUESTS = [ChoiceRequest(SHOTS + f"Question: item {i}{' x' * i}?\nAnswer:", (" A", " B b", " C", " dog"))
+                       for i in range(6)] + [
+    # Same string prefix, but "\n\n" + "Question" tokenises differently from "\n" + "tail":
+    # the shared token prefix must stop before the boundary, not at the string prefix.
+    ChoiceRequest(SHOTS[:-1] + "tail?\nAnswer:", (" A", " B")),
+    ChoiceRequest("unrelated", (" A", " B b")),
+]
+
+
+def test_shared_prefix_groups_compare_token_ids():
+    ctxs = [[1, 2, 3, 4, 5, 9], [1, 2, 3, 4, 5, 8, 7], [1, 2, 3, 4, 6], [7, 7], [1, 2, 3, 4, 5]]
+    groups, alone = shared_prefix_groups(ctxs, min_shared=4)
+    assert groups == [(4, [4, 1, 0, 2])] and alone == [3]  # [1..5] keeps its last token to run
+    groups, alone = shared_prefix_groups(ctxs, min_shared=5)
+    assert groups == [(5, [1, 0])] and sorted(alone) == [2, 3, 4]
+
+
+def test_shared_prefix_scores_equal_unshared_scores(engine, monkeypatch):
+    import harvest.engines.hf as hf
+
+    ctxs = [engine._encode_request(r)[0] for r in FIXED_SHOT_REQUESTS]
+    groups, alone = shared_prefix_groups(ctxs, hf.MIN_SHARED_TOKENS)
+    assert len(groups) == 1 and alone == [7] and 6 in groups[0][1]
+    n_shared = groups[0][0]
+    assert ctxs[6][:n_shared] == ctxs[0][:n_shared] and ctxs[6][n_shared] != ctxs[0][n_shared] or n_shared < len(ctxs[6]) - 1
+    shared = engine.score_choices(FIXED_SHOT_REQUESTS)
+    monkeypatch.setattr(hf, "MIN_SHARED_TOKENS", 10**9)  # no sharing
+    plain = engine.score_choices(FIXED_SHOT_REQUESTS)
+    for req, a, b in zip(FIXED_SHOT_REQUESTS, shared, plain):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=TOL) and a.n_tokens == b.n_tokens
+        for cont, lp in zip(req.continuations, a.logprobs):  # and both equal lm-eval's computation
+            assert lp == pytest.approx(direct_logprob(engine.model, engine.tok, req.context, cont), abs=TOL)
 
 
 def test_batch_size_does_not_change_scores(tiny, engine):

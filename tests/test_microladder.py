@@ -156,7 +156,8 @@ def test_quick_ladder_end_to_end(tmp_path):
     assert sorted(res["task"].unique()) == ["ml_copy", "ml_recall"]
     assert set(res["setting"]) == {"few_shot", "finetune"} and (res["chance"] == 0.25).all()
     assert sorted(res.filter(res["setting"] == "finetune")["n_train"].unique()) == [4, 16]
-    assert res.height == 6 * 2 * (1 + 2)  # checkpoints x tasks x (few-shot + 2 data levels)
+    # few-shot: 6 checkpoints x 2 tasks; finetune: every 2nd checkpoint (2 per size) x 2 tasks x 2 levels
+    assert res.height == 6 * 2 + 4 * 2 * 2
     assert items.height == res.height * 40 and items["choice_logprobs"].list.len().unique().to_list() == [4]
 
     manifest = json.loads((ship / "manifest.json").read_text())

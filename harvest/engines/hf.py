@@ -13,6 +13,7 @@ anything that will not load is a one-line :class:`~emergence.errors.CheckpointEr
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
 import os
@@ -24,6 +25,8 @@ from emergence.errors import CheckpointError, SpecError
 from harvest.engines import engine_version
 from harvest.engines.base import ChoiceRequest, ChoiceScore, GenerateRequest, ModelRef
 
+# A common context prefix shorter than this (in tokens) is not worth its own forward pass.
+MIN_SHARED_TOKENS = 16
 DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
 
@@ -147,14 +150,27 @@ class HFEngine:
 
     def score_choices(self, requests: Sequence[ChoiceRequest], adapter: str | None = None) -> list[ChoiceScore]:
         encoded = [self._encode_request(r) for r in requests]
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))  # long first
+        groups, alone = shared_prefix_groups([ctx for ctx, _ in encoded], MIN_SHARED_TOKENS)
         out: list[ChoiceScore | None] = [None] * len(encoded)
         with self._using(adapter) as model:
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start:start + self.batch_size]
-                for i, score in zip(batch, self._score_batch(model, [encoded[i] for i in batch])):
-                    out[i] = score
+            for n_shared, members in groups:
+                self._score_group(model, encoded, members, n_shared, out)
+            self._score_batches(model, encoded, alone, out, None)
         return out  # type: ignore[return-value]
+
+    def _score_group(self, model, encoded, members: list[int], n_shared: int, out: list) -> None:
+        """Items whose contexts start with the same ``n_shared`` tokens: that prefix runs once."""
+        prefix = encoded[members[0]][0][:n_shared]
+        ids = self._tensor([prefix])
+        cache = model(input_ids=ids, use_cache=True, **self._keep_last_only()).past_key_values
+        self._score_batches(model, encoded, members, out, (n_shared, cache))
+
+    def _score_batches(self, model, encoded, idx: list[int], out: list, shared) -> None:
+        order = sorted(idx, key=lambda i: -len(encoded[i][0]))  # long first: little padding
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start:start + self.batch_size]
+            for i, score in zip(batch, self._score_batch(model, [encoded[i] for i in batch], shared)):
+                out[i] = score
 
     def _encode_request(self, req: ChoiceRequest) -> tuple[list[int], list[list[int]]]:
         """(context ids, continuation ids per choice), the context cut on the left to fit."""
@@ -169,17 +185,34 @@ class HFEngine:
         overflow = len(ctx) + longest - 1 - self.max_length
         return (ctx[overflow:] if overflow > 0 else ctx), conts
 
-    def _score_batch(self, model, batch: list[tuple[list[int], list[list[int]]]]) -> list[ChoiceScore]:
+    def _score_batch(self, model, batch: list[tuple[list[int], list[list[int]]]], shared=None) -> list[ChoiceScore]:
+        """One batch of items; ``shared`` = (n tokens, batch-1 KV cache) of a prefix they all start with."""
         import torch
 
+        n_shared, cache = shared if shared is not None else (0, None)
         ctx_lens = [len(ctx) for ctx, _ in batch]
-        ids, mask = self._right_pad([ctx for ctx, _ in batch])
-        last = torch.tensor(ctx_lens, device=self.device) - 1  # [B] position of each context's last token
-        out = model(input_ids=ids, attention_mask=mask, use_cache=True, **self._keep(last))
+        ids, mask = self._right_pad([ctx[n_shared:] for ctx, _ in batch])  # [B, T - n_shared]
+        last = torch.tensor(ctx_lens, device=self.device) - 1 - n_shared  # [B] each context's last column
+        extra = {}
+        if cache is not None:
+            cache = copy.deepcopy(cache)
+            cache.batch_repeat_interleave(len(batch))  # [1, ...] -> [B, ...]
+            mask = torch.cat([mask.new_ones(len(batch), n_shared), mask], dim=1)  # [B, T]
+            extra = {"past_key_values": cache,
+                     "position_ids": n_shared + torch.arange(ids.shape[1], device=self.device)[None].expand(len(batch), -1)}
+        out = model(input_ids=ids, attention_mask=mask, use_cache=True, **extra, **self._keep(last))
         first_lp = self._last_logprobs(out.logits, last)  # [B, V]: predicts each choice's first token
         sums = [[float(first_lp[b, cont[0]]) if cont else 0.0 for cont in conts] for b, (_, conts) in enumerate(batch)]
         self._add_continuations(model, batch, out.past_key_values, mask, ctx_lens, sums)
         return [ChoiceScore(tuple(s), tuple(len(c) for c in conts)) for s, (_, conts) in zip(sums, batch)]
+
+    def _keep_last_only(self) -> dict:
+        return {"logits_to_keep": 1} if self._keeps_logits else {}
+
+    def _tensor(self, seqs: list[list[int]]):
+        import torch
+
+        return torch.tensor(seqs, dtype=torch.long, device=self.device)
 
     def _keep(self, last) -> dict:
         """Ask the model for logits only at the positions we read (saves the LM-head cost)."""
@@ -294,6 +327,50 @@ class HFEngine:
         labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="sum")
         return float(nll), int((labels != -100).sum())
+
+
+def shared_prefix_groups(contexts: Sequence[Sequence[int]], min_shared: int) -> tuple[list[tuple[int, list[int]]], list[int]]:
+    """Indices of ``contexts`` (token ids) grouped by a common token prefix: ([(n_shared, members)], alone).
+
+    Token ids, not strings, are compared, so a prefix is shared only when tokenising each whole
+    context gave the same ids (a word straddling the boundary tokenises apart and shortens it).
+    Sorted contexts are cut into runs where neighbours share >= ``min_shared`` tokens; a run stops
+    when its shared prefix would fall below half of what it was. Each member keeps at least one
+    token of its own (its last position gives the first choice token's logits).
+    """
+    order = sorted(range(len(contexts)), key=lambda i: list(contexts[i]))
+    groups: list[tuple[int, list[int]]] = []
+    alone: list[int] = []
+    run, shared = order[:1], 0
+    for prev, cur in zip(order, order[1:]):
+        a, b = contexts[prev], contexts[cur]
+        common = min(_common_prefix(a, b), len(a) - 1, len(b) - 1)
+        narrowed = common if len(run) == 1 else min(shared, common)
+        if narrowed >= min_shared and (len(run) == 1 or 2 * narrowed >= shared):
+            run.append(cur)
+            shared = narrowed
+        else:
+            _close_run(run, shared, groups, alone)
+            run, shared = [cur], 0
+    if run:
+        _close_run(run, shared, groups, alone)
+    return groups, alone
+
+
+def _close_run(run: list[int], shared: int, groups: list, alone: list) -> None:
+    if len(run) > 1:
+        groups.append((shared, run))
+    else:
+        alone.extend(run)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _windows(ids: list[int], size: int) -> list[list[int]]:

@@ -65,7 +65,7 @@ def quick_config() -> LadderConfig:
         sizes=("t1", "t0"), train=TrainConfig(steps=60, first_checkpoint=20, n_checkpoints=3, batch_size=8,
                                               heldout_docs=8, log_every=20),
         n_test=40, heldout_docs=16, data_levels=(4, 16), subset_seeds=(0,), shards=1,
-        recipe={"method": "full", "lr": 3e-4, "epochs": 1.0, "min_steps": 4, "batch_size": 8}, sweep_every=1,
+        recipe={"method": "full", "lr": 3e-4, "epochs": 1.0, "min_steps": 4, "batch_size": 8}, sweep_every=2,
     )
 
 

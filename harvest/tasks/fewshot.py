@@ -3,6 +3,10 @@
 One ``random.Random(seed)`` per task; for each eval row, in order, ``rnd.sample(pool, k)``
 (when the pool is the eval split itself: ``k + 1`` rows drawn and the row itself dropped).
 So a prompt depends on the seed, the pool and the row's position among the eval rows.
+
+A task whose ``fewshot_sampler`` is ``"first_n"`` (MMLU, as lm-eval's ``first_n`` sampler) takes
+the first k rows of its pool instead (minus the row itself when the pool is the eval split), so
+every row with the same pool gets the same shots and its prompts share one long token prefix.
 """
 
 from __future__ import annotations
@@ -36,6 +40,11 @@ def draw_shots(rnd: random.Random, pool: list[Doc], doc: Doc, k: int, same_split
     return shots
 
 
+def first_shots(pool: list[Doc], doc: Doc, k: int, same_split: bool) -> list[Doc]:
+    """lm-eval's ``first_n`` sampler: the first ``k`` rows of the pool, in file order."""
+    return ([d for d in pool if d != doc] if same_split else pool)[:k]
+
+
 def build_context(task: Task, doc: Doc, shots: list[Doc]) -> str:
     demos = "".join(task.doc_to_text(s) + TARGET_DELIMITER + task.target(s) + FEWSHOT_DELIMITER for s in shots)
     return task.prefix(doc) + demos + task.doc_to_text(doc)
@@ -49,9 +58,10 @@ def build_items(task: Task, rows: list[tuple[str, Doc]], pool: list[Doc], k: int
 
         raise SpecError(f"task {task.name!r}: {k} shots requested but the few-shot split has {len(pool)} rows")
     rnd = random.Random(seed)
+    pick = draw_shots if getattr(task, "fewshot_sampler", "random") == "random" else lambda _rnd, *a: first_shots(*a)
     items = []
     for item_id, doc in rows:
-        shots = draw_shots(rnd, task.fewshot_pool(pool, doc), doc, k, same_split)
+        shots = pick(rnd, task.fewshot_pool(pool, doc), doc, k, same_split)
         context = build_context(task, doc, shots)
         if task.kind == "multiple_choice":
             conts = tuple(TARGET_DELIMITER + c for c in task.choices(doc))

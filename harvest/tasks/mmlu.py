@@ -1,8 +1,9 @@
 """MMLU (Hendrycks et al.): 57 subjects, 4 choices, scored on the letter.
 
 Hub: ``cais/mmlu`` config ``all``; columns ``question`` (str), ``subject`` (str), ``choices``
-(list of 4 str), ``answer`` (int 0-3). Eval split ``test``, shots from ``dev`` of the same
-subject (seeded random sample; lm-eval takes the first k dev rows instead).
+(list of 4 str), ``answer`` (int 0-3). Eval split ``test``, shots: the first k rows of ``dev``
+of the same subject, in file order (lm-eval's ``first_n`` sampler), so every item of a subject
+has the same k-shot prefix. Version 2; version 1 drew a seeded random sample of the dev rows.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ LETTERS = ("A", "B", "C", "D")
 
 class MMLU(MultipleChoiceTask):
     name = "mmlu"
-    version = "1"
+    version = "2"  # 2: first k dev rows of the subject (lm-eval's first_n); 1: seeded sample
     prompt_format = (
         "The following are multiple choice questions (with answers) about {subject}.\\n\\n"
         "[shots] {question}\\nA. {c0}\\nB. {c1}\\nC. {c2}\\nD. {c3}\\nAnswer:  -> ' A'|' B'|' C'|' D'"
     )
     eval_split = "test"
     fewshot_split = "dev"
+    fewshot_sampler = "first_n"
     default_shots = 5
     hub_dataset = "cais/mmlu"
     hub_config = "all"
