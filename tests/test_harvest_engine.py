@@ -59,9 +59,9 @@ def test_shared_prefix_scores_equal_one_forward_per_choice(engine):
 SHOTS = "Question: What is 2 + 2?\nAnswer: 4\n\nQuestion: Name a colour.\nAnswer: red\n\n" * 2
 FIXED_SHOT_REQUESTS = [ChoiceRequest(SHOTS + f"Question: item {i}{' x' * i}?\nAnswer:", (" A", " B b", " C", " dog"))
                        for i in range(6)] + [
-    # Same string prefix, but "\n\n" + "Question" tokenises differently from "\n" + "tail":
-    # the shared token prefix must stop before the boundary, not at the string prefix.
-    ChoiceRequest(SHOTS[:-1] + "tail?\nAnswer:", (" A", " B")),
+    # Shares the string SHOTS + "Questi" with the others, but there "Question" is one token and
+    # here "Questi" is: the shared token prefix must end before the word, not at the string prefix.
+    ChoiceRequest(SHOTS + "Questi?\nAnswer:", (" A", " B")),
     ChoiceRequest("unrelated", (" A", " B b")),
 ]
 
@@ -79,9 +79,10 @@ def test_shared_prefix_scores_equal_unshared_scores(engine, monkeypatch):
 
     ctxs = [engine._encode_request(r)[0] for r in FIXED_SHOT_REQUESTS]
     groups, alone = shared_prefix_groups(ctxs, hf.MIN_SHARED_TOKENS)
-    assert len(groups) == 1 and alone == [7] and 6 in groups[0][1]
-    n_shared = groups[0][0]
-    assert ctxs[6][:n_shared] == ctxs[0][:n_shared] and ctxs[6][n_shared] != ctxs[0][n_shared] or n_shared < len(ctxs[6]) - 1
+    assert len(groups) == 1 and alone == [7] and sorted(groups[0][1]) == list(range(7))
+    string_prefix = engine.tok.encode(SHOTS + "Questi")
+    assert ctxs[0][:len(string_prefix)] != string_prefix  # the string prefix is no token prefix
+    assert groups[0][0] == len(engine.tok.encode(SHOTS))  # ... so sharing stops at the shots
     shared = engine.score_choices(FIXED_SHOT_REQUESTS)
     monkeypatch.setattr(hf, "MIN_SHARED_TOKENS", 10**9)  # no sharing
     plain = engine.score_choices(FIXED_SHOT_REQUESTS)

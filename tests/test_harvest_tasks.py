@@ -105,6 +105,17 @@ def test_mmlu_shots_come_from_the_same_subject():
         assert other not in it.context and it.context.count("Answer:") == 3
 
 
+def test_mmlu_shots_are_the_first_dev_rows_of_the_subject_as_lm_eval_first_n():
+    task = get_task("mmlu", TaskData(path=str(FIXTURES / "mmlu")))
+    dev = task.docs("dev")
+    rows = [(str(i), d) for i, d in enumerate(task.docs("test"))]
+    for seed in (1, 2):  # the seed plays no part: every item of a subject gets the same shots
+        for it in build_items(task, rows, dev, 2, seed, same_split=False):
+            first = [d for d in dev if d["subject"] == it.doc["subject"]][:2]
+            demos = "".join(task.doc_to_text(d) + " " + task.target(d) + "\n\n" for d in first)
+            assert it.context == task.prefix(it.doc) + demos + task.doc_to_text(it.doc)
+
+
 def test_synthetic_tasks_are_seeded_and_splits_disjoint():
     a = get_task("synthetic_arithmetic", data_seed=1).docs("test")
     assert a == get_task("synthetic_arithmetic", data_seed=1).docs("test")

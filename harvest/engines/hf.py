@@ -4,8 +4,11 @@ Multiple choice is where it beats lm-evaluation-harness: lm-eval runs context + 
 choice; here each request's context runs once (a batch of right-padded contexts, keeping the
 KV cache and only the logits at each context's last position), and the choices then run on
 copies of that cache, so an MMLU item with four one-token answers costs one context pass
-instead of four. Tokenisation, truncation and summation follow ``harvest/engines/base.py``
-(lm-eval's rules), so the numbers agree with lm-eval's to float rounding.
+instead of four. Across items, a common token prefix (an MMLU subject's description and fixed
+shots) runs once per group of items (:func:`shared_prefix_groups`), and each item runs only its
+own remaining tokens on a copy of that prefix's cache. Tokenisation, truncation and summation
+follow ``harvest/engines/base.py`` (lm-eval's rules), so the numbers agree with lm-eval's to
+float rounding.
 
 Loading uses ``use_safetensors=True`` and ``trust_remote_code`` only when the ModelRef says so;
 anything that will not load is a one-line :class:`~emergence.errors.CheckpointError`.

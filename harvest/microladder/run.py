@@ -225,20 +225,45 @@ def run_sweep(results: Path, spec: Path, cfg: LadderConfig, log: Path) -> None:
     emergence(["harvest", "merge", str(spec), *map(str, shard_dirs), "--out", str(results)], log)
 
 
+REPORT_OPTIONS = ["--n-boot", "200", "--no-ablations"]  # the report refits; keep it minutes, not an hour
+
+
+def results_digest(results: Path) -> str:
+    """sha256 of the results table's content (sorted rows), not of its file bytes."""
+    import hashlib
+
+    import polars as pl
+
+    from fitting.schema import RESULT_KEY
+
+    table = pl.read_parquet(results / "results.parquet").sort(RESULT_KEY)
+    return hashlib.sha256(table.write_csv().encode()).hexdigest()
+
+
+def _fresh(path: Path, results: Path) -> bool:
+    """``path`` was computed from results with the same content (a rerun skips it)."""
+    stamp = path.with_suffix(".inputs")
+    return path.is_file() and stamp.is_file() and stamp.read_text() == results_digest(results)
+
+
 def analyse(out: Path, say) -> dict[str, str]:
     """``emergence fit`` / ``backtest`` / ``report`` on the results; records what failed, never hides it."""
-    log, status = out / "analysis.log", {}
-    for name, args in (("fit", ["fit", "results", "--json"]), ("backtest", ["backtest", "results", "--json"])):
+    log, status, results = out / "analysis.log", {}, out / "results"
+    for name in ("fit", "backtest"):
+        if _fresh(out / f"{name}.json", results):
+            status[name] = "ok (kept from an earlier pass on the same results)"
+            continue
         try:
-            text = emergence([args[0], str(out / args[1]), *args[2:]], log, capture=True)
+            text = emergence([name, str(results), "--json"], log, capture=True)
             (out / f"{name}.json").write_text(text)
+            (out / f"{name}.inputs").write_text(results_digest(results))
             status[name] = "ok"
         except LadderError as err:
             status[name] = str(err)
         say(f"{name}: {status[name]}")
     try:
-        emergence(["report", str(out / "results"), "--out", str(out / "report")], log)
-        status["report"] = "ok"
+        emergence(["report", str(results), "--out", str(out / "report"), *REPORT_OPTIONS], log)
+        status["report"] = "ok: emergence report " + " ".join(REPORT_OPTIONS)
     except LadderError as err:
         status["report"] = str(err)
     say(f"report: {status['report']}")
