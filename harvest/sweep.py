@@ -377,15 +377,9 @@ def write_cell(plan: SweepPlan, cell: Cell, rows: pl.DataFrame, stats, phases: P
         meta = {"cell": cell.label, "phases": phases.seconds, "finetune": stats}
         Store(plan.out_dir).write(FINETUNE_KIND, cell.key, rows, meta)
         if not plan.config.keep_adapters:
+            # The (possibly empty) parent stays: removing it races with concurrent shards
+            # saving their adapters into it.
             shutil.rmtree(plan.adapter_dir(cell), ignore_errors=True)
-            _remove_if_empty(plan.adapter_dir(cell).parent)
-
-
-def _remove_if_empty(folder: Path) -> None:
-    try:
-        folder.rmdir()
-    except OSError:  # not empty (kept or concurrent adapters) or already gone
-        pass
 
 
 def open_engine(plan: SweepPlan, cell: Cell, stats: dict[str, Any]):

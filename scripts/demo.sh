@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Set up the laptop install (no torch, no GPU) and run the main job on the embedded dataset:
-# fit, backtest and report. The report lands in ${OUT:-report}/index.html.
+# Set up the laptop install (no torch, no GPU) and run the main job on the embedded dataset
+# (datasets_cache/microladder: real measurements of tiny Llamas pretrained on CPU, see
+# docs/microladder.md): fit, backtest and report. The report lands in ${OUT:-report}/index.html.
+# DATA=datasets_cache/simulated runs it on the simulated dataset instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +13,8 @@ OUT=${OUT:-report}
 python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q -e .
 
+N_BOOT=${N_BOOT:-200}   # resamples per backtest cutoff (the fit itself uses 1000)
 "$VENV/bin/emergence" fit "$DATA"
-"$VENV/bin/emergence" backtest "$DATA"
-"$VENV/bin/emergence" report "$DATA" --out "$OUT"
+"$VENV/bin/emergence" backtest "$DATA" --n-boot "$N_BOOT" --workers 2
+"$VENV/bin/emergence" report "$DATA" --out "$OUT" --n-boot "$N_BOOT" --workers 2
 echo "report: $OUT/index.html"
