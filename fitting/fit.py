@@ -431,11 +431,12 @@ def bounds(spec: law_.LawSpec, data: TaskData, likelihood: str) -> tuple[np.ndar
     else:
         span = float(np.ptp(data.value)) or 1.0
         v_lo, v_hi = float(data.value.min()) - span, float(data.value.max()) + span
+    # C (the few-shot elbow when D0 = 1) is a cross-entropy: never below 0.
     box = dict(
         A=(1e-6, 100.0 / max(v_hi - v_lo, 1e-12) if likelihood == "gaussian" else 100.0),
         B=(v_lo, v_hi), k=(0.0, 10.0),
         alpha=(0.02, 4.0) if spec.elbow == "log_power" else (0.001, 2.0),
-        C=(lo_l - 3.0, hi_l + 3.0), delta=(v_lo - v_hi, v_hi - v_lo), U=(v_lo, v_hi),
+        C=(max(0.0, lo_l - 3.0), hi_l + 3.0), delta=(v_lo - v_hi, v_hi - v_lo), U=(v_lo, v_hi),
     )
     lo, hi = zip(*(box[n] for n in spec.param_names))
     return np.array(lo), np.array(hi)
