@@ -43,7 +43,7 @@ level and the few-shot curve; only the elbow moves with D through k, α, C.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal, Sequence
 
 import numpy as np

@@ -44,8 +44,8 @@ note``. Numbers that do not exist are ``null``, never NaN.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 

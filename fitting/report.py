@@ -422,7 +422,7 @@ def _md_block(block: Table | Figure) -> list[str]:
     for i, row in enumerate(block.rows):
         cells = [f"**{esc(c)}**" if (i, j) in block.bad else esc(c) for j, c in enumerate(row)]
         lines.append("| " + " | ".join(cells) + " |")
-    return lines + ([f"", f"*{block.caption}*"] if block.caption else [])
+    return lines + (["", f"*{block.caption}*"] if block.caption else [])
 
 
 def _write_text(path: Path, text: str) -> None:

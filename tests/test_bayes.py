@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import warnings
 
 import numpy as np
@@ -17,7 +16,6 @@ import pytest
 pm = pytest.importorskip("pymc")
 az = pytest.importorskip("arviz")
 
-from emergence import cli  # noqa: E402
 from emergence.errors import DiagnosticsError, FitError  # noqa: E402
 from fitting import bayes  # noqa: E402
 from fitting import law as law_  # noqa: E402
@@ -239,17 +237,7 @@ def test_small_simulation_based_calibration():
 # --------------------------------------------------------------------------- CLI
 
 
-def run(args: list[str], capsys) -> tuple[int, str, str]:
-    argv, sys.argv = sys.argv, ["emergence", *args]
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exit_:
-        code = exit_.code
-    finally:
-        sys.argv = argv
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from cli_runner import run_cli as run  # noqa: E402
 
 
 @pytest.mark.heavy

@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from emergence import cli
 from fitting.schema import CHECKPOINTS_FILE, RESULTS_FILE, load_results
 from fitting.simulate import DEFAULT_TASKS
 
 
-def run(args: list[str], capsys) -> tuple[int, str, str]:
-    argv, sys.argv = sys.argv, ["emergence", *args]
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exit_:
-        code = exit_.code
-    finally:
-        sys.argv = argv
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from cli_runner import run_cli as run  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from emergence.errors import FitError
-from fitting.compute import ComputeLaw, choose_law, convert, fit_compute_law
+from fitting.compute import choose_law, convert, fit_compute_law
 from fitting.predict import FitConfig, predict_data
 from fitting.fit import TaskData
 from fitting.simulate import CHINCHILLA, Design, simulate, simulate_checkpoints

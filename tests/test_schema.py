@@ -13,7 +13,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from emergence import cli
 from emergence.errors import ContractError
 from fitting.schema import CHECKPOINTS_FILE, RESULTS_FILE, load_results
 from fitting.simulate import Design, simulate
@@ -34,18 +33,7 @@ def _copy_with(good: Path, tmp: Path, file: str, edit) -> Path:
     return tmp
 
 
-def _run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    argv = sys.argv
-    sys.argv = ["emergence", *args]
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exit_:
-        code = exit_.code
-    finally:
-        sys.argv = argv
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from cli_runner import run_cli as _run_cli  # noqa: E402
 
 
 BAD = {
