@@ -183,7 +183,7 @@ def _print_predictions(predictions, simulated: bool) -> None:
         pct = p.emergence_loss_pct
         flops = _fmt(p.emergence_flops, ".1e") + ("*" if p.flops_extrapolated else "")
         table.add_row(p.task, _fmt(p.emergence_loss), _fmt(pct.get(5)), _fmt(pct.get(95)),
-                      _fmt_profile(p.profile), _fmt(p.ground_truth_loss), flops, _fmt(p.flops_multiple, ".2f"),
+                      _fmt_profile(p.profile), _fmt(p.ground_truth_loss), flops, _fmt(p.flops_multiple, ".3g"),
                       "yes" if p.converged else "[red]no[/]")
     console = Console()
     if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
