@@ -49,9 +49,47 @@ def test_episode_answer_is_the_true_continuation(task):
         elif task == "recall":
             pairs = dict(zip(toks[1:-3:2], toks[2:-3:2]))
             assert pairs[toks[-3]] == ep.answer
+        elif task == "topic":  # "{ phrases of topic T = tT }": the label names the segment's topic
+            assert toks[0] == "{" and toks[-3:] == ["=", ep.answer, "}"] and set(ep.choices) <= set(C.LABELS)
+            assert np.isfinite(_segment_loglik(toks[1:-3])[int(ep.answer[1:])])
         else:
             a, b = int(toks[0][1:]), int(toks[2][1:])
             assert ep.answer == f"n{(a + b) % 10}"
+
+
+def _segment_loglik(words: list[str]) -> np.ndarray:
+    """log P(words | topic) for every topic, summed over every split of ``words`` into phrases
+    (the forward algorithm); -inf where the words are no sequence of that topic's phrases."""
+    bg = C.default_background()
+    ids_of: dict[tuple, list[int]] = {}
+    for i, p in enumerate(bg.phrases):
+        ids_of.setdefault(tuple(p), []).append(i)
+    with np.errstate(divide="ignore"):
+        forward = [np.zeros(C.N_TOPICS)] + [np.full(C.N_TOPICS, -np.inf)] * len(words)
+        for end in range(1, len(words) + 1):
+            terms = [forward[end - n] + np.log(bg.topic_p[:, ids_of[tuple(words[end - n:end])]].sum(axis=1))
+                     for n in range(2, 7) if end >= n and tuple(words[end - n:end]) in ids_of]
+            if terms:
+                forward[end] = np.logaddexp.reduce(terms, axis=0)
+    return forward[-1]
+
+
+def test_topic_segments_carry_evidence_of_their_topic():
+    """The Bayes classifier that knows the language names a long segment's topic (4-way, as
+    the task asks) nearly always, a short one less often: the task is solvable from the
+    background language's statistics, and the short variant is harder."""
+    rng = np.random.default_rng(0)
+
+    def bayes_accuracy(segment: str, n: int = 200) -> float:
+        hits = 0
+        for _ in range(n):
+            ep = C.episode("topic", rng, segment=segment)
+            loglik, choices = _segment_loglik(ep.prompt[1:-1]), [int(c[1:]) for c in ep.choices]
+            hits += ep.choices[int(np.argmax(loglik[choices]))] == ep.answer
+        return hits / n
+
+    long, short = bayes_accuracy("long"), bayes_accuracy("short")
+    assert long > 0.95 and 0.5 < short < long
 
 
 def test_documents_have_fixed_length_and_known_tokens():
@@ -153,7 +191,7 @@ def test_quick_ladder_end_to_end(tmp_path):
     for fam in ck.partition_by("family"):
         assert fam.height == 3
         assert fam.sort("tokens")["pretrain_loss"].is_sorted(descending=True)  # training lowers held-out loss
-    assert sorted(res["task"].unique()) == ["ml_copy", "ml_recall"]
+    assert sorted(res["task"].unique()) == ["ml_copy", "ml_topic"]
     assert set(res["setting"]) == {"few_shot", "finetune"} and (res["chance"] == 0.25).all()
     assert sorted(res.filter(res["setting"] == "finetune")["n_train"].unique()) == [4, 16]
     # few-shot: 6 checkpoints x 2 tasks; finetune: every 2nd checkpoint (2 per size) x 2 tasks x 2 levels

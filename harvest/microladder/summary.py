@@ -1,8 +1,13 @@
 """A plain-text summary of a micro-ladder results folder: where each curve leaves chance.
 
-For every (task, setting, n_train) it reports the highest pretraining loss at which mean
-accuracy (over subset seeds) exceeds ``chance + margin``, checked on all checkpoints sorted by
-loss; a descriptive companion to the fitted elbows of ``emergence fit`` (no model, no fit).
+Two law-free views of the finetuning shift, per task and curve (few-shot, and each finetuning
+data level ``D``):
+
+- ``first_above``: the highest pretraining loss at which mean accuracy (over subset seeds)
+  exceeds ``chance + margin``, checked on all checkpoints sorted by loss (no model, no fit);
+- ``curve_elbows``: the elbow of the hinge ``B + A·relu(E − L)`` fitted to that curve alone
+  (:func:`fitting.fit.fit_ground_truth`, the ground-truth fitter, binomial likelihood), with its
+  likelihood-ratio verdict. If finetuning moves emergence to weaker models, ``E`` rises with ``D``.
 
     python -m harvest.microladder.summary RESULTS_DIR [--margin 0.1]
 """
@@ -10,10 +15,13 @@ loss; a descriptive companion to the fitted elbows of ``emergence fit`` (no mode
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
+import numpy as np
 import polars as pl
 
-from fitting.schema import load_results
+from fitting.fit import TaskData, fit_ground_truth
+from fitting.schema import ResultsFolder, load_results
 
 
 def curves(folder) -> pl.DataFrame:
@@ -35,6 +43,24 @@ def first_above(curve: pl.DataFrame, margin: float) -> pl.DataFrame:
             .sort("task", "setting", "n_train"))
 
 
+def curve_elbows(folder: ResultsFolder) -> pl.DataFrame:
+    """Per task and curve (n_train 0 = few-shot): the hinge fitted to that curve's rows alone.
+
+    ``elbow_loss`` is set when the curve has left its base and the elbow lies inside the data
+    (the ground-truth rule); ``E`` is the fitted elbow either way, ``verdict`` says which.
+    """
+    rows = []
+    for task in folder.tasks:
+        data = TaskData.from_folder(folder, task)
+        for level in [0, *data.data_levels]:
+            curve = data.select_rows(data.n_train == level)  # few-shot rows have n_train 0
+            gt = fit_ground_truth(replace(curve, few_shot=np.ones(curve.n_rows, dtype=bool)))
+            rows.append({"task": task, "n_train": level, "checkpoints": curve.n_checkpoints,
+                         "elbow_loss": gt.elbow_loss, "E": gt.E, "A": gt.A, "B": gt.B,
+                         "p_value": gt.p_value, "verdict": gt.reason})
+    return pl.DataFrame(rows).sort("task", "n_train")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results")
@@ -43,7 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     pl.Config.set_tbl_rows(200)
     pl.Config.set_tbl_cols(20)
     pl.Config.set_tbl_width_chars(200)
+    pl.Config.set_fmt_str_lengths(90)
     print(first_above(curves(args.results), args.margin))
+    print(curve_elbows(load_results(args.results)).with_columns(pl.col("E", "A", "B", "elbow_loss").round(3)))
 
 
 if __name__ == "__main__":

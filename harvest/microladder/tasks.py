@@ -1,6 +1,7 @@
 """The micro-ladder tasks as harvest tasks: 4-way multiple choice over corpus episodes.
 
-Registry names: ``ml_copy``, ``ml_recall``, ``ml_arith``, ``ml_reverse`` (see
+Registry names: ``ml_copy``, ``ml_recall``, ``ml_arith``, ``ml_reverse``, ``ml_topic``,
+``ml_topic_short`` (see
 :mod:`harvest.microladder.corpus` for the episode formats). Each row is one episode split where
 the answer starts::
 
@@ -30,6 +31,7 @@ SPLITS = {"train": 0, "test": 1}
 
 class MicroLadderTask(MultipleChoiceTask):
     episode_task: ClassVar[str]
+    episode_options: ClassVar[dict] = {}
     version = "1"
     eval_split = "test"
     fewshot_split = "train"
@@ -50,7 +52,7 @@ class MicroLadderTask(MultipleChoiceTask):
         return [self._row(rng, f"{split}-{i}") for i in range(self.sizes[split])]
 
     def _row(self, rng: np.random.Generator, doc_id: str) -> Doc:
-        ep = episode(self.episode_task, rng)
+        ep = episode(self.episode_task, rng, **self.episode_options)
         return {"id": doc_id, "prompt": " ".join(ep.prompt), "choices": list(ep.choices),
                 "answer": ep.choices.index(ep.answer), "tail": " ".join(ep.tail)}
 
@@ -98,4 +100,20 @@ class Reverse(MicroLadderTask):
     episode_task = "reverse"
 
 
-MICROLADDER_TASKS = (Copy, Recall, Arith, Reverse)
+class Topic(MicroLadderTask):
+    """Name the topic of 12-16 words of background text (choices: 4 of the 16 labels)."""
+
+    name = "ml_topic"
+    episode_task = "topic"
+    episode_options = {"segment": "long"}
+
+
+class TopicShort(MicroLadderTask):
+    """The same with 3-5 words (one or two phrases): less evidence, so it emerges later."""
+
+    name = "ml_topic_short"
+    episode_task = "topic"
+    episode_options = {"segment": "short"}
+
+
+MICROLADDER_TASKS = (Copy, Recall, Arith, Reverse, Topic, TopicShort)
