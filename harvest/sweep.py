@@ -436,8 +436,9 @@ def base_units(spec: HarvestSpec, docs_hash: str) -> list[tuple[str, str, str]]:
     """(kind, key, label) of the loss and few-shot parts the tables need."""
     from harvest.evaluate import EVAL_KIND, LOSS_KIND, eval_unit_key, loss_unit_key, plan_tasks
 
+    plans = plan_tasks(spec)  # once: building every prompt of a task is not free
     units = [(EVAL_KIND, eval_unit_key(c, p, spec.engine), f"few-shot {p.spec.name} of {c.name}")
-             for c in spec.checkpoints for p in plan_tasks(spec)]
+             for c in spec.checkpoints for p in plans]
     units += [(LOSS_KIND, loss_unit_key(c, spec, docs_hash), f"pretraining loss of {c.name}")
               for c in spec.checkpoints if c.pretrain_loss is None]
     return units

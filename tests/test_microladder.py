@@ -92,6 +92,20 @@ def test_topic_segments_carry_evidence_of_their_topic():
     assert long > 0.95 and 0.5 < short < long
 
 
+def test_topic_segments_draw_what_rng_choice_would():
+    """``Background.segment`` searches a precomputed CDF instead of calling ``rng.choice(p=...)``:
+    the same phrases from the same generator state, so the corpus (and trained models) did not
+    change with the speed-up."""
+    bg = C.Background()
+    for seed in range(20):
+        fast, slow = np.random.default_rng(seed), np.random.default_rng(seed)
+        topic = seed % C.N_TOPICS
+        expected: list[str] = []
+        while len(expected) < 12:
+            expected.extend(bg.phrases[slow.choice(C.N_PHRASES, p=bg.topic_p[topic])])
+        assert bg.segment(fast, topic, 12) == expected
+
+
 def test_documents_have_fixed_length_and_known_tokens():
     corpus = C.Corpus()
     ids = corpus.batch_ids(np.random.default_rng(1), 8)

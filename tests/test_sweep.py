@@ -292,3 +292,18 @@ def test_cli_reports_a_missing_sweep_table_in_one_line(tmp_path):
     bad_shard = subprocess.run([sys.executable, "-m", "emergence", "harvest", "sweep", str(spec), "--out",
                                 str(tmp_path / "o"), "--shard", "2/2"], capture_output=True, text=True)
     assert bad_shard.returncode == 2 and "Traceback" not in bad_shard.stderr
+
+
+def test_base_units_plan_each_task_once(spec_path, monkeypatch):
+    """Listing the base units builds every task's prompts once, not once per checkpoint (it
+    did: compacting a 48-checkpoint micro-ladder shard took minutes of prompt building)."""
+    import harvest.evaluate as evaluate
+    from harvest.spec import load_spec
+    from harvest.sweep import base_units
+
+    calls, real = [], evaluate.plan_tasks
+    monkeypatch.setattr(evaluate, "plan_tasks", lambda spec: calls.append(1) or real(spec))
+    spec = load_spec(spec_path)
+    units = base_units(spec, docs_hash="x")
+    assert len(calls) == 1 and len(spec.checkpoints) == 3
+    assert sum(kind == evaluate.EVAL_KIND for kind, _, _ in units) == len(spec.checkpoints) * len(spec.tasks)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from harvest.microladder.run import LadderConfig, quick_config, run_ladder
+from harvest.microladder.run import ANALYSES, LadderConfig, quick_config, run_ladder
 
 SHIPPED = ("checkpoints.parquet", "results.parquet", "items.parquet")
 
@@ -31,7 +31,7 @@ def ship_tables(out: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for name in SHIPPED:
         shutil.copy2(out / "results" / name, dest / name)
-    for name in ("manifest.json", "fit.json", "backtest.json", "harvest.toml"):
+    for name in ("manifest.json", "harvest.toml", *(f"{stem}.json" for stem in ANALYSES)):
         if (out / name).is_file():
             shutil.copy2(out / name, dest / name)
     if (out / "report").is_dir():

@@ -9,7 +9,10 @@ data level ``D``):
   (:func:`fitting.fit.fit_ground_truth`, the ground-truth fitter, binomial likelihood), with its
   likelihood-ratio verdict. If finetuning moves emergence to weaker models, ``E`` rises with ``D``.
 
-    python -m harvest.microladder.summary RESULTS_DIR [--margin 0.1]
+    python -m harvest.microladder.summary RESULTS_DIR [--margin 0.1] [--table TASK]
+
+``--table TASK`` prints that task's mean accuracy per checkpoint (rows, by decreasing loss) and
+curve (columns) as a Markdown table: the tables of docs/microladder.md.
 """
 
 from __future__ import annotations
@@ -61,11 +64,30 @@ def curve_elbows(folder: ResultsFolder) -> pl.DataFrame:
     return pl.DataFrame(rows).sort("task", "n_train")
 
 
+def accuracy_table(folder, task: str) -> pl.DataFrame:
+    """Mean accuracy of ``task`` per checkpoint (rows, weakest first) and curve (columns)."""
+    acc = curves(folder).filter(pl.col("task") == task)
+    if acc.is_empty():
+        raise SystemExit(f"error: no results for task {task!r}")
+    acc = acc.with_columns(pl.when(pl.col("setting") == "few_shot").then(pl.lit("few-shot"))
+                           .otherwise(pl.format("D={}", pl.col("n_train"))).alias("curve"))
+    order = ["few-shot"] + [f"D={n}" for n in sorted(acc.filter(pl.col("setting") != "few_shot")["n_train"].unique())]
+    wide = acc.pivot(on="curve", index=["checkpoint", "pretrain_loss"], values="accuracy")
+    return (wide.select("checkpoint", "pretrain_loss", *[c for c in order if c in wide.columns])
+            .sort("pretrain_loss", descending=True).with_columns(pl.exclude("checkpoint").round(3)))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results")
     parser.add_argument("--margin", type=float, default=0.1, help="accuracy above chance that counts (default 0.1)")
+    parser.add_argument("--table", metavar="TASK", help="print TASK's accuracy per checkpoint and curve (Markdown)")
     args = parser.parse_args(argv)
+    if args.table:
+        with pl.Config(tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True,
+                       tbl_rows=500, tbl_cols=20, tbl_width_chars=400):
+            print(accuracy_table(args.results, args.table))
+        return
     pl.Config.set_tbl_rows(200)
     pl.Config.set_tbl_cols(20)
     pl.Config.set_tbl_width_chars(200)
