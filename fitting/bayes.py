@@ -29,10 +29,12 @@ Hierarchy (partial pooling across tasks, so a task with thin data borrows streng
     \log A_t \sim N(\mu_A, \sigma_A), \quad \log g_t \sim N(\mu_g, \sigma_g), \quad
     \log \alpha_t \sim N(\mu_\alpha, \sigma_\alpha)
 
-with weakly informative hyperpriors (:class:`Priors`). E_ref (normal around the midpoint of
-the task's losses), the base B_t (logit-normal around the task's chance level) and Δ_t are
-per task. Optional extra level: each finetuning subset (task, D, subset seed) shifts its elbow
-by ε_s ~ N(0, σ_s) (different random subsets help differently).
+with hyperpriors scaled to what the design can identify (:class:`Priors`; docs/bayes.md). The
+between-task sds are LogNormal, not HalfNormal: with a handful of tasks a prior with mass at
+sigma = 0 gives the (mu, sigma) funnel that made most prior-drawn datasets diverge. E_ref
+(normal around the midpoint of the task's losses, 95% inside its loss range), the base B_t
+(logit-normal around the task's chance level) and Δ_t are per task. Optional extra level: each
+finetuning subset (task, D, subset seed) shifts its elbow by ε_s ~ N(0, σ_s).
 
 Centred parameterisation by default (the issue measured ~200 divergences and 10x the time for
 the non-centred form with informative binomial data); ``centered=False`` selects it.
@@ -42,8 +44,10 @@ jittered start chains got stuck on the flat parts of the clipped ReLU. The ReLU 
 (the paper's law); ``LawSpec(hinge="softplus", temperature=...)`` smooths it inside the sampler
 (it did not change tree depth or step size on the default simulated data).
 
-PyMC compile time dominates small fits: the observations are ``pm.Data`` containers, so one
-model serves datasets of the same design (``pm.set_data``; nutpie ``compiled.with_data``).
+Compilation dominates small fits: the item counts are a ``pm.Data`` container, so one model per
+design and process serves every dataset of that design (:func:`model_for`, and for nutpie
+:func:`compiled_nutpie_for`: numba compiles once, ``with_data`` swaps the counts in and each fit
+gets its own maximum-likelihood start).
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ from fitting import law as law_
 from fitting.schema import ResultsFolder
 
 PERCENTILES = (5, 10, 25, 50, 75, 90, 95)
+SIGMA_LOG_SD = 0.5  # between-task sds ~ LogNormal(log scale, 0.5): 95% within x/2.7 of scale
 EPS = 1e-6  # probabilities are clipped to [EPS, 1 - EPS] (a saturated curve has p = 1)
 TASK_VARS = ("A", "B", "k", "alpha", "C", "delta", "emergence_loss")
 BAYES_FORMS = ("log_power", "power", "no_delta", "softplus")  # LAW_FORMS the model supports
@@ -84,21 +89,22 @@ def _import_pymc():
 
 @dataclass(frozen=True)
 class Priors:
-    """Weakly informative priors. Loss scales are nats/token; A is accuracy per nat.
+    """Priors scaled to what a design can identify. Loss scales are nats/token; A is accuracy per nat.
 
     ``*_mu`` are (mean, sd) of a Normal on the population mean of the log parameter;
-    ``*_sigma`` the scale of a HalfNormal on the population sd (between-task spread).
+    ``*_sigma`` the median of a LogNormal(log median, ``SIGMA_LOG_SD``) on the population sd
+    (between-task spread; zero-avoiding, see the module docstring).
     A misspelt key fails loudly: build from a dict with :meth:`from_dict`.
     """
 
-    log_A_mu: tuple[float, float] = (float(np.log(0.5)), 1.0)  # A ~ 0.5 acc/nat, x/e^2 at 95%
-    log_A_sigma: float = 0.5
-    log_g_mu: tuple[float, float] = (float(np.log(0.2)), 1.0)  # elbow slope g (nats per e-fold of x)
-    log_g_sigma: float = 0.5
-    log_alpha_mu: tuple[float, float] = (0.0, 0.5)  # α near 1 for the log power law
-    log_alpha_sigma: float = 0.25
-    E_ref_sd: float = 0.5  # E_ref ~ N(midpoint of the task's losses, E_ref_sd · max(loss range, 0.5))
-    B_logit_sd: float = 1.0  # logit B_t ~ N(logit(chance_t), B_logit_sd)
+    log_A_mu: tuple[float, float] = (float(np.log(0.7)), 0.5)  # A ~ 0.7 acc/nat, x/2.7 at 95%
+    log_A_sigma: float = 0.3
+    log_g_mu: tuple[float, float] = (float(np.log(0.2)), 0.5)  # elbow slope g (nats per e-fold of x)
+    log_g_sigma: float = 0.3
+    log_alpha_mu: tuple[float, float] = (0.0, 0.3)  # α near 1 for the log power law
+    log_alpha_sigma: float = 0.2
+    E_ref_sd: float = 0.25  # E_ref ~ N(midpoint of the task's losses, E_ref_sd · max(loss range, 0.5))
+    B_logit_sd: float = 0.5  # logit B_t ~ N(logit(chance_t), B_logit_sd)
     delta_sd: float = 0.05  # Δ_t ~ N(0, delta_sd): the few-shot base shift, in accuracy
     subset_sigma: float = 0.02  # σ_s ~ HalfNormal(subset_sigma) nats (extra level only)
 
@@ -114,7 +120,7 @@ class Priors:
     def for_law(cls, spec: law_.LawSpec) -> "Priors":
         """Defaults per elbow form: the power law D^α needs a small α (D spans 1e0..1e4)."""
         if spec.elbow == "power":
-            return cls(log_alpha_mu=(float(np.log(0.3)), 0.5))
+            return cls(log_alpha_mu=(float(np.log(0.3)), 0.3))
         return cls()
 
 
@@ -130,6 +136,7 @@ class SamplerConfig:
     seed: int = 0
     target_accept: float = 0.8  # PyMC's default
     progressbar: bool = True
+    low_rank: bool = False  # nutpie only: low-rank modified mass matrix adaptation
 
     def __post_init__(self) -> None:
         if self.sampler not in ("pymc", "nutpie"):
@@ -295,7 +302,8 @@ def elbow_basis(level_values: np.ndarray, form: str) -> tuple[np.ndarray, np.nda
 def _population(pm, name: str, mu_prior: tuple[float, float], sigma_scale: float, centered: bool):
     """exp of a (task,) Normal drawn from a shared population; returns the positive parameter."""
     mu = pm.Normal(f"mu_log_{name}", mu_prior[0], mu_prior[1])
-    sigma = pm.HalfNormal(f"sigma_log_{name}", sigma_scale)
+    # zero-avoiding: with a handful of tasks a HalfNormal lets sigma -> 0, a funnel in (mu, sigma)
+    sigma = pm.LogNormal(f"sigma_log_{name}", np.log(sigma_scale), SIGMA_LOG_SD)
     if centered:
         log_x = pm.Normal(f"log_{name}", mu, sigma, dims="task")
     else:
@@ -344,16 +352,16 @@ def _subset_jitter(pm, pt, data: BayesData, config: BayesConfig):
 def build_model(data: BayesData, config: BayesConfig = BayesConfig()):
     """The hierarchical emergence law as a PyMC model with dims task, level, curve, obs.
 
-    The observations live in ``pm.Data`` containers, so one compiled model serves datasets of
-    the same design (``pm.set_data`` / nutpie ``with_data``): compile time dominates small fits.
+    The item counts live in a ``pm.Data`` container (``correct_obs``), so one compiled model
+    serves every dataset of the same design (:func:`model_for` caches it). Bounds checks are
+    off: every scale parameter is positive by construction and p is clipped.
     """
     pm, pt = _import_pymc()
     coords = {"task": data.tasks, "level": data.levels, "curve": data.curves, "obs": np.arange(data.n_obs)}
     log_ratio, mask, x_ref = elbow_basis(data.level_values, config.law.elbow)
-    with pm.Model(coords=coords) as model:
+    cell = data.task_idx * len(data.levels) + data.level_idx  # (task, level) cell of each row
+    with pm.Model(coords=coords, check_bounds=False) as model:
         correct = pm.Data("correct_obs", data.correct, dims="obs")
-        n_items = pm.Data("n_items", data.n_items, dims="obs")
-        loss = pm.Data("pretrain_loss", data.loss, dims="obs")
         th = _task_parameters(pm, data, config)
         g, alpha = th["g"][:, None], th["alpha"][:, None]
         box_cox = (mask[None, :] * pt.exp(alpha * log_ratio[None, :]) - 1.0) / alpha  # (task, level)
@@ -361,11 +369,51 @@ def build_model(data: BayesData, config: BayesConfig = BayesConfig()):
         pm.Deterministic("k", th["g"] / (th["alpha"] * x_ref ** th["alpha"]), dims="task")
         pm.Deterministic("C", th["E_ref"] - th["g"] / th["alpha"], dims="task")
         pm.Deterministic("emergence_loss", elbow[:, 0], dims="task")
-        e_obs = elbow[data.task_idx, data.level_idx] + _subset_jitter(pm, pt, data, config)
+        e_obs = elbow.ravel()[cell] + _subset_jitter(pm, pt, data, config)
         base = th["B"][data.task_idx] + th["delta"][data.task_idx] * data.few_shot
-        p = base + th["A"][data.task_idx] * _hinge(pt, e_obs - loss, config.law)
-        pm.Binomial("correct", n=n_items, p=pt.clip(p, EPS, 1 - EPS), observed=correct, dims="obs")
+        p = base + th["A"][data.task_idx] * _hinge(pt, e_obs - data.loss, config.law)
+        pm.Binomial("correct", n=data.n_items, p=pt.clip(p, EPS, 1 - EPS), observed=correct, dims="obs")
     return model
+
+
+def design_key(data: BayesData, config: BayesConfig) -> str:
+    """What fixes the compiled model: the design (not the item counts) and the model config."""
+    h = hashlib.sha256()
+    for arr in (data.task_idx, data.level_idx, data.curve_idx, data.loss, data.few_shot, data.n_items,
+                data.chance, data.level_values):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    h.update("|".join(data.tasks + data.levels + data.curves).encode())
+    model_cfg = {k: v for k, v in config.to_dict().items() if k in ("law", "priors", "centered", "subset_effect")}
+    h.update(json.dumps(model_cfg, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+_MODELS: dict[str, dict] = {}  # design_key -> {"model": pm.Model, "nutpie": compiled or absent}
+_MAX_MODELS = 8
+
+
+def model_for(data: BayesData, config: BayesConfig):
+    """The PyMC model of ``data``'s design, built once per process and given ``data``'s counts."""
+    pm, _ = _import_pymc()
+    key = design_key(data, config)
+    entry = _MODELS.pop(key, None)  # re-inserted last: least recently used goes first
+    if entry is None:
+        entry = {"model": build_model(data, config)}
+        while len(_MODELS) >= _MAX_MODELS:
+            _MODELS.pop(next(iter(_MODELS)))
+    _MODELS[key] = entry
+    pm.set_data({"correct_obs": data.correct}, model=entry["model"])
+    return entry["model"]
+
+
+def compiled_nutpie_for(data: BayesData, config: BayesConfig):
+    """nutpie's compiled model of ``data``'s design (numba compile once per process), with
+    ``data``'s counts swapped in by ``with_data``."""
+    model = model_for(data, config)
+    entry = _MODELS[design_key(data, config)]
+    if "nutpie" not in entry:
+        entry["nutpie"] = compile_nutpie(model)
+    return entry["nutpie"].with_data(correct_obs=data.correct)
 
 
 # --------------------------------------------------------------------------- starting point
@@ -427,13 +475,18 @@ def _jitter(point: dict[str, np.ndarray], n_chains: int, seed: int, scale: float
 
 
 def sample(model, sampler: SamplerConfig, start: dict[str, np.ndarray] | None = None,
-           log_likelihood: bool = True):
-    """Posterior draws as ArviZ InferenceData (pointwise log-likelihood included for LOO)."""
+           log_likelihood: bool = True, compiled=None):
+    """Posterior draws as ArviZ InferenceData (pointwise log-likelihood included for LOO).
+
+    nutpie: ``compiled`` is a compiled model of ``model`` (:func:`compiled_nutpie_for`; compiled
+    here when None). Chains start at ``start`` jittered by 0.01 in each unconstrained coordinate.
+    """
     pm, _ = _import_pymc()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         if sampler.sampler == "nutpie":
-            idata = _sample_nutpie(compile_nutpie(model, start), sampler)
+            compiled = compiled if compiled is not None else compile_nutpie(model)
+            idata = _sample_nutpie(_with_start(compiled, model, start) if start else compiled, sampler)
         else:
             idata = pm.sample(
                 draws=sampler.draws, tune=sampler.tune, chains=sampler.chains, cores=sampler.cores,
@@ -447,15 +500,32 @@ def sample(model, sampler: SamplerConfig, start: dict[str, np.ndarray] | None = 
     return idata
 
 
-def compile_nutpie(model, start: dict[str, np.ndarray] | None = None):
-    """Compile once for nutpie; reuse with ``compiled.with_data(correct_obs=...)``."""
+def compile_nutpie(model):
+    """Compile ``model`` for nutpie (numba; the slow step). Reuse it for other counts of the same
+    design with ``compiled.with_data(correct_obs=...)`` and other starts with :func:`_with_start`."""
     try:
         import nutpie
     except ImportError:
         raise MissingExtraError("nutpie", "nutpie") from None
-    if start is None:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
         return nutpie.compile_pymc_model(model)
-    return nutpie.compile_pymc_model(model, initial_points=start, jitter_rvs=set())
+
+
+def _with_start(compiled, model, start: dict[str, np.ndarray], scale: float = 0.01):
+    """``compiled`` whose chains start at ``start`` (model variables, constrained values) plus
+    N(0, scale) jitter in each unconstrained coordinate, one draw per chain seed. The flat
+    order is nutpie's: the value variables of ``model.free_RVs``."""
+    values = [model.rvs_to_values[rv].name for rv in model.free_RVs]
+    flat = np.concatenate([np.ravel(np.log(start[n[: -len("_log__")]]) if n.endswith("_log__") else start[n])
+                           for n in values]).astype(float)
+    if flat.size != compiled.n_dim:
+        raise FitError("the starting point does not match the compiled model's variables")
+
+    def initial_point(seed=None):
+        return flat + np.random.default_rng(seed).normal(0.0, scale, flat.size)
+
+    return dataclasses.replace(compiled, initial_point_func=initial_point)
 
 
 def _sample_nutpie(compiled, sampler: SamplerConfig):
@@ -464,7 +534,7 @@ def _sample_nutpie(compiled, sampler: SamplerConfig):
     return nutpie.sample(
         compiled, draws=sampler.draws, tune=sampler.tune, chains=sampler.chains,
         cores=sampler.cores, seed=sampler.seed, progress_bar=sampler.progressbar,
-        target_accept=sampler.target_accept,
+        target_accept=sampler.target_accept, low_rank_modified_mass_matrix=sampler.low_rank,
     )
 
 
@@ -534,8 +604,9 @@ def enforce_gate(failures: list[str], allow_bad: bool = False) -> None:
 class HierarchicalEmergenceLaw:
     """Fit the hierarchical emergence law to several tasks at once (scikit-learn style).
 
-    Fitted attributes: ``data_``, ``model_``, ``idata_`` (ArviZ), ``failures_`` (gate lines),
-    ``config_hash_``.
+    Fitted attributes: ``data_``, ``model_`` (the design's cached PyMC model, shared with later
+    fits of the same design: it holds the counts of the latest fit), ``idata_`` (ArviZ),
+    ``failures_`` (gate lines), ``config_hash_``.
     """
 
     def __init__(self, config: BayesConfig = BayesConfig(), log_likelihood: bool = True):
@@ -544,9 +615,10 @@ class HierarchicalEmergenceLaw:
 
     def fit(self, data: BayesData) -> "HierarchicalEmergenceLaw":
         self.data_ = data
-        self.model_ = build_model(data, self.config)
+        self.model_ = model_for(data, self.config)  # shared by every fit of this design
+        compiled = compiled_nutpie_for(data, self.config) if self.config.sampler.sampler == "nutpie" else None
         self.start_ = mle_start(data, self.config)
-        self.idata_ = sample(self.model_, self.config.sampler, self.start_, self.log_likelihood)
+        self.idata_ = sample(self.model_, self.config.sampler, self.start_, self.log_likelihood, compiled)
         self.config_hash_ = self.config.hash(data)
         self.idata_.posterior.attrs.update(self._attrs())
         self.failures_ = check_diagnostics(self.idata_, self.config.gate)
@@ -884,16 +956,25 @@ def rank_uniformity(ranks: np.ndarray, n_keep: int = 99, bins: int = 5) -> tuple
 
 def run_sbc(data: BayesData, config: BayesConfig, n_datasets: int, seed: int = 0,
             progress=None) -> list[dict[str, Any]]:
-    """Fit each prior dataset; per dataset the ranks, 90% coverage of the emergence loss, gate."""
+    """Fit each prior dataset; per dataset the ranks, 90% coverage of the emergence loss, gate.
+
+    Every dataset has ``data``'s design: the model is built (and, for nutpie, compiled) once.
+    """
+    import time
+
     out = []
     for i, (truth, counts) in enumerate(prior_datasets(data, config, n_datasets, seed)):
         cfg = dataclasses.replace(config, sampler=dataclasses.replace(config.sampler, seed=seed + 1 + i))
+        t0 = time.perf_counter()
         fit = HierarchicalEmergenceLaw(cfg, log_likelihood=False).fit(with_counts(data, counts))
         draws = fit.idata_.posterior["emergence_loss"].values.reshape(-1, len(data.tasks))
         lo, hi = np.percentile(draws, [5, 95], axis=0)
         true_e = truth["emergence_loss"]
+        checks = sorted({f.split(": ", 1)[1].split(" of ")[0] if " of " in f else "divergences"
+                         for f in fit.failures_})
         out.append(dict(ranks=sbc_ranks(fit.idata_, truth, data.tasks), covered=((lo <= true_e) & (true_e <= hi)).tolist(),
-                        divergences=int(fit.idata_.sample_stats["diverging"].sum()), gate_ok=not fit.failures_))
+                        divergences=int(fit.idata_.sample_stats["diverging"].sum()), gate_ok=not fit.failures_,
+                        failed_checks=checks, seconds=round(time.perf_counter() - t0, 2)))
         if progress is not None:
             progress(i + 1, n_datasets, out[-1])
     return out

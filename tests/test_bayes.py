@@ -1,7 +1,8 @@
 """The Bayesian hierarchical emergence law (fitting.bayes): model, gate, pooling, SBC, CLI.
 
-Small designs, 2 chains, few draws: PyMC compile time dominates, so the sampled fits are
-module-scoped fixtures shared by several tests. Statistical assertions use fixed seeds.
+Small designs. Compilation dominates small fits, so sampled tests share module-scoped fits and
+nutpie's compiled models (one per design and process). Statistical assertions use fixed seeds
+and state their false-alarm probability.
 """
 
 from __future__ import annotations
@@ -38,12 +39,6 @@ def sampler(**kw) -> bayes.SamplerConfig:
 def small():
     folder = simulate(SMALL, seed=3)
     return folder, bayes.bayes_data(folder)
-
-
-@pytest.fixture(scope="module")
-def small_fit(small):
-    _, data = small
-    return bayes.HierarchicalEmergenceLaw(bayes.BayesConfig(sampler=sampler(seed=1))).fit(data)
 
 
 # --------------------------------------------------------------------------- configuration and data
@@ -125,7 +120,7 @@ def test_prior_predictive_is_plausible(small):
     e = prior.prior["emergence_loss"].values
     assert acc.min() >= 0 and acc.max() <= 1
     # weakly informative: the prior puts most few-shot elbows within 1.5 nats of the data
-    # (about 91% with 2000 draws), not everywhere, and not all in one place
+    # (99.4% with 2000 draws; 38% within 0.2 nats), not everywhere, and not all in one place
     near = np.abs(e - data.loss.mean())
     assert np.mean(near < 1.5) > 0.8 and np.mean(near < 3.0) > 0.95 and np.mean(near < 0.2) < 0.5
 
@@ -160,26 +155,43 @@ def test_gate_names_the_task_and_the_check():
 
 
 # --------------------------------------------------------------------------- sampling
+#
+# The sampled tests use nutpie (installed in CI by the nutpie extra): its numba compile is paid
+# once per design and process (fitting.bayes.compiled_nutpie_for), every later fit of the same
+# design only samples. PyMC's own NUTS is exercised in CI by the backtest CLI test
+# (tests/test_backtest_bayes.py) and by test_same_seed_same_draws (heavy).
 
 
-@pytest.mark.heavy
-@pytest.mark.xfail(reason="failed in the last run on a loaded machine; cause (divergences > 6 or "
-                          "r_hat > 1.01 with 2 x 300 draws) not yet diagnosed", strict=False)
+@pytest.fixture(scope="module")
+def small_fit(small):
+    pytest.importorskip("nutpie")
+    _, data = small
+    return bayes.HierarchicalEmergenceLaw(bayes.BayesConfig(sampler=nutpie_sampler(seed=1))).fit(data)
+
+
+def nutpie_sampler(**kw) -> bayes.SamplerConfig:
+    return bayes.SamplerConfig(**{"sampler": "nutpie", "chains": 2, "cores": 2, "draws": 1000, "tune": 500,
+                                  "target_accept": 0.9, "progressbar": False, **kw})
+
+
+@pytest.mark.slow
 def test_posterior_covers_truth_and_passes_the_gate(small, small_fit):
-    folder, _ = small
+    folder, data = small
     truth = folder.metadata["truth"]
-    ss = small_fit.idata_.sample_stats
-    assert int(ss["diverging"].sum()) <= 6  # < 1% of 600 draws (the gate itself demands 0)
     assert "log_likelihood" in small_fit.idata_
-    for task, pct in small_fit.percentiles().items():
+    prior = bayes.prior_predictive(data, small_fit.config, draws=2000).prior["emergence_loss"].values[0]
+    prior_width = np.diff(np.percentile(prior, [5, 95], axis=0), axis=0)[0]  # ~1.3 nats
+    for t, (task, pct) in enumerate(small_fit.percentiles().items()):
         assert list(pct) == ["p05", "p10", "p25", "p50", "p75", "p90", "p95"]
         assert pct["p05"] <= truth[task]["emergence_loss"] <= pct["p95"], (task, pct)
-        assert pct["p95"] - pct["p05"] < 0.3  # informative, not the prior
-    # ESS gate with 600 draws: r_hat must pass; ESS >= 400 may not, which the gate reports
-    assert not any("r_hat" in f for f in small_fit.failures_), small_fit.failures_
+        # informative, not the prior: measured 0.17 and 0.46 nats (the sim_mmlu elbow lies
+        # below every checkpoint's loss, so its lower side is an extrapolation)
+        assert pct["p95"] - pct["p05"] < 0.5 * prior_width[t], (task, pct, prior_width)
+    # the whole gate: 0 divergences, r_hat <= 1.01, bulk and tail ESS >= 400 (2 x 1000 draws)
+    assert small_fit.failures_ == []
 
 
-@pytest.mark.heavy
+@pytest.mark.slow
 def test_posterior_roundtrips_with_its_config_hash(small_fit, tmp_path):
     path = small_fit.save(tmp_path / "post.nc")
     idata = bayes.load_posterior(path, small_fit.config_hash_)
@@ -191,7 +203,11 @@ def test_posterior_roundtrips_with_its_config_hash(small_fit, tmp_path):
         bayes.load_posterior(tmp_path / "missing.nc")
 
 
+@pytest.mark.heavy
 def test_same_seed_same_draws(small):
+    """PyMC's NUTS: the same seed gives the same draws. Heavy: two C compiles, ~45 s with cold
+    caches; nutpie's determinism is checked in CI by test_compiled_model_is_reused_for_new_counts
+    and PyMC's sampler path by tests/test_backtest_bayes.py."""
     _, data = small
     cfg = bayes.BayesConfig(sampler=sampler(draws=50, tune=100, seed=7))
     model = bayes.build_model(data, cfg)
@@ -201,37 +217,62 @@ def test_same_seed_same_draws(small):
     np.testing.assert_array_equal(a.posterior["emergence_loss"], b.posterior["emergence_loss"])
 
 
-@pytest.mark.heavy
+@pytest.mark.slow
+def test_compiled_model_is_reused_for_new_counts(small, small_fit):
+    """One compile per design: new item counts reuse it and give the posterior of the new
+    counts (not of the first dataset); the same seed gives the same draws."""
+    _, data = small
+    compiled = bayes.compiled_nutpie_for(data, small_fit.config)
+    flat = np.where(data.task_idx == 0, data.n_items // 2, data.correct)  # sim_gsm8k: 50% everywhere
+    other = bayes.with_counts(data, flat)
+    assert bayes.design_key(other, small_fit.config) == bayes.design_key(data, small_fit.config)
+    cfg = dataclasses.replace(small_fit.config, sampler=nutpie_sampler(seed=3, draws=300, tune=300))
+    a = bayes.HierarchicalEmergenceLaw(cfg, log_likelihood=False).fit(other)
+    b = bayes.HierarchicalEmergenceLaw(cfg, log_likelihood=False).fit(other)
+    assert bayes.compiled_nutpie_for(data, small_fit.config).compiled_logp_func is compiled.compiled_logp_func
+    np.testing.assert_array_equal(a.idata_.posterior["emergence_loss"], b.idata_.posterior["emergence_loss"])
+    base = lambda fit: float(fit.idata_.posterior["B"].sel(task="sim_gsm8k").median())  # noqa: E731
+    assert base(small_fit) < 0.05 and abs(base(a) - 0.5) < 0.05, (base(small_fit), base(a))
+
+
+@pytest.mark.slow
 def test_a_thin_task_borrows_strength():
-    """A task with one data level and 100 items: pooled with two full tasks its interval is
+    """A task with one data level and 100 items: pooled with three full tasks its interval is
     narrower than fitted alone, and it still covers the truth."""
-    design = dataclasses.replace(SMALL, tasks=DEFAULT_TASKS[1:], n_items=300)
+    pytest.importorskip("nutpie")
+    design = dataclasses.replace(SMALL, tasks=DEFAULT_TASKS, n_items=300)
     folder = simulate(design, seed=11)
-    tds = [TaskData.from_folder(folder, t.name) for t in DEFAULT_TASKS[1:]]
+    tds = [TaskData.from_folder(folder, t.name) for t in DEFAULT_TASKS]
     thin = tds[-1].select_levels([128])
     thin = dataclasses.replace(thin, value=np.round(thin.value * 100) / 100, n_items=np.full(thin.n_rows, 100))
-    cfg = bayes.BayesConfig(sampler=sampler(seed=2, draws=400))
+    cfg = bayes.BayesConfig(sampler=nutpie_sampler(seed=2))
     pooled = bayes.HierarchicalEmergenceLaw(cfg, log_likelihood=False).fit(bayes.BayesData.from_tasks(tds[:-1] + [thin]))
     alone = bayes.HierarchicalEmergenceLaw(cfg, log_likelihood=False).fit(bayes.BayesData.from_tasks([thin]))
     task, truth = thin.task, folder.metadata["truth"][thin.task]["emergence_loss"]
     p, a = pooled.percentiles()[task], alone.percentiles()[task]
-    assert p["p95"] - p["p05"] < 0.8 * (a["p95"] - a["p05"]), (p, a)
+    assert p["p95"] - p["p05"] < 0.8 * (a["p95"] - a["p05"]), (p, a)  # measured: 0.76
     assert p["p05"] <= truth <= p["p95"], (p, truth)
+    assert a["p05"] <= truth <= a["p95"], (a, truth)
 
 
-@pytest.mark.heavy
+@pytest.mark.slow
 def test_small_simulation_based_calibration():
-    """Datasets drawn from the prior: the 90% intervals cover the truth in most of them and the
-    ranks are not piled at an end (the heavy version is benchmarks/sbc_bayes.py)."""
+    """Datasets drawn from the model's own prior (one task, 6 checkpoints, one compile): the 90%
+    intervals cover the truth in most of them and the ranks of every parameter are uniform
+    (the 60-dataset version is benchmarks/sbc_bayes.py)."""
+    pytest.importorskip("nutpie")
     design = dataclasses.replace(SMALL, tasks=DEFAULT_TASKS[:1], tokens_per_param=(2.5, 5.0, 20.0))
     data = bayes.bayes_data(simulate(design, seed=0))
-    cfg = bayes.BayesConfig(sampler=sampler(draws=150, tune=200))
-    results = bayes.run_sbc(data, cfg, n_datasets=10, seed=5)
+    cfg = bayes.BayesConfig(sampler=nutpie_sampler(draws=400, tune=300, target_accept=0.95, cores=1))
+    n = 24
+    results = bayes.run_sbc(data, cfg, n_datasets=n, seed=5)
     covered = sum(c for r in results for c in r["covered"])
-    assert covered >= 7, results  # P(<= 6 of 10 | 90% coverage) = 0.013
-    ranks = np.array([r["ranks"]["emergence_loss[sim_mmlu]"] for r in results])
-    assert 0 < np.mean(ranks) / 99 < 1 and len(set(ranks)) > 3
-    assert bayes.rank_uniformity(ranks)[1] > 0.001
+    assert covered >= 17, results  # P(<= 16 of 24 | 90% coverage) = 0.0075
+    names = list(results[0]["ranks"])
+    pvalues = [p for name in names
+               for p in bayes.rank_uniformity(np.array([r["ranks"][name] for r in results]))]
+    # Bonferroni over every parameter and both tests: one family-wise test at level 0.01
+    assert min(pvalues) > 0.01 / len(pvalues), dict(zip(names, pvalues[::2]))
 
 
 # --------------------------------------------------------------------------- CLI
@@ -240,8 +281,9 @@ def test_small_simulation_based_calibration():
 from cli_runner import run_cli as run  # noqa: E402
 
 
-@pytest.mark.heavy
-def test_cli_fit_bayes_has_the_mle_keys_and_gates(tmp_path, capsys):
+@pytest.mark.slow
+def test_cli_fit_bayes_has_the_mle_keys_and_gates(tmp_path, capsys, small_fit):
+    """Same design as ``small_fit`` (SMALL, other counts): nutpie's compiled model is reused."""
     folder = tmp_path / "sim"
     simulate(SMALL, seed=4, out=folder)
     common = ["fit", str(folder), "--n-boot", "0", "--chains", "2"]
@@ -249,16 +291,21 @@ def test_cli_fit_bayes_has_the_mle_keys_and_gates(tmp_path, capsys):
     assert code == 0, err
     mle_keys = {tuple(sorted(r)) for r in json.loads(out)}
     post = tmp_path / "post.nc"
-    code, out, err = run(common + ["--method", "bayes", "--tune", "100", "--draws", "100", "--json", "--allow-bad-diagnostics",
-                                   "--save-posterior", str(post)], capsys)
+    code, out, err = run(common + ["--method", "bayes", "--sampler", "nutpie", "--tune", "500", "--draws", "1000",
+                                   "--json", "--save-posterior", str(post)], capsys)
     assert code == 0, err
     rows = json.loads(out)
     assert {tuple(sorted(r)) for r in rows} == mle_keys
-    assert all(r["method"] == "bayes" and r["emergence_loss_p05"] <= r["emergence_loss_p95"] for r in rows)
+    assert all(r["method"] == "bayes" and r["converged"] for r in rows)
+    assert all(r["emergence_loss_p05"] <= r["emergence_loss"] <= r["emergence_loss_p95"] for r in rows)
     assert all(r["flops_multiple"] is not None for r in rows)
     assert post.is_file()
-    code, out, err = run(common + ["--method", "bayes", "--tune", "30", "--draws", "30"], capsys)
-    assert code == 3 and "diagnostics failed: task " in err and "r_hat" in err and "Traceback" not in err
+    code, out, err = run(common + ["--method", "bayes", "--sampler", "nutpie", "--tune", "30", "--draws", "30"], capsys)
+    assert code == 3 and "diagnostics failed: task " in err and "Traceback" not in err
+    assert "r_hat of" in err or "ESS of" in err
+    code, out, err = run(common + ["--method", "bayes", "--sampler", "nutpie", "--tune", "30", "--draws", "30",
+                                   "--json", "--allow-bad-diagnostics"], capsys)
+    assert code == 0 and not any(r["converged"] for r in json.loads(out))
 
 
 def test_compare_laws_ranks_forms_by_loo(small, monkeypatch):
