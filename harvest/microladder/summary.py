@@ -7,7 +7,10 @@ data level ``D``):
   exceeds ``chance + margin``, checked on all checkpoints sorted by loss (no model, no fit);
 - ``curve_elbows``: the elbow of the hinge ``B + A·relu(E − L)`` fitted to that curve alone
   (:func:`fitting.fit.fit_ground_truth`, the ground-truth fitter, binomial likelihood), with its
-  likelihood-ratio verdict. If finetuning moves emergence to weaker models, ``E`` rises with ``D``.
+  likelihood-ratio verdict. If finetuning moves emergence to weaker models, ``E`` rises with ``D``;
+
+and ``family_fits``: the law's prediction and the few-shot ground truth per model family, beside
+the pooled fit (does pretraining loss place emergence at one point across sizes?).
 
     python -m harvest.microladder.summary RESULTS_DIR [--margin 0.1] [--table TASK]
 
@@ -23,7 +26,8 @@ from dataclasses import replace
 import numpy as np
 import polars as pl
 
-from fitting.fit import TaskData, fit_ground_truth
+from fitting.fit import EmergenceLawFit, TaskData, fit_ground_truth
+from fitting.law import LAW_FORMS
 from fitting.schema import ResultsFolder, load_results
 
 
@@ -47,7 +51,8 @@ def first_above(curve: pl.DataFrame, margin: float) -> pl.DataFrame:
 
 
 def curve_elbows(folder: ResultsFolder) -> pl.DataFrame:
-    """Per task and curve (n_train 0 = few-shot): the hinge fitted to that curve's rows alone.
+    """Per task, family (and all families pooled, ``(all)``) and curve (n_train 0 = few-shot):
+    the hinge fitted to that curve's rows alone.
 
     ``elbow_loss`` is set when the curve has left its base and the elbow lies inside the data
     (the ground-truth rule); ``E`` is the fitted elbow either way, ``verdict`` says which.
@@ -55,13 +60,40 @@ def curve_elbows(folder: ResultsFolder) -> pl.DataFrame:
     rows = []
     for task in folder.tasks:
         data = TaskData.from_folder(folder, task)
-        for level in [0, *data.data_levels]:
-            curve = data.select_rows(data.n_train == level)  # few-shot rows have n_train 0
-            gt = fit_ground_truth(replace(curve, few_shot=np.ones(curve.n_rows, dtype=bool)))
-            rows.append({"task": task, "n_train": level, "checkpoints": curve.n_checkpoints,
-                         "elbow_loss": gt.elbow_loss, "E": gt.E, "A": gt.A, "B": gt.B,
-                         "p_value": gt.p_value, "verdict": gt.reason})
-    return pl.DataFrame(rows).sort("task", "n_train")
+        families = np.array(data.families)
+        for family in ["(all)", *sorted(set(data.families))]:
+            part = data if family == "(all)" else data.select_checkpoints(families == family)
+            for level in [0, *part.data_levels]:
+                curve = part.select_rows(part.n_train == level)  # few-shot rows have n_train 0
+                gt = fit_ground_truth(replace(curve, few_shot=np.ones(curve.n_rows, dtype=bool)))
+                rows.append({"task": task, "family": family, "n_train": level, "checkpoints": curve.n_checkpoints,
+                             "elbow_loss": gt.elbow_loss, "E": gt.E, "A": gt.A, "B": gt.B,
+                             "p_value": gt.p_value, "verdict": gt.reason})
+    return pl.DataFrame(rows)
+
+
+def family_fits(folder: ResultsFolder, forms: tuple[str, ...] = ("log_power", "ceiling")) -> pl.DataFrame:
+    """Per task and model family (and all families pooled): the few-shot ground-truth elbow and
+    each law form's predicted emergence loss, fitted on that family's checkpoints only.
+
+    Pooling sizes assumes few-shot emergence happens at one pretraining loss in every size;
+    where it does not (an ability that arrives at a number of *steps*), the pooled ground truth
+    is a compromise and the per-family rows show it.
+    """
+    rows = []
+    for task in folder.tasks:
+        data = TaskData.from_folder(folder, task)
+        families = np.array(data.families)
+        for family in ["(all)", *sorted(set(data.families))]:
+            part = data if family == "(all)" else data.select_checkpoints(families == family)
+            row = {"task": task, "family": family, "checkpoints": part.n_checkpoints,
+                   "ground_truth": fit_ground_truth(part).elbow_loss}
+            for form in forms:
+                fit = EmergenceLawFit(LAW_FORMS[form]).fit(part)
+                row[form] = fit.emergence_loss_
+            rows.append(row)
+    return pl.DataFrame(rows).with_columns(
+        *[(pl.col(f) - pl.col("ground_truth")).alias(f"{f}_error") for f in forms])
 
 
 def accuracy_table(folder, task: str) -> pl.DataFrame:
@@ -93,7 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     pl.Config.set_tbl_width_chars(200)
     pl.Config.set_fmt_str_lengths(90)
     print(first_above(curves(args.results), args.margin))
-    print(curve_elbows(load_results(args.results)).with_columns(pl.col("E", "A", "B", "elbow_loss").round(3)))
+    folder = load_results(args.results)
+    print(curve_elbows(folder).with_columns(pl.col("E", "A", "B", "elbow_loss").round(3)))
+    print(family_fits(folder).with_columns(pl.selectors.float().round(3)))
 
 
 if __name__ == "__main__":
