@@ -31,9 +31,9 @@ from fitting.law import LAW_FORMS
 from fitting.schema import ResultsFolder, load_results
 
 
-def curves(folder) -> pl.DataFrame:
+def curves(folder: ResultsFolder | str) -> pl.DataFrame:
     """Mean accuracy per (task, setting, n_train, checkpoint) with the checkpoint's loss and family."""
-    data = load_results(folder).joined()
+    data = (folder if isinstance(folder, ResultsFolder) else load_results(folder)).joined()
     return (data.group_by("task", "setting", "n_train", "checkpoint", "family", "pretrain_loss", "chance")
             .agg(pl.col("value").mean().alias("accuracy"), pl.len().alias("n_subsets"))
             .sort("task", "setting", "n_train", "pretrain_loss", descending=[False, False, False, True]))
@@ -96,7 +96,7 @@ def family_fits(folder: ResultsFolder, forms: tuple[str, ...] = ("log_power", "c
         *[(pl.col(f) - pl.col("ground_truth")).alias(f"{f}_error") for f in forms])
 
 
-def accuracy_table(folder, task: str) -> pl.DataFrame:
+def accuracy_table(folder: ResultsFolder | str, task: str) -> pl.DataFrame:
     """Mean accuracy of ``task`` per checkpoint (rows, weakest first) and curve (columns)."""
     acc = curves(folder).filter(pl.col("task") == task)
     if acc.is_empty():
