@@ -14,7 +14,9 @@ Three tasks of 500 items, 5-shot, 4 choices:
 - ``synthetic_arithmetic`` scored on the letter (one-token answers " A".." D"), shots drawn at
   random per item (lm-eval's default sampler), so prompts share no long prefix. lm-eval already
   runs a context once when every choice is one token (its "one-token continuation cache"), so
-  here our gain is only the LM head and log-softmax we skip on context positions;
+  here our gain is only work we skip: the LM head and log-softmax at context positions, most
+  of the last layer where no logits are read, and page faults (``hf.keep_freed_memory``;
+  ``--lm-eval-malloc`` gives lm-eval's process the same glibc setting, to see what is left);
 - ``synthetic_copy`` scored on the options' own text (multi-token answers such as " q w e r t y",
   as in ARC or HellaSwag): lm-eval runs the context once per choice, we run it once per item;
 - ``mmlu`` on a local MMLU-format dataset (5 subjects x 100 test rows, 5 dev rows each, questions
@@ -23,13 +25,18 @@ Three tasks of 500 items, 5-shot, 4 choices:
   5-shot prefix, whose KV cache we compute once per subject. lm-eval runs it as 5 task dicts
   with the MMLU template, ``description`` and ``fewshot_config: {sampler: first_n}``.
 
-Reported per side and task: scoring time (ours: the evaluation unit's time in the manifest;
-lm-eval: time inside ``HFLM._loglikelihood_tokens``), whole-process wall time (spawn to exit:
-imports, model load, data, prompts, scoring, writing), items/s, ratios, whether every prompt
-and every answer is identical, and the largest per-choice log-likelihood difference.
+Reported per side and task: scoring time (ours: the evaluation unit's time in the manifest,
+which tokenises the requests and scores them; lm-eval: time inside ``HFLM.loglikelihood``, which
+does the same; its ``_loglikelihood_tokens`` part alone is printed too), whole-process wall time
+(spawn to exit: imports, model load, data, prompts, scoring, writing), the same two as CPU time
+of the process (one thread, so CPU time is the work done; on a shared, loaded machine wall times
+depend on the CPU share each side happened to get, CPU times much less), items/s, ratios,
+whether every prompt and every answer is identical, and the largest per-choice log-likelihood
+difference.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_eval_vs_lm_eval.py            # 500 items, 5-shot
     OMP_NUM_THREADS=1 python benchmarks/bench_eval_vs_lm_eval.py --items 40 --small   # smoke run
+    OMP_NUM_THREADS=1 python benchmarks/bench_eval_vs_lm_eval.py --lm-eval-malloc     # fairer allocator
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFF
        "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 TASKS = (("synthetic_arithmetic", "letter"), ("synthetic_copy", "text"), ("mmlu", "letter"))
+# What harvest.engines.hf.keep_freed_memory sets with mallopt, as glibc tunables for lm-eval's process.
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=1073741824"
 MMLU_SUBJECTS = 5
 MMLU_TEMPLATE = "{{question.strip()}}\nA. {{choices[0]}}\nB. {{choices[1]}}\nC. {{choices[2]}}\nD. {{choices[3]}}\nAnswer:"
 
@@ -60,20 +69,25 @@ LM_EVAL_SIDE = textwrap.dedent('''
     from lm_eval.tasks import TaskManager
 
     model, configs, out, batch = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-    spent = [0.0]
-    inner = HFLM._loglikelihood_tokens
-    def timed(self, *a, **k):
-        t0 = time.perf_counter()
-        try:
-            return inner(self, *a, **k)
-        finally:
-            spent[0] += time.perf_counter() - t0
-    HFLM._loglikelihood_tokens = timed
+    spent = {}
+    def timed(name):  # wall and CPU seconds spent in HFLM.<name>
+        inner = getattr(HFLM, name)
+        def wrapper(self, *a, **k):
+            t0, cpu0 = time.perf_counter(), time.process_time()
+            try:
+                return inner(self, *a, **k)
+            finally:
+                wall, cpu = spent.get(name, (0.0, 0.0))
+                spent[name] = (wall + time.perf_counter() - t0, cpu + time.process_time() - cpu0)
+        setattr(HFLM, name, wrapper)
+    timed("loglikelihood")  # tokenise the requests, then _loglikelihood_tokens (as our unit does)
+    timed("_loglikelihood_tokens")
     res = simple_evaluate(model="hf", model_args=f"pretrained={model},dtype=float32", tasks=configs,
                           device="cpu", batch_size=batch, log_samples=True,
                           task_manager=TaskManager(include_defaults=False))
     samples = [s for c in configs for s in sorted(res["samples"][c["task"]], key=lambda s: s["doc_id"])]
-    json.dump({"scoring_seconds": spent[0],
+    json.dump({"scoring_seconds": spent["loglikelihood"][0], "scoring_cpu_seconds": spent["loglikelihood"][1],
+               "forward_seconds": spent["_loglikelihood_tokens"][0],
                "prompts": [s["arguments"][0][0] for s in samples],
                "logprobs": [[float(r[0][0]) for r in s["resps"]] for s in samples]}, open(out, "w"))
 ''')
@@ -170,29 +184,41 @@ def write_mmlu(folder: Path, items: int, shots: int) -> list[dict]:
     return configs
 
 
+def children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_ours(folder: Path) -> dict:
     out = folder / "ours"
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), children_cpu()
     subprocess.run([sys.executable, "-m", "emergence", "harvest", "eval", str(folder / "spec.toml"), "--out", str(out),
                     "--quiet"], env=ENV, check=True, stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, children_cpu() - cpu0
     import polars as pl
 
     manifest = json.loads((out / "manifest.json").read_text())
     unit = next(u for u in manifest["runs"][-1]["units_computed"] if u["kind"] == "eval")
     items = pl.read_parquet(out / "items.parquet")
     items = items.with_columns(pl.col("item_id").str.split("-").list.get(1).cast(pl.Int64).alias("i")).sort("i")
-    return {"wall": wall, "scoring": unit["seconds"], "logprobs": items["choice_logprobs"].to_list()}
+    return {"wall": wall, "scoring": unit["seconds"], "cpu": cpu, "scoring_cpu": unit["cpu_seconds"],
+            "logprobs": items["choice_logprobs"].to_list()}
 
 
-def run_lm_eval(folder: Path, model: Path, configs: list[dict]) -> dict:
+def run_lm_eval(folder: Path, model: Path, configs: list[dict], malloc: bool) -> dict:
     out = folder / "lm_eval.json"
-    t0 = time.perf_counter()
+    env = {**ENV, "GLIBC_TUNABLES": MALLOC_TUNABLES} if malloc else ENV
+    t0, cpu0 = time.perf_counter(), children_cpu()
     subprocess.run([sys.executable, "-c", LM_EVAL_SIDE, str(model), json.dumps(configs), str(out), "8"],
-                   env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wall = time.perf_counter() - t0
+                   env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall, cpu = time.perf_counter() - t0, children_cpu() - cpu0
     data = json.loads(out.read_text())
-    return {"wall": wall, "scoring": data["scoring_seconds"], "logprobs": data["logprobs"], "prompts": data["prompts"]}
+    return {"wall": wall, "scoring": data["scoring_seconds"], "cpu": cpu, "scoring_cpu": data["scoring_cpu_seconds"],
+            "forward": data["forward_seconds"],
+            "logprobs": data["logprobs"], "prompts": data["prompts"]}
 
 
 def argmax(xs: list[float]) -> int:
@@ -204,10 +230,13 @@ def report(label: str, n: int, shots: int, ours: dict, theirs: dict, prompt_toke
     diff = max(abs(x - y) for a, b in zip(ours["logprobs"], theirs["logprobs"]) for x, y in zip(a, b))
     print(f"\ntask: {label}, {n} items x 4 choices, {shots}-shot, mean prompt {prompt_tokens:.0f} tokens")
     print(f"{'':24}{'ours':>12}{'lm-eval':>12}{'speed-up':>10}")
-    for label, key in (("scoring time (s)", "scoring"), ("whole process (s)", "wall")):
+    rows = (("scoring time (s)", "scoring"), ("whole process (s)", "wall"),
+            ("scoring CPU time (s)", "scoring_cpu"), ("whole-process CPU (s)", "cpu"))
+    for label, key in rows:
         print(f"{label:24}{ours[key]:12.2f}{theirs[key]:12.2f}{theirs[key] / ours[key]:9.2f}x")
     for label, key in (("scoring items/s", "scoring"), ("whole-process items/s", "wall")):
         print(f"{label:24}{n / ours[key]:12.2f}{n / theirs[key]:12.2f}{theirs[key] / ours[key]:9.2f}x")
+    print(f"(lm-eval scoring time without its tokenisation, in _loglikelihood_tokens: {theirs['forward']:.2f} s)")
     same_prompts = sum(a == b for a, b in zip(prompts, theirs["prompts"]))
     print(f"identical prompts: {same_prompts}/{len(theirs['prompts'])}; identical answers: {same}/{n}; "
           f"max |log-likelihood difference|: {diff:.2e} nats", flush=True)
@@ -232,18 +261,22 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--small", action="store_true", help="a 0.15M-parameter model (smoke test)")
     parser.add_argument("--tasks", nargs="*", default=[n for n, _ in TASKS], help="a subset of the tasks")
+    parser.add_argument("--lm-eval-malloc", action="store_true",
+                        help="run lm-eval with the glibc malloc thresholds our engine sets (no page-fault churn)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         info = build_model(root / "model", args.small)
         print(f"model: Llama, {info['params'] / 1e6:.1f}M parameters ({info['non_embedding'] / 1e6:.1f}M "
               f"non-embedding, vocabulary {info['vocab']}), float32, CPU, 1 thread, batch size 8 both sides")
+        if args.lm_eval_malloc:
+            print(f"lm-eval runs with GLIBC_TUNABLES={MALLOC_TUNABLES}")
         for name, answer in [t for t in TASKS if t[0] in args.tasks]:
             configs = write_inputs(root, root / "model", name, answer, args.items, args.shots)
             folder = root / f"{name}-{answer}"
             tokens, prompts = our_prompts(root / "model", folder / "spec.toml")
             ours = run_ours(folder)
-            theirs = run_lm_eval(folder, root / "model", configs)
+            theirs = run_lm_eval(folder, root / "model", configs, args.lm_eval_malloc)
             shots = "first-n (fixed per subject)" if name == "mmlu" else "random"
             report(f"{name}, {answer} answers, {shots} shots", args.items, args.shots, ours, theirs, tokens, prompts)
 

@@ -14,7 +14,8 @@ import torch  # noqa: E402
 
 from emergence.errors import CheckpointError  # noqa: E402
 from harvest.engines.base import ChoiceRequest, GenerateRequest, ModelRef  # noqa: E402
-from harvest.engines.hf import HFEngine, encode_pair, shared_prefix_groups  # noqa: E402
+from harvest.engines.hf import (HFEngine, encode_choices, encode_pair, keep_freed_memory,  # noqa: E402
+                                shared_prefix_groups, worth_sharing)
 from harvest.loss import measure_loss  # noqa: E402
 from harvest.testing import build_tiny_llama  # noqa: E402
 
@@ -90,6 +91,84 @@ def test_shared_prefix_scores_equal_unshared_scores(engine, monkeypatch):
         assert a.logprobs == pytest.approx(b.logprobs, abs=TOL) and a.n_tokens == b.n_tokens
         for cont, lp in zip(req.continuations, a.logprobs):  # and both equal lm-eval's computation
             assert lp == pytest.approx(direct_logprob(engine.model, engine.tok, req.context, cont), abs=TOL)
+
+
+def test_groups_that_save_little_run_with_the_other_items():
+    groups = [(40, [0, 1]), (30, [2, 3, 4, 5]), (200, [6, 7])]
+    kept, alone = worth_sharing(groups, [8], min_saved=64)
+    assert kept == [(30, [2, 3, 4, 5]), (200, [6, 7])] and alone == [8, 0, 1]  # 40 < 64 <= 90, 200
+
+
+def test_groups_below_min_saved_tokens_are_scored_unshared(engine, monkeypatch):
+    import harvest.engines.hf as hf
+
+    ctxs = [engine._encode_request(r)[0] for r in FIXED_SHOT_REQUESTS]
+    (n_shared, members), = shared_prefix_groups(ctxs, hf.MIN_SHARED_TOKENS)[0]
+    saved = (len(members) - 1) * n_shared
+    calls = []
+    score_group = HFEngine._score_group
+    monkeypatch.setattr(HFEngine, "_score_group", lambda self, *a: calls.append(a) or score_group(self, *a))
+    for min_saved, n_calls in ((saved, 1), (saved + 1, 0)):
+        calls.clear()
+        monkeypatch.setattr(hf, "MIN_SAVED_TOKENS", min_saved)
+        scores = engine.score_choices(FIXED_SHOT_REQUESTS)
+        assert len(calls) == n_calls and all(s is not None for s in scores)
+
+
+def test_encoding_the_context_once_equals_encode_pair(engine):
+    for req in REQUESTS + [ChoiceRequest("ends in two spaces  ", ("a", " b")), ChoiceRequest("", ("x y",))]:
+        ctx, conts = encode_choices(engine.tok, req.context, req.continuations)
+        for cont, ids in zip(req.continuations, conts):
+            assert (ctx, ids) == encode_pair(engine.tok, req.context, cont)
+
+
+def test_last_layer_runs_only_where_logits_are_read(engine):
+    """Skipping the last layer's MLP and query/output projections at unread positions changes no
+    score; they see one position per item in a context pass (all in the continuation pass)."""
+    layer = engine.model.model.layers[-1]
+    modules = engine._last_rowwise
+    assert modules == [layer.self_attn.q_proj, layer.self_attn.o_proj, layer.mlp]
+    rows = {id(m): [] for m in modules}
+    handles = [m.register_forward_hook(lambda m, args, _y: rows[id(m)].append(args[0].shape[:-1].numel()))
+               for m in modules]
+    try:
+        skipped = engine.score_choices(REQUESTS)
+    finally:
+        for h in handles:
+            h.remove()
+    for m in modules:  # batch_size=3: contexts of 3 items, their continuations, then the 4th's context
+        assert rows[id(m)][0] == 3 and rows[id(m)][1] > 3 and rows[id(m)][2] == 1
+        assert not m._forward_hooks and not m._forward_pre_hooks  # our hooks are gone
+    engine._last_rowwise = []
+    try:
+        full = engine.score_choices(REQUESTS)
+    finally:
+        engine._last_rowwise = modules
+    for a, b in zip(skipped, full):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=TOL)
+
+
+def test_lora_on_the_last_layer_equals_the_merged_weights(tiny, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(2)
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny),
+                          LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                                     init_lora_weights=False))
+    peft.save_pretrained(tmp_path / "adapter")
+    peft.merge_and_unload().save_pretrained(tmp_path / "merged")
+    engine = HFEngine(ModelRef(str(tiny)), batch_size=3)  # its own: an adapter changes the model in place
+    engine.tok.save_pretrained(tmp_path / "merged")
+    with_adapter = engine.score_choices(REQUESTS, adapter=str(tmp_path / "adapter"))
+    for a, m in zip(with_adapter, HFEngine(ModelRef(str(tmp_path / "merged"))).score_choices(REQUESTS)):
+        assert a.logprobs == pytest.approx(m.logprobs, abs=TOL)
+
+
+def test_keep_freed_memory_applies_on_glibc():
+    import platform
+
+    assert keep_freed_memory() == (platform.libc_ver()[0] == "glibc")
 
 
 def test_batch_size_does_not_change_scores(tiny, engine):

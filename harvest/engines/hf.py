@@ -6,7 +6,12 @@ KV cache and only the logits at each context's last position), and the choices t
 copies of that cache, so an MMLU item with four one-token answers costs one context pass
 instead of four. Across items, a common token prefix (an MMLU subject's description and fixed
 shots) runs once per group of items (:func:`shared_prefix_groups`), and each item runs only its
-own remaining tokens on a copy of that prefix's cache. Tokenisation, truncation and summation
+own remaining tokens on a copy of that prefix's cache. Where every choice is one token and
+prompts share no long prefix (shots drawn per item), lm-eval also runs each context once; there
+the gain is work skipped: the LM head and log-softmax except at each context's last position,
+most of the last layer except there too (:meth:`HFEngine._last_layer_at`), the attention mask
+(right padding is harmless under causal attention), and, on CPU, the page faults of
+re-allocating activations (:func:`keep_freed_memory`). Tokenisation, truncation and summation
 follow ``harvest/engines/base.py`` (lm-eval's rules), so the numbers agree with lm-eval's to
 float rounding.
 
@@ -30,6 +35,10 @@ from harvest.engines.base import ChoiceRequest, ChoiceScore, GenerateRequest, Mo
 
 # A common context prefix shorter than this (in tokens) is not worth its own forward pass.
 MIN_SHARED_TOKENS = 16
+# ... and a group whose sharing saves fewer tokens than this runs with the other items: its own
+# prefix pass, partly filled batches and cache copies cost about what they save (on CPU, pairs of
+# random-shot 5-shot items that share their first shot, 35 tokens, were no faster grouped).
+MIN_SAVED_TOKENS = 256
 DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
 
@@ -61,6 +70,35 @@ def load_model(ref: ModelRef, device: str):
     return model, tok
 
 
+# glibc mallopt parameters, and the value given to both: blocks up to 1 GiB come from (and go
+# back to) the heap, which is never trimmed below 1 GiB of free memory.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _KEEP_BYTES = -1, -3, 1 << 30
+
+
+def keep_freed_memory() -> bool:
+    """On glibc (Linux), let freed memory be reused instead of handed back to the OS.
+
+    PyTorch's CPU tensors come straight from malloc. glibc serves blocks of a few MB (a batch's
+    activations) with fresh ``mmap`` pages or trims them off the heap when freed, so every
+    forward pass page-faults its activations in again (the benchmark's 500 synthetic_arithmetic
+    items: 1.7M page faults, 3.3 s system time; scoring CPU time 25.3 s, 21.9 s without them,
+    on the loaded 2-core dev VM). Raising the mmap and trim thresholds (as
+    ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...:glibc.malloc.trim_threshold=...`` would)
+    keeps freed blocks for reuse. Process-wide; the process keeps its peak heap until it exits.
+    Returns whether it was applied (False off glibc).
+    """
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES) and libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES))
+    except (OSError, AttributeError):
+        return False
+
+
 def _offline() -> bool:
     """HF_HUB_OFFLINE=1, read now (huggingface_hub reads it once, at import): no hub calls at all,
     so a checkpoint missing from the local cache fails at once instead of after retries."""
@@ -83,6 +121,50 @@ def encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[i
     return ctx, whole[len(ctx):]
 
 
+def encode_choices(tok, context: str, continuations: Sequence[str]) -> tuple[list[int], list[list[int]]]:
+    """:func:`encode_pair` for every continuation, encoding the (shared) context once."""
+    n_spaces = len(context) - len(context.rstrip())
+    head, tail = (context[:-n_spaces], context[-n_spaces:]) if n_spaces else (context, "")
+    ctx = tok.encode(head)
+    return ctx, [tok.encode(head + tail + c)[len(ctx):] for c in continuations]
+
+
+# Modules of the last decoder layer that map each position on its own and whose output at a
+# position feeds only that position's logits (its keys and values are computed apart from them):
+# the dense MLP, and in Llama-style attention the query and output projections.
+LAST_LAYER_ROWWISE = ("mlp", "self_attn.q_proj", "self_attn.o_proj")
+
+
+def last_layer_rowwise_modules(model) -> list:
+    """The :data:`LAST_LAYER_ROWWISE` modules of decoder layer ``num_hidden_layers - 1``
+    (``...layers.<n-1>.mlp`` etc.): a dense ``*MLP`` and plain ``Linear`` projections only (a
+    mixture-of-experts block, or a module the model does not have, is left out)."""
+    import torch
+
+    last = getattr(model.config, "num_hidden_layers", None)
+    found: list = []
+    for name, module in model.named_modules():
+        for suffix in LAST_LAYER_ROWWISE:
+            head = name[:-len(suffix)]
+            if last is None or not name.endswith("." + suffix) or not head.endswith(f".{last - 1}."):
+                continue
+            kind_ok = type(module).__name__.endswith("MLP") if suffix == "mlp" else type(module) is torch.nn.Linear
+            if kind_ok:
+                found.append(module)
+    return found
+
+
+def _first_token_sums(first_lp, conts_per_item: list[list[list[int]]]) -> list[list[float]]:
+    """Each choice's first-token log-probability (0 for an empty choice), read in one gather."""
+    import torch
+
+    index = [[c[0] if c else 0 for c in conts] for conts in conts_per_item]
+    width = max(len(r) for r in index)
+    picked = first_lp.gather(1, torch.tensor([r + [0] * (width - len(r)) for r in index], device=first_lp.device))
+    rows = zip(picked.tolist(), conts_per_item)
+    return [[float(v) if c else 0.0 for v, c in zip(row, conts)] for row, conts in rows]
+
+
 class HFEngine:
     """Engine over one base checkpoint (optionally with PEFT LoRA adapters on top)."""
 
@@ -94,12 +176,15 @@ class HFEngine:
             raise SpecError(f"engine 'hf': unknown option(s) {', '.join(sorted(unknown))} "
                             "(allowed: batch_size, device, max_length)")
         self.ref, self.device, self.batch_size = ref, device, int(batch_size)
+        if str(device).startswith("cpu"):
+            keep_freed_memory()
         self.model, self.tok = load_model(ref, device)
         self.max_length = int(max_length or self._model_max_length())
         self._peft = None  # a PeftModel wrapping self.model once an adapter is used
         self._adapters: dict[str, str] = {}  # adapter path -> adapter name
         params = inspect.signature(self.model.forward).parameters
         self._keeps_logits = "logits_to_keep" in params
+        self._last_rowwise = last_layer_rowwise_modules(self.model) if self._keeps_logits else []
 
     def _model_max_length(self) -> int:
         n = getattr(self.model.config, "max_position_embeddings", None)
@@ -154,6 +239,7 @@ class HFEngine:
     def score_choices(self, requests: Sequence[ChoiceRequest], adapter: str | None = None) -> list[ChoiceScore]:
         encoded = [self._encode_request(r) for r in requests]
         groups, alone = shared_prefix_groups([ctx for ctx, _ in encoded], MIN_SHARED_TOKENS)
+        groups, alone = worth_sharing(groups, alone, MIN_SAVED_TOKENS)
         out: list[ChoiceScore | None] = [None] * len(encoded)
         with self._using(adapter) as model:
             for n_shared, members in groups:
@@ -164,9 +250,9 @@ class HFEngine:
     def _score_group(self, model, encoded, members: list[int], n_shared: int, out: list) -> None:
         """Items whose contexts start with the same ``n_shared`` tokens: that prefix runs once."""
         prefix = encoded[members[0]][0][:n_shared]
-        ids = self._tensor([prefix])
-        cache = model(input_ids=ids, use_cache=True, **self._keep_last_only()).past_key_values
-        self._score_batches(model, encoded, members, out, (n_shared, cache))
+        with self._last_layer_at(self._tensor([]), self._tensor([])):  # only its KV cache is used
+            prefix_out = model(input_ids=self._tensor([prefix]), use_cache=True, **self._keep_last_only())
+        self._score_batches(model, encoded, members, out, (n_shared, prefix_out.past_key_values))
 
     def _score_batches(self, model, encoded, idx: list[int], out: list, shared) -> None:
         order = sorted(idx, key=lambda i: -len(encoded[i][0]))  # long first: little padding
@@ -177,8 +263,7 @@ class HFEngine:
 
     def _encode_request(self, req: ChoiceRequest) -> tuple[list[int], list[list[int]]]:
         """(context ids, continuation ids per choice), the context cut on the left to fit."""
-        pairs = [encode_pair(self.tok, req.context, c) for c in req.continuations]
-        ctx, conts = pairs[0][0], [p[1] for p in pairs]
+        ctx, conts = encode_choices(self.tok, req.context, req.continuations)
         if not ctx:  # an empty context is conditioned on BOS (or EOS), as lm-eval does
             ctx = [self.tok.bos_token_id if self.tok.bos_token_id is not None else self._pad_id()]
         longest = max(len(c) for c in conts)
@@ -189,13 +274,20 @@ class HFEngine:
         return (ctx[overflow:] if overflow > 0 else ctx), conts
 
     def _score_batch(self, model, batch: list[tuple[list[int], list[list[int]]]], shared=None) -> list[ChoiceScore]:
-        """One batch of items; ``shared`` = (n tokens, batch-1 KV cache) of a prefix they all start with."""
+        """One batch of items; ``shared`` = (n tokens, batch-1 KV cache) of a prefix they all start with.
+
+        The contexts are right-padded and run without an attention mask: attention is causal, so
+        a context's real tokens never see the padding after them, and we read only each
+        context's last real position (SDPA can then take its causal kernel). The padding's own
+        cache entries are masked out where the cache is reused (:meth:`_add_continuations`).
+        """
         import torch
 
         n_shared, cache = shared if shared is not None else (0, None)
         ctx_lens = [len(ctx) for ctx, _ in batch]
         ids, mask = self._right_pad([ctx[n_shared:] for ctx, _ in batch])  # [B, T - n_shared]
         last = torch.tensor(ctx_lens, device=self.device) - 1 - n_shared  # [B] each context's last column
+        multi = any(len(c) > 1 for _, conts in batch for c in conts)  # choices beyond their first token
         extra = {}
         if cache is not None:
             cache = copy.deepcopy(cache)
@@ -203,11 +295,43 @@ class HFEngine:
             mask = torch.cat([mask.new_ones(len(batch), n_shared), mask], dim=1)  # [B, T]
             extra = {"past_key_values": cache,
                      "position_ids": n_shared + torch.arange(ids.shape[1], device=self.device)[None].expand(len(batch), -1)}
-        out = model(input_ids=ids, attention_mask=mask, use_cache=True, **extra, **self._keep(last))
+        with self._last_layer_at(torch.arange(len(batch), device=self.device), last):
+            out = model(input_ids=ids, use_cache=multi or cache is not None, **extra, **self._keep(last))
         first_lp = self._last_logprobs(out.logits, last)  # [B, V]: predicts each choice's first token
-        sums = [[float(first_lp[b, cont[0]]) if cont else 0.0 for cont in conts] for b, (_, conts) in enumerate(batch)]
-        self._add_continuations(model, batch, out.past_key_values, mask, ctx_lens, sums)
+        sums = _first_token_sums(first_lp, [conts for _, conts in batch])
+        if multi:
+            self._add_continuations(model, batch, out.past_key_values, mask, ctx_lens, sums)
         return [ChoiceScore(tuple(s), tuple(len(c) for c in conts)) for s, (_, conts) in zip(sums, batch)]
+
+    @contextmanager
+    def _last_layer_at(self, rows, cols):
+        """Run the last layer's row-wise modules only at positions ``(rows[i], cols[i])`` in the block.
+
+        Their output at a position feeds nothing but that position's logits (the layer's keys and
+        values do not depend on them), so where the logits are not read they are skipped: the
+        MLP and the query and output projections, about 85% of the last layer's work in a
+        Llama. Done with forward hooks, so module names (and LoRA adapters on them) stay as they
+        are; a skipped position gets zeros, which reach nothing that is read.
+        """
+        handles = []
+        for module in self._last_rowwise:
+            shapes = []
+
+            def take(_module, args, shapes=shapes):  # [B, T, H] -> [1, N, H]: only the positions read
+                shapes.append(args[0].shape[:-1])
+                return (args[0][rows, cols][None], *args[1:])
+
+            def put(_module, _args, y, shapes=shapes):  # [1, N, H'] -> [B, T, H'], zeros where skipped
+                full = y.new_zeros(*shapes.pop(), y.shape[-1])
+                full[rows, cols] = y[0]
+                return full
+
+            handles += [module.register_forward_pre_hook(take), module.register_forward_hook(put)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def _keep_last_only(self) -> dict:
         return {"logits_to_keep": 1} if self._keeps_logits else {}
@@ -358,6 +482,14 @@ def shared_prefix_groups(contexts: Sequence[Sequence[int]], min_shared: int) -> 
     if run:
         _close_run(run, shared, groups, alone)
     return groups, alone
+
+
+def worth_sharing(groups: list[tuple[int, list[int]]], alone: list[int], min_saved: int) -> tuple[list, list[int]]:
+    """Split ``groups`` into those whose shared prefix saves >= ``min_saved`` tokens of forward
+    pass ((members - 1) x shared tokens) and the rest, whose members join ``alone``."""
+    kept = [(n, members) for n, members in groups if (len(members) - 1) * n >= min_saved]
+    dropped = [i for n, members in groups if (len(members) - 1) * n < min_saved for i in members]
+    return kept, alone + dropped
 
 
 def _close_run(run: list[int], shared: int, groups: list, alone: list) -> None:

@@ -104,8 +104,22 @@ def test_greedy_generation_matches_transformers(engine, models):
     hf = hf_engine(models["base"])  # one request per call: its batches share stop strings
     assert got == [hf.generate([p])[0] for p in PROMPTS]
     assert got[1] and "." not in got[1] and "Question" not in got[2]
-    unstopped = engine.generate([GenerateRequest(p.prompt, p.max_new_tokens) for p in PROMPTS[1:]])
-    assert "." in unstopped[0] and got[1] == unstopped[0][:unstopped[0].index(".")]  # cut, not changed
+
+
+def test_stop_string_cuts_the_generation_without_changing_it(engine, models):
+    """A word from the middle of an unstopped generation, used as the stop string, cuts both
+    engines' output before its first occurrence and changes nothing before it. (The stop is
+    taken from the model's own text: which strings a random tiny model emits depends on its
+    weights and library versions.)"""
+    prompt = "the quick brown"
+    free = engine.generate([GenerateRequest(prompt, max_new_tokens=24)])[0]
+    words = free.split()
+    assert len(words) >= 4, free
+    stop = words[len(words) // 2]
+    want = free[: free.index(stop)]
+    request = GenerateRequest(prompt, max_new_tokens=24, stop=(stop,))
+    assert engine.generate([request])[0] == want
+    assert hf_engine(models["base"]).generate([request])[0] == want
 
 
 def test_generation_with_adapter_matches_merged(engine, models):
