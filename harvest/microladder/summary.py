@@ -50,6 +50,16 @@ def first_above(curve: pl.DataFrame, margin: float) -> pl.DataFrame:
             .sort("task", "setting", "n_train"))
 
 
+def family_parts(folder: ResultsFolder):
+    """``(task, family, data)`` for every task: all families pooled (``"(all)"``), then each."""
+    for task in folder.tasks:
+        data = TaskData.from_folder(folder, task)
+        families = np.array(data.families)
+        yield task, "(all)", data
+        for family in sorted(set(data.families)):
+            yield task, family, data.select_checkpoints(families == family)
+
+
 def curve_elbows(folder: ResultsFolder) -> pl.DataFrame:
     """Per task, family (and all families pooled, ``(all)``) and curve (n_train 0 = few-shot):
     the hinge fitted to that curve's rows alone.
@@ -58,17 +68,13 @@ def curve_elbows(folder: ResultsFolder) -> pl.DataFrame:
     (the ground-truth rule); ``E`` is the fitted elbow either way, ``verdict`` says which.
     """
     rows = []
-    for task in folder.tasks:
-        data = TaskData.from_folder(folder, task)
-        families = np.array(data.families)
-        for family in ["(all)", *sorted(set(data.families))]:
-            part = data if family == "(all)" else data.select_checkpoints(families == family)
-            for level in [0, *part.data_levels]:
-                curve = part.select_rows(part.n_train == level)  # few-shot rows have n_train 0
-                gt = fit_ground_truth(replace(curve, few_shot=np.ones(curve.n_rows, dtype=bool)))
-                rows.append({"task": task, "family": family, "n_train": level, "checkpoints": curve.n_checkpoints,
-                             "elbow_loss": gt.elbow_loss, "E": gt.E, "A": gt.A, "B": gt.B,
-                             "p_value": gt.p_value, "verdict": gt.reason})
+    for task, family, part in family_parts(folder):
+        for level in [0, *part.data_levels]:
+            curve = part.select_rows(part.n_train == level)  # few-shot rows have n_train 0
+            gt = fit_ground_truth(replace(curve, few_shot=np.ones(curve.n_rows, dtype=bool)))
+            rows.append({"task": task, "family": family, "n_train": level, "checkpoints": curve.n_checkpoints,
+                         "elbow_loss": gt.elbow_loss, "E": gt.E, "A": gt.A, "B": gt.B,
+                         "p_value": gt.p_value, "verdict": gt.reason})
     return pl.DataFrame(rows)
 
 
@@ -81,17 +87,12 @@ def family_fits(folder: ResultsFolder, forms: tuple[str, ...] = ("log_power", "c
     is a compromise and the per-family rows show it.
     """
     rows = []
-    for task in folder.tasks:
-        data = TaskData.from_folder(folder, task)
-        families = np.array(data.families)
-        for family in ["(all)", *sorted(set(data.families))]:
-            part = data if family == "(all)" else data.select_checkpoints(families == family)
-            row = {"task": task, "family": family, "checkpoints": part.n_checkpoints,
-                   "ground_truth": fit_ground_truth(part).elbow_loss}
-            for form in forms:
-                fit = EmergenceLawFit(LAW_FORMS[form]).fit(part)
-                row[form] = fit.emergence_loss_
-            rows.append(row)
+    for task, family, part in family_parts(folder):
+        row = {"task": task, "family": family, "checkpoints": part.n_checkpoints,
+               "ground_truth": fit_ground_truth(part).elbow_loss}
+        for form in forms:
+            row[form] = EmergenceLawFit(LAW_FORMS[form]).fit(part).emergence_loss_
+        rows.append(row)
     return pl.DataFrame(rows).with_columns(
         *[(pl.col(f) - pl.col("ground_truth")).alias(f"{f}_error") for f in forms])
 
