@@ -237,9 +237,9 @@ class CorpusConfig:
 class Corpus:
     """Documents of the micro-ladder language, as token strings or ids."""
 
-    def __init__(self, config: CorpusConfig = CorpusConfig(), language_seed: int = LANGUAGE_SEED):
+    def __init__(self, config: CorpusConfig = CorpusConfig()):
         self.config = config
-        self.background = Background(language_seed)
+        self.background = default_background()  # the one language, shared with the topic episodes
 
     def document(self, rng: np.random.Generator, with_tasks: bool = True) -> list[str]:
         """``SEQ_LEN - 1`` tokens (the tokenizer adds ``<s>``)."""
