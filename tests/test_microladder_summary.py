@@ -5,6 +5,8 @@ No torch needed: the summary reads the data contract only.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import polars as pl
 import pytest
@@ -58,3 +60,12 @@ def test_accuracy_table_has_one_row_per_checkpoint_and_curves_in_order(folders):
     assert table.height == DESIGN.n_checkpoints
     assert table.columns == ["checkpoint", "pretrain_loss", "few-shot", "D=16", "D=64", "D=256", "D=1024"]
     assert table["pretrain_loss"].is_sorted(descending=True)
+
+
+def test_family_fits_of_a_task_without_finetune_rows_give_the_ground_truth_only(folders):
+    """A few-shot-only folder (a ladder before its sweep) is summarised, not refused."""
+    folder = folders[0]
+    few_shot_only = replace(folder, results=folder.results.filter(pl.col("setting") == "few_shot"))
+    fits = family_fits(few_shot_only, forms=("log_power",))
+    assert fits["log_power"].is_null().all()
+    assert abs(fits.row(0, named=True)["ground_truth"] - TRUTH.C) < 0.05

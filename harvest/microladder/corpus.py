@@ -217,11 +217,12 @@ class CorpusConfig:
     task_rate: float = 1.0  # fraction of documents with one task block
     # Copy blocks are most documents' block (its circuit needs the practice: a ladder with copy
     # weight 1 beside recall/arith/reverse saw nothing leave chance). Labelled topic episodes are
-    # rare on purpose (1 block in 31 documents): a pilot with 5x more labels saw few-shot topic
-    # naming leave chance at loss 3.3 instead of 2.6, too close to the finetuned curves for the
-    # finetuning shift to show; with rare labels a model knows the topics (which lowers its
-    # background loss) well before it has learnt to name them in context.
-    task_weights: tuple[tuple[str, float], ...] = (("copy", 3.0), ("topic", 0.1))
+    # 1 block in 7 documents. With rarer labels (1 in 31, the v3 ladder) learning to *name* topics
+    # was paced by how many labelled episodes a model had seen, i.e. by step, so the few-shot elbow
+    # was 0.9 nats apart across sizes and loss was not one axis (docs/microladder.md). With labels
+    # this frequent, naming is limited by how well the model knows the topics, which is what
+    # pretraining loss measures.
+    task_weights: tuple[tuple[str, float], ...] = (("copy", 3.0), ("topic", 0.5))
     max_block_episodes: int = 6
 
     @cached_property

@@ -43,7 +43,7 @@ class LadderConfig:
     """Everything that determines a micro-ladder run (recorded whole in the manifest)."""
 
     sizes: tuple[str, ...] = ("w3", "w2", "s1", "s0")  # largest first: it bounds the wall time
-    train: TrainConfig = TrainConfig(steps=1500, first_checkpoint=40, n_checkpoints=12)
+    train: TrainConfig = TrainConfig(steps=1000, first_checkpoint=40, n_checkpoints=14)
     corpus: CorpusConfig = CorpusConfig()
     tasks: tuple[str, ...] = ("ml_topic", "ml_topic_short", "ml_copy")
     shots: int = 2

@@ -84,14 +84,16 @@ def family_fits(folder: ResultsFolder, forms: tuple[str, ...] = ("log_power", "c
 
     Pooling sizes assumes few-shot emergence happens at one pretraining loss in every size;
     where it does not (an ability that arrives at a number of *steps*), the pooled ground truth
-    is a compromise and the per-family rows show it.
+    is a compromise and the per-family rows show it. A task with few-shot rows only (no sweep
+    yet) gets its ground truth and no prediction.
     """
     rows = []
     for task, family, part in family_parts(folder):
         row = {"task": task, "family": family, "checkpoints": part.n_checkpoints,
                "ground_truth": fit_ground_truth(part).elbow_loss}
+        swept = not part.few_shot.all()
         for form in forms:
-            row[form] = EmergenceLawFit(LAW_FORMS[form]).fit(part).emergence_loss_
+            row[form] = EmergenceLawFit(LAW_FORMS[form]).fit(part).emergence_loss_ if swept else None
         rows.append(row)
     return pl.DataFrame(rows).with_columns(
         *[(pl.col(f) - pl.col("ground_truth")).alias(f"{f}_error") for f in forms])
