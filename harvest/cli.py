@@ -71,8 +71,12 @@ def microladder_command(
     ship: Annotated[Path | None, typer.Option(help="Also copy tables, manifest and report here "
                                                    "(e.g. datasets_cache/microladder).")] = None,
     no_analysis: Annotated[bool, typer.Option("--no-analysis", help="Stop after the harvest (no fit/backtest/report).")] = False,
+    config: Annotated[Path | None, typer.Option(help="JSON of ladder settings to change (a manifest's 'config', "
+                                                     "or any part of it; see harvest/microladder/configs/).")] = None,
 ) -> None:
     """Pretrain tiny Llamas on CPU, harvest them (few-shot + finetune sweep), fit, backtest, report."""
     from harvest.microladder.cli import run_microladder
 
-    run_microladder(out, quick=quick, ship=ship, analysis=not no_analysis)
+    if quick and config is not None:
+        raise typer.BadParameter("give --quick or --config, not both")
+    run_microladder(out, quick=quick, ship=ship, analysis=not no_analysis, config=config)

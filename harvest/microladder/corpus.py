@@ -217,12 +217,12 @@ class CorpusConfig:
     task_rate: float = 1.0  # fraction of documents with one task block
     # Copy blocks are most documents' block (its circuit needs the practice: a ladder with copy
     # weight 1 beside recall/arith/reverse saw nothing leave chance). Labelled topic episodes are
-    # 1 block in 7 documents. With rarer labels (1 in 31, the v3 ladder) learning to *name* topics
-    # was paced by how many labelled episodes a model had seen, i.e. by step, so the few-shot elbow
-    # was 0.9 nats apart across sizes and loss was not one axis (docs/microladder.md). With labels
-    # this frequent, naming is limited by how well the model knows the topics, which is what
-    # pretraining loss measures.
-    task_weights: tuple[tuple[str, float], ...] = (("copy", 3.0), ("topic", 0.5))
+    # 2 blocks in 5 documents. With rare labels (1 block in 31 documents) learning to *name* topics
+    # was paced by how many labelled episodes a model had seen, i.e. by step, and the sizes' few-shot
+    # elbows lay 0.9 nats apart (0.5 nats with 1 in 7): loss was not one axis (docs/microladder.md).
+    # With labels this frequent, naming is limited by how well a model knows the topics, which is
+    # what pretraining loss measures.
+    task_weights: tuple[tuple[str, float], ...] = (("copy", 3.0), ("topic", 2.0))
     max_block_episodes: int = 6
 
     @cached_property

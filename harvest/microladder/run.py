@@ -43,7 +43,7 @@ class LadderConfig:
     """Everything that determines a micro-ladder run (recorded whole in the manifest)."""
 
     sizes: tuple[str, ...] = ("w3", "w2", "s1", "s0")  # largest first: it bounds the wall time
-    train: TrainConfig = TrainConfig(steps=1000, first_checkpoint=40, n_checkpoints=14)
+    train: TrainConfig = TrainConfig(steps=1500, first_checkpoint=25, n_checkpoints=16)
     corpus: CorpusConfig = CorpusConfig()
     tasks: tuple[str, ...] = ("ml_topic", "ml_topic_short", "ml_copy")
     shots: int = 2
@@ -62,7 +62,9 @@ class LadderConfig:
     parallel: int = 2  # pretraining processes at a time
     shards: int = 2  # sweep shards run side by side
     sweep: bool = True
-    sweep_every: int = 2  # finetune every n-th checkpoint of a size, counted back from its last (1: all)
+    # Finetune every n-th checkpoint of a size, counted back from its last (1: all). All: a large
+    # model leaves the pre-emergence region within its first few checkpoints.
+    sweep_every: int = 1
 
 
 def quick_config() -> LadderConfig:
@@ -339,5 +341,38 @@ def run_ladder(out: Path, cfg: LadderConfig, *, command: str = "", say=print, an
     return write_manifest(out, cfg, command, walls, rows, status)
 
 
-def with_overrides(cfg: LadderConfig, **changes) -> LadderConfig:
-    return replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+def config_from_dict(changes: dict, base: LadderConfig | None = None, *, where: str = "config") -> LadderConfig:
+    """``base`` (default: the shipped ladder) with the fields of ``changes`` replaced: the shape of a
+    manifest's ``"config"``, any subset of it; ``train`` and ``corpus`` may themselves be partial."""
+    base = base or LadderConfig()
+    fields_ = {"train": TrainConfig, "corpus": CorpusConfig, **{k: None for k in asdict(base)}}
+    out = {}
+    for key, value in changes.items():
+        if key not in fields_:
+            raise LadderError(f"{where}: unknown field {key!r} (known: {', '.join(sorted(fields_))})")
+        if key in ("train", "corpus"):
+            sub = getattr(base, key)
+            known = asdict(sub)
+            if not isinstance(value, dict) or any(k not in known for k in value):
+                raise LadderError(f"{where}: {key} must be an object with fields among {', '.join(known)}")
+            if key == "corpus" and "task_weights" in value:
+                value = {**value, "task_weights": tuple((str(t), float(w)) for t, w in value["task_weights"])}
+            out[key] = replace(sub, **value)
+        elif isinstance(value, list) and key != "recipe":
+            out[key] = tuple(value)
+        else:
+            out[key] = value
+    return replace(base, **out)
+
+
+def load_config(path: Path) -> LadderConfig:
+    """A ladder config from a JSON file (a manifest's ``"config"`` object, or the whole manifest)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LadderError(f"{path}: not a readable JSON ladder config ({exc})") from None
+    if isinstance(data, dict) and isinstance(data.get("config"), dict):
+        data = data["config"]
+    if not isinstance(data, dict):
+        raise LadderError(f"{path}: a ladder config is a JSON object of LadderConfig fields")
+    return config_from_dict(data, where=str(path))

@@ -1,0 +1,53 @@
+"""Ladder configs from JSON: the shipped alternatives reproduce the ladders they name, and a bad
+file is one line, exit 2, before anything is trained."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from harvest.microladder.run import LadderConfig, LadderError, config_from_dict, load_config, quick_config
+from tests.cli_runner import run_cli
+
+CONFIGS = Path(__file__).resolve().parents[1] / "harvest" / "microladder" / "configs"
+
+
+def test_a_manifest_reloads_to_the_config_that_wrote_it(tmp_path):
+    cfg = quick_config()
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps({"command": "x", "config": asdict(cfg)}))
+    assert load_config(path) == cfg
+
+
+def test_partial_config_changes_only_what_it_names():
+    cfg = config_from_dict({"corpus": {"task_weights": [["copy", 1.0], ["topic", 1.0]]},
+                            "train": {"steps": 300}, "data_levels": [4, 16]})
+    base = LadderConfig()
+    assert cfg.corpus.task_weights == (("copy", 1.0), ("topic", 1.0))
+    assert cfg.train.steps == 300 and cfg.train.n_checkpoints == base.train.n_checkpoints
+    assert cfg.data_levels == (4, 16) and cfg.sizes == base.sizes and cfg.recipe == base.recipe
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.json")))
+def test_shipped_alternative_configs_load_and_differ_from_the_default(name):
+    cfg = load_config(CONFIGS / name)
+    assert cfg != LadderConfig() and cfg.corpus.task_weights != LadderConfig().corpus.task_weights
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"sizes": ["w3"], "colour": 1}', "unknown field 'colour'"),
+    ('{"train": {"stepz": 10}}', "train must be an object"),
+    ("not json", "not a readable JSON ladder config"),
+    ("[1, 2]", "a ladder config is a JSON object"),
+])
+def test_bad_config_is_one_line_exit_2_and_nothing_is_made(tmp_path, capsys, text, message):
+    path, out = tmp_path / "ladder.json", tmp_path / "run"
+    path.write_text(text)
+    with pytest.raises(LadderError, match=message):
+        load_config(path)
+    code, _, err = run_cli(["harvest", "microladder", "--out", out, "--config", path], capsys)
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
