@@ -13,7 +13,7 @@ import pytest
 
 from fitting import law as law_
 from fitting.simulate import Design, TaskTruth, simulate
-from harvest.microladder.summary import accuracy_table, curve_elbows, family_fits
+from harvest.microladder.summary import accuracy_table, curve_elbows, curves, family_fits, first_above
 
 TRUTH = TaskTruth("sim_task", chance=0.25, A=1.0, k=0.06, alpha=1.0, C=2.50)  # few-shot elbow 2.50
 # Three families whose losses (2.99-2.39, 2.81-2.29, 2.60-2.17) all straddle the few-shot elbow.
@@ -69,3 +69,13 @@ def test_family_fits_of_a_task_without_finetune_rows_give_the_ground_truth_only(
     fits = family_fits(few_shot_only, forms=("log_power",))
     assert fits["log_power"].is_null().all()
     assert abs(fits.row(0, named=True)["ground_truth"] - TRUTH.C) < 0.05
+
+
+def test_first_above_per_family_splits_the_pooled_curve(folders):
+    """One row per family; the pooled curve's highest loss above chance + margin is the highest
+    of the families' (the same rule on a union of checkpoints)."""
+    curve = curves(folders[0]).filter(pl.col("setting") == "few_shot")
+    pooled = first_above(curve, 0.1)
+    split = first_above(curve, 0.1, per_family=True)
+    assert split["family"].to_list() == ["sim-1200M", "sim-2000M", "sim-4000M"]
+    assert pooled["highest_loss_above"].item() == split["highest_loss_above"].max()

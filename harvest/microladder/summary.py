@@ -4,7 +4,8 @@ Two law-free views of the finetuning shift, per task and curve (few-shot, and ea
 data level ``D``):
 
 - ``first_above``: the highest pretraining loss at which mean accuracy (over subset seeds)
-  exceeds ``chance + margin``, checked on all checkpoints sorted by loss (no model, no fit);
+  exceeds ``chance + margin``, checked on all checkpoints sorted by loss (no model, no fit),
+  pooled and (few-shot) per model family;
 - ``curve_elbows``: the elbow of the hinge ``B + A·relu(E − L)`` fitted to that curve alone
   (:func:`fitting.fit.fit_ground_truth`, the ground-truth fitter, binomial likelihood), with its
   likelihood-ratio verdict. If finetuning moves emergence to weaker models, ``E`` rises with ``D``;
@@ -39,15 +40,17 @@ def curves(folder: ResultsFolder | str) -> pl.DataFrame:
             .sort("task", "setting", "n_train", "pretrain_loss", descending=[False, False, False, True]))
 
 
-def first_above(curve: pl.DataFrame, margin: float) -> pl.DataFrame:
-    """Per curve: the highest loss with accuracy > chance + margin, and the best accuracy."""
+def first_above(curve: pl.DataFrame, margin: float, *, per_family: bool = False) -> pl.DataFrame:
+    """Per curve (and model family): the highest loss with accuracy > chance + margin, and the best
+    accuracy. Per family, a loss-paced ability has about the same highest loss in every size."""
     above = pl.col("accuracy") > pl.col("chance") + margin
-    return (curve.group_by("task", "setting", "n_train")
+    keys = ["task", "setting", "n_train", *(["family"] if per_family else [])]
+    return (curve.group_by(keys)
             .agg(pl.col("pretrain_loss").filter(above).max().alias("highest_loss_above"),
                  pl.col("checkpoint").filter(above).sort_by(pl.col("pretrain_loss").filter(above)).last()
                  .alias("at_checkpoint"),
                  pl.col("accuracy").max().alias("best_accuracy"), pl.len().alias("checkpoints"))
-            .sort("task", "setting", "n_train"))
+            .sort(keys))
 
 
 def family_parts(folder: ResultsFolder):
@@ -127,8 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     pl.Config.set_tbl_cols(20)
     pl.Config.set_tbl_width_chars(200)
     pl.Config.set_fmt_str_lengths(90)
-    print(first_above(curves(args.results), args.margin))
     folder = load_results(args.results)
+    curve = curves(folder)
+    print(first_above(curve, args.margin))
+    print(first_above(curve.filter(pl.col("setting") == "few_shot"), args.margin, per_family=True))
     print(curve_elbows(folder).with_columns(pl.col("E", "A", "B", "elbow_loss").round(3)))
     print(family_fits(folder).with_columns(pl.selectors.float().round(3)))
 
