@@ -33,8 +33,7 @@ def test_partial_config_changes_only_what_it_names():
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.json")))
 def test_shipped_alternative_configs_load_and_differ_from_the_default(name):
-    cfg = load_config(CONFIGS / name)
-    assert cfg != LadderConfig() and cfg.corpus.task_weights != LadderConfig().corpus.task_weights
+    assert load_config(CONFIGS / name) != LadderConfig()
 
 
 @pytest.mark.parametrize("text, message", [
