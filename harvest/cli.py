@@ -77,6 +77,4 @@ def microladder_command(
     """Pretrain tiny Llamas on CPU, harvest them (few-shot + finetune sweep), fit, backtest, report."""
     from harvest.microladder.cli import run_microladder
 
-    if quick and config is not None:
-        raise typer.BadParameter("give --quick or --config, not both")
     run_microladder(out, quick=quick, ship=ship, analysis=not no_analysis, config=config)

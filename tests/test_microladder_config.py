@@ -37,8 +37,12 @@ def test_shipped_alternative_configs_load_and_differ_from_the_default(name):
 
 
 @pytest.mark.parametrize("text, message", [
-    ('{"sizes": ["w3"], "colour": 1}', "unknown field 'colour'"),
-    ('{"train": {"stepz": 10}}', "train must be an object"),
+    ('{"sizes": ["w3"], "colour": 1}', "colour: unknown field"),
+    ('{"train": {"stepz": 10}}', "train.stepz: unknown field"),
+    ('{"train": 10}', "train must be an object"),
+    ('{"train": {"steps": "many"}}', "train.steps: expected int, got 'many'"),
+    ('{"sweep": 1}', "sweep: expected bool, got 1"),
+    ('{"data_levels": 8}', "data_levels: expected tuple, got 8"),
     ("not json", "not a readable JSON ladder config"),
     ("[1, 2]", "a ladder config is a JSON object"),
 ])
@@ -50,3 +54,15 @@ def test_bad_config_is_one_line_exit_2_and_nothing_is_made(tmp_path, capsys, tex
     code, _, err = run_cli(["harvest", "microladder", "--out", out, "--config", path], capsys)
     assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_quick_and_config_together_are_refused(tmp_path, capsys):
+    path, out = tmp_path / "ladder.json", tmp_path / "run"
+    path.write_text("{}")
+    code, _, err = run_cli(["harvest", "microladder", "--out", out, "--quick", "--config", path], capsys)
+    assert code == 2 and "give --quick or --config, not both" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_an_int_may_stand_for_a_float_setting():
+    assert config_from_dict({"train": {"lr": 1}}).train.lr == 1

@@ -49,3 +49,10 @@ def test_the_papers_law_on_all_checkpoints_lands_near_the_ground_truth(folder, t
     fit = EmergenceLawFit(LAW_FORMS["log_power"]).fit(TaskData.from_folder(folder, task))
     assert fit.emergence_loss_ == pytest.approx(shipped["emergence_loss"], abs=0.01)  # the JSON is this fit
     assert abs(fit.emergence_loss_ - shipped["ground_truth_loss"]) < 0.15  # docs: +0.11 and -0.03
+
+
+def test_the_shipped_run_used_the_default_ladder():
+    """`emergence harvest microladder` with no --config regenerates this dataset."""
+    from harvest.microladder.run import LadderConfig, load_config
+
+    assert load_config(SHIPPED / "manifest.json") == LadderConfig()

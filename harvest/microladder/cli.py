@@ -9,13 +9,15 @@ from pathlib import Path
 
 from rich.console import Console
 
-from harvest.microladder.run import ANALYSES, LadderConfig, load_config, quick_config, run_ladder
+from harvest.microladder.run import ANALYSES, LadderConfig, LadderError, load_config, quick_config, run_ladder
 
 SHIPPED = ("checkpoints.parquet", "results.parquet", "items.parquet")
 
 
 def run_microladder(out: Path, *, quick: bool = False, ship: Path | None = None, analysis: bool = True,
                     config: Path | None = None) -> Path:
+    if quick and config is not None:
+        raise LadderError("give --quick or --config, not both")
     console = Console(stderr=True)
     cfg = load_config(config) if config is not None else quick_config() if quick else LadderConfig()
     command = " ".join(["emergence", *sys.argv[1:]]) if sys.argv else "emergence harvest microladder"

@@ -45,7 +45,7 @@ TOPIC_PUNCT = ["{", "}"]  # appended after the older tokens, so their ids do not
 LABELS = [f"t{i}" for i in range(N_TOPICS)]  # topic labels, used only by topic episodes
 TASKS = ("copy", "recall", "arith", "reverse", "topic")
 # Segment lengths (tokens, whole phrases) of topic episodes: the corpus mixes short and long
-# segments; the two harvest tasks fix one range each (less evidence emerges later).
+# segments; the two harvest tasks fix one range each (less evidence, lower accuracy).
 TOPIC_SEGMENT = {"corpus": (3, 16), "long": (12, 16), "short": (3, 5)}
 
 
@@ -182,8 +182,9 @@ def topic_episode(rng: np.random.Generator, n_choices: int = 4, segment: str = "
     """``{ <phrases of topic T> = tT }``: name the topic of a stretch of background text.
 
     The evidence is the background language itself, so the skill grows with what pretraining
-    loss measures (topic-conditional phrase statistics); labelled episodes are a small share
-    of the corpus, so a model can know the topics before it has learnt to name them.
+    loss measures (topic-conditional phrase statistics). How often the corpus shows labelled
+    episodes decides whether naming is paced by that knowledge or by label exposure
+    (:class:`CorpusConfig`).
     """
     lo, hi = TOPIC_SEGMENT[segment]
     topic = int(rng.integers(N_TOPICS))

@@ -343,26 +343,36 @@ def run_ladder(out: Path, cfg: LadderConfig, *, command: str = "", say=print, an
 
 def config_from_dict(changes: dict, base: LadderConfig | None = None, *, where: str = "config") -> LadderConfig:
     """``base`` (default: the shipped ladder) with the fields of ``changes`` replaced: the shape of a
-    manifest's ``"config"``, any subset of it; ``train`` and ``corpus`` may themselves be partial."""
+    manifest's ``"config"``, any subset of it; ``train`` and ``corpus`` may themselves be partial.
+    Each value must have its default's type (an int may stand for a float; lists become tuples)."""
     base = base or LadderConfig()
-    fields_ = {"train": TrainConfig, "corpus": CorpusConfig, **{k: None for k in asdict(base)}}
     out = {}
     for key, value in changes.items():
-        if key not in fields_:
-            raise LadderError(f"{where}: unknown field {key!r} (known: {', '.join(sorted(fields_))})")
         if key in ("train", "corpus"):
             sub = getattr(base, key)
-            known = asdict(sub)
-            if not isinstance(value, dict) or any(k not in known for k in value):
-                raise LadderError(f"{where}: {key} must be an object with fields among {', '.join(known)}")
-            if key == "corpus" and "task_weights" in value:
-                value = {**value, "task_weights": tuple((str(t), float(w)) for t, w in value["task_weights"])}
-            out[key] = replace(sub, **value)
-        elif isinstance(value, list) and key != "recipe":
-            out[key] = tuple(value)
+            if not isinstance(value, dict):
+                raise LadderError(f"{where}: {key} must be an object of {type(sub).__name__} fields")
+            if "task_weights" in value and isinstance(value["task_weights"], list):
+                value = {**value, "task_weights": [tuple(tw) for tw in value["task_weights"]]}
+            out[key] = replace(sub, **_checked(value, asdict(sub), f"{where}: {key}."))
         else:
-            out[key] = value
+            out.update(_checked({key: value}, asdict(base), f"{where}: "))
     return replace(base, **out)
+
+
+def _checked(changes: dict, defaults: dict, where: str) -> dict:
+    """``changes`` with lists as tuples, after checking each name and type against ``defaults``."""
+    out = {}
+    for key, value in changes.items():
+        if key not in defaults:
+            raise LadderError(f"{where}{key}: unknown field (known: {', '.join(defaults)})")
+        default = defaults[key]
+        value = tuple(value) if isinstance(value, list) and isinstance(default, tuple) else value
+        ok = isinstance(value, type(default)) or (isinstance(default, float) and type(value) is int)
+        if not ok or isinstance(value, bool) is not isinstance(default, bool):
+            raise LadderError(f"{where}{key}: expected {type(default).__name__}, got {value!r}")
+        out[key] = value
+    return out
 
 
 def load_config(path: Path) -> LadderConfig:

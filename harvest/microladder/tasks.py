@@ -109,7 +109,8 @@ class Topic(MicroLadderTask):
 
 
 class TopicShort(MicroLadderTask):
-    """The same with 3-5 words (one or two phrases): less evidence, so it emerges later."""
+    """The same with 3-5 words (one or two phrases): less evidence, a lower ceiling (it emerged at
+    the same loss as ``ml_topic`` in the shipped ladder, docs/microladder.md)."""
 
     name = "ml_topic_short"
     episode_task = "topic"
