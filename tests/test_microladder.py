@@ -57,10 +57,10 @@ def test_episode_answer_is_the_true_continuation(task):
             assert ep.answer == f"n{(a + b) % 10}"
 
 
-def _segment_loglik(words: list[str]) -> np.ndarray:
+def _segment_loglik(words: list[str], shared_head: int = 0) -> np.ndarray:
     """log P(words | topic) for every topic, summed over every split of ``words`` into phrases
     (the forward algorithm); -inf where the words are no sequence of that topic's phrases."""
-    bg = C.default_background()
+    bg = C.background(shared_head)
     ids_of: dict[tuple, list[int]] = {}
     for i, p in enumerate(bg.phrases):
         ids_of.setdefault(tuple(p), []).append(i)
@@ -90,6 +90,58 @@ def test_topic_segments_carry_evidence_of_their_topic():
 
     long, short = bayes_accuracy("long"), bayes_accuracy("short")
     assert long > 0.95 and 0.5 < short < long
+
+
+def test_clustered_topics_share_their_head_and_differ_below_it():
+    """``shared_head`` H: a cluster's topics give the same H phrases the same probabilities,
+    and differ (each its own ranking) below them; clusters still differ everywhere."""
+    head = 32
+    p = C.background(head).topic_p
+    for first in range(0, C.N_TOPICS, C.CLUSTER_SIZE):
+        top = np.argsort(-p[first])[:head]
+        for t in range(first + 1, first + C.CLUSTER_SIZE):
+            assert np.array_equal(p[t, top], p[first, top])
+            assert set(np.argsort(-p[t])[:head]) == set(top)
+            tail_first, tail_t = np.argsort(-p[first])[head:head + 50], np.argsort(-p[t])[head:head + 50]
+            assert len(set(tail_first) & set(tail_t)) < 10  # own tails
+    assert len(set(np.argsort(-p[0])[:head]) & set(np.argsort(-p[C.CLUSTER_SIZE])[:head])) < head // 2
+    assert np.array_equal(C.background(0).topic_p, C.Background(C.LANGUAGE_SEED).topic_p)
+
+
+def test_clustered_topic_episodes_ask_within_the_cluster_and_stay_solvable():
+    """In a clustered language the distractors are the answer's cluster-mates, and the Bayes
+    classifier that knows the language still names the topic well above chance, though less
+    often than without clusters: the task asks for tail knowledge, and that knowledge suffices."""
+    head, rng, hits, n = 32, np.random.default_rng(1), 0, 200
+    for _ in range(n):
+        ep = C.episode("topic", rng, segment="long", shared_head=head)
+        first = int(ep.answer[1:]) // C.CLUSTER_SIZE * C.CLUSTER_SIZE
+        assert sorted(ep.choices) == sorted(C.LABELS[first:first + C.CLUSTER_SIZE])
+        loglik, choices = _segment_loglik(ep.prompt[1:-1], head), [int(c[1:]) for c in ep.choices]
+        hits += ep.choices[int(np.argmax(loglik[choices]))] == ep.answer
+    assert 0.5 < hits / n < 0.99
+
+
+def test_corpus_and_tasks_speak_the_clustered_language():
+    """``CorpusConfig.topic_shared_head`` reaches the corpus's topic blocks, and the harvest task
+    takes the same language as an option (validated; recorded in its description)."""
+    from emergence.errors import SpecError
+    from harvest.tasks import get_task
+
+    corpus = C.Corpus(C.CorpusConfig(task_weights=(("topic", 1.0),), topic_shared_head=32))
+    assert corpus.background is C.background(32)
+    doc = corpus.document(np.random.default_rng(0))
+    labels = [t for t in doc if t in C.LABELS]
+    assert labels
+    task = get_task("ml_topic", shared_head=32, n_test=20)
+    assert task.describe()["shared_head"] == 32 and "shared_head" not in get_task("ml_topic", n_test=20).describe()
+    for doc in task.docs("test"):
+        first = int(doc["choices"][doc["answer"]][1:]) // C.CLUSTER_SIZE * C.CLUSTER_SIZE
+        assert sorted(doc["choices"]) == sorted(C.LABELS[first:first + C.CLUSTER_SIZE])
+    with pytest.raises(SpecError, match="shared_head"):
+        get_task("ml_topic", shared_head=-1)
+    with pytest.raises(SpecError, match="shared_head"):
+        get_task("ml_copy", shared_head=32)  # only the topic tasks speak a language
 
 
 def test_topic_segments_draw_what_rng_choice_would():

@@ -66,3 +66,19 @@ def test_quick_and_config_together_are_refused(tmp_path, capsys):
 
 def test_an_int_may_stand_for_a_float_setting():
     assert config_from_dict({"train": {"lr": 1}}).train.lr == 1
+
+
+def test_a_clustered_language_reaches_the_harvest_spec(tmp_path):
+    """The topic tasks of the harvest spec get the language the models were pretrained on
+    (a checkpoint evaluated on the other language would be scored on topics it never saw)."""
+    import tomllib
+
+    from harvest.microladder.run import write_spec
+
+    cfg = config_from_dict({"corpus": {"topic_shared_head": 32}, "sweep": False})
+    spec = tomllib.loads(write_spec(tmp_path, [], cfg).read_text())
+    options = {t["task"]: t["options"] for t in spec["tasks"]}
+    assert options["ml_topic"]["shared_head"] == 32 and options["ml_topic_short"]["shared_head"] == 32
+    assert "shared_head" not in options["ml_copy"]
+    plain = tomllib.loads(write_spec(tmp_path, [], LadderConfig(sweep=False)).read_text())
+    assert all("shared_head" not in t["options"] for t in plain["tasks"])

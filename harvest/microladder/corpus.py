@@ -10,6 +10,12 @@ A model lowers its loss by memorising phrases (a long Zipfian tail: bigger model
 training keep memorising more) and by inferring the topic from context; neither saturates
 within the micro-ladder's budget.
 
+Topic clusters (``shared_head`` > 0): the topics come in clusters of ``CLUSTER_SIZE`` that share
+their ``shared_head`` most frequent phrases (same phrases, same ranks) and differ only below
+them. Telling a cluster's topics apart then takes knowledge of their tails, which a model
+gains only as its loss keeps falling; topic episodes draw their distractors from the answer's
+cluster. ``shared_head = 0`` is the original language: every topic its own permutation.
+
 Task episodes (content letters a0..a31 drawn uniformly, never used by the background, so
 background statistics cannot predict them; a pilot with 192 content words saw nothing emerge
 by step 730 in a 64-wide model, a 32-letter alphabet is what its copying circuit can resolve):
@@ -35,6 +41,7 @@ N_LETTERS = 32  # task content a0..a31 (copy, recall, reverse): few enough for a
 N_KEYS = 16  # recall keys k0..k15
 N_NUMBERS = 10  # arith digits n0..n9 (addition mod 10)
 N_TOPICS = 16
+CLUSTER_SIZE = 4  # topics per cluster when the language has clusters (shared_head > 0)
 N_PHRASES = 4096
 ZIPF_EXPONENT = 1.1
 LANGUAGE_SEED = 1234  # fixes the phrase pool and topics: the language itself
@@ -85,14 +92,25 @@ class Episode:
 
 
 class Background:
-    """The phrase pool and topic distributions of the background language (fixed by a seed)."""
+    """The phrase pool and topic distributions of the background language (fixed by a seed).
 
-    def __init__(self, seed: int = LANGUAGE_SEED):
+    ``shared_head`` > 0 groups the topics into clusters of ``CLUSTER_SIZE`` that share their
+    ``shared_head`` most frequent phrases (module docstring).
+    """
+
+    def __init__(self, seed: int = LANGUAGE_SEED, shared_head: int = 0):
+        if not 0 <= shared_head < N_PHRASES:
+            raise ValueError(f"shared_head must be in [0, {N_PHRASES}), got {shared_head}")
+        self.shared_head = shared_head
         rng = np.random.default_rng(seed)
         word_p = _zipf(N_WORDS, 0.7)
         lengths = rng.integers(2, 7, size=N_PHRASES)
         self.phrases = [[f"w{w}" for w in rng.choice(N_WORDS, size=n, p=word_p)] for n in lengths]
-        ranks = np.stack([rng.permutation(N_PHRASES) for _ in range(N_TOPICS)])  # (topics, phrases)
+        if shared_head == 0:  # the original language: draws unchanged, so old ladders reproduce
+            ranks = np.stack([rng.permutation(N_PHRASES) for _ in range(N_TOPICS)])  # (topics, phrases)
+        else:
+            ranks = np.stack([_cluster_ranks(rng, shared_head) for _ in range(N_TOPICS // CLUSTER_SIZE)])
+            ranks = ranks.reshape(N_TOPICS, N_PHRASES)
         self.topic_p = _zipf(N_PHRASES, ZIPF_EXPONENT)[ranks]  # (topics, phrases)
         # rng.choice(N_PHRASES, p=...) recomputes this CDF at every call; searching it directly
         # draws the same phrase from the same uniform (tested), 20x faster.
@@ -117,10 +135,33 @@ class Background:
         return out
 
 
+    def cluster(self, topic: int) -> list[int]:
+        """The topics that share ``topic``'s head (just ``topic`` when there are no clusters)."""
+        if self.shared_head == 0:
+            return [topic]
+        first = topic - topic % CLUSTER_SIZE
+        return list(range(first, first + CLUSTER_SIZE))
+
+
+def _cluster_ranks(rng: np.random.Generator, shared_head: int) -> np.ndarray:
+    """``(CLUSTER_SIZE, N_PHRASES)`` phrase ranks: one head shared by all, tails drawn per topic."""
+    base = rng.permutation(N_PHRASES)  # base[j]: rank of phrase j
+    tail = np.flatnonzero(base >= shared_head)
+    out = np.repeat(base[None], CLUSTER_SIZE, axis=0)
+    for row in out:
+        row[tail] = shared_head + rng.permutation(len(tail))
+    return out
+
+
 @cache
+def background(shared_head: int = 0) -> Background:
+    """The language itself (fixed by ``LANGUAGE_SEED`` and ``shared_head``), built once per process."""
+    return Background(LANGUAGE_SEED, shared_head)
+
+
 def default_background() -> Background:
-    """The language itself (fixed by ``LANGUAGE_SEED``), built once per process."""
-    return Background(LANGUAGE_SEED)
+    """The original language (no topic clusters)."""
+    return background(0)
 
 
 def _zipf(n: int, exponent: float) -> np.ndarray:
@@ -178,19 +219,23 @@ def recall_episode(rng: np.random.Generator, n_choices: int = 4) -> Episode:
     return Episode("recall", prompt, values[asked], _distractors(rng, values[asked], values, n_choices), ["|"])
 
 
-def topic_episode(rng: np.random.Generator, n_choices: int = 4, segment: str = "corpus") -> Episode:
+def topic_episode(rng: np.random.Generator, n_choices: int = 4, segment: str = "corpus",
+                  shared_head: int = 0) -> Episode:
     """``{ <phrases of topic T> = tT }``: name the topic of a stretch of background text.
 
     The evidence is the background language itself, so the skill grows with what pretraining
     loss measures (topic-conditional phrase statistics). How often the corpus shows labelled
     episodes decides whether naming is paced by that knowledge or by label exposure
-    (:class:`CorpusConfig`).
+    (:class:`CorpusConfig`). In a clustered language (``shared_head`` > 0) the distractors are
+    the answer's cluster-mates, told apart only by their tails.
     """
     lo, hi = TOPIC_SEGMENT[segment]
+    bg = background(shared_head)
     topic = int(rng.integers(N_TOPICS))
-    seg = default_background().segment(rng, topic, int(rng.integers(lo, hi + 1)))
+    seg = bg.segment(rng, topic, int(rng.integers(lo, hi + 1)))
     answer = LABELS[topic]
-    return Episode("topic", ["{"] + seg + ["="], answer, _distractors(rng, answer, [], n_choices, LABELS), ["}"])
+    pool = [LABELS[t] for t in bg.cluster(topic)]  # the answer alone without clusters: random labels
+    return Episode("topic", ["{"] + seg + ["="], answer, _distractors(rng, answer, pool, n_choices, LABELS), ["}"])
 
 
 def arith_episode(rng: np.random.Generator, n_choices: int = 4) -> Episode:
@@ -225,6 +270,7 @@ class CorpusConfig:
     # what pretraining loss measures.
     task_weights: tuple[tuple[str, float], ...] = (("copy", 3.0), ("topic", 2.0))
     max_block_episodes: int = 6
+    topic_shared_head: int = 0  # > 0: topics in clusters sharing this many top phrases (Background)
 
     @cached_property
     def task_names(self) -> list[str]:
@@ -241,7 +287,8 @@ class Corpus:
 
     def __init__(self, config: CorpusConfig = CorpusConfig()):
         self.config = config
-        self.background = default_background()  # the one language, shared with the topic episodes
+        self.background = background(config.topic_shared_head)  # one language, shared with the topic episodes
+        self._options = {"topic": {"shared_head": config.topic_shared_head}} if config.topic_shared_head else {}
 
     def document(self, rng: np.random.Generator, with_tasks: bool = True) -> list[str]:
         """``SEQ_LEN - 1`` tokens (the tokenizer adds ``<s>``)."""
@@ -252,7 +299,7 @@ class Corpus:
         task = self.config.task_names[rng.choice(len(self.config.task_names), p=self.config.task_p)]
         block: list[str] = []
         for _ in range(int(rng.integers(1, self.config.max_block_episodes + 1))):
-            block += episode(task, rng).tokens
+            block += episode(task, rng, **self._options.get(task, {})).tokens
         at = int(rng.integers(0, n - len(block) + 1))
         return (bg[:at] + block + bg[at:])[:n]
 

@@ -170,7 +170,10 @@ def write_spec(out: Path, rows: list[dict], cfg: LadderConfig) -> Path:
                   f'params = {r["params"]}', f'tokens = {r["tokens"]}', ""]
     for task in cfg.tasks:
         lines += ["[[tasks]]", f'task = "{task}"', f"shots = {cfg.shots}", f"seed = {cfg.train.seed + 1234}",
-                  "[tasks.options]", f"n_test = {cfg.n_test}", ""]
+                  "[tasks.options]", f"n_test = {cfg.n_test}"]
+        if task.startswith("ml_topic") and cfg.corpus.topic_shared_head:  # the language the models learned
+            lines.append(f"shared_head = {cfg.corpus.topic_shared_head}")
+        lines.append("")
     if cfg.sweep:
         names = json.dumps(sweep_checkpoints(rows, cfg.sweep_every))
         lines += ["[sweep]", f"n_train = {list(cfg.data_levels)}", f"subset_seeds = {list(cfg.subset_seeds)}",

@@ -100,15 +100,33 @@ class Reverse(MicroLadderTask):
     episode_task = "reverse"
 
 
-class Topic(MicroLadderTask):
-    """Name the topic of 12-16 words of background text (choices: 4 of the 16 labels)."""
+class _TopicTask(MicroLadderTask):
+    """Topic naming; option ``shared_head`` must match the pretraining corpus's
+    ``topic_shared_head`` (the language the checkpoints learned; 0: no topic clusters)."""
+
+    def __init__(self, data=None, *, shared_head: int = 0, **options):
+        if not isinstance(shared_head, int) or isinstance(shared_head, bool) or shared_head < 0:
+            from emergence.errors import SpecError
+
+            raise SpecError(f"task {self.name!r}: option shared_head must be an integer >= 0, got {shared_head!r}")
+        self.episode_options = {**type(self).episode_options, "shared_head": shared_head}
+        super().__init__(data, **options)
+
+    def describe(self) -> dict:
+        head = self.episode_options["shared_head"]
+        return {**super().describe(), **({"shared_head": head} if head else {})}
+
+
+class Topic(_TopicTask):
+    """Name the topic of 12-16 words of background text (choices: 4 of the 16 labels; in a
+    clustered language, the answer's cluster)."""
 
     name = "ml_topic"
     episode_task = "topic"
     episode_options = {"segment": "long"}
 
 
-class TopicShort(MicroLadderTask):
+class TopicShort(_TopicTask):
     """The same with 3-5 words (one or two phrases): less evidence, a lower ceiling (it emerged at
     the same loss as ``ml_topic`` in the shipped ladder, docs/microladder.md)."""
 
