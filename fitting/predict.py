@@ -36,7 +36,8 @@ ground_truth (details), emergence_flops, emergence_flops_p05 … _p95, flops_mul
 flops_multiple_p05 … _p95, emergence_loss_profile_low, emergence_loss_profile_high,
 profile_open (list of "low"/"high": sides the data do not bound), emergence_loss_boot_p05,
 emergence_loss_boot_p95 (the bootstrap's own ends), interval_reliable, flops_extrapolated,
-flops_law, ground_truth_flops, max_flops,
+flops_law, flops_law_draws (compute-law draws behind the FLOPs percentiles; 0: its uncertainty left
+out), ground_truth_flops, max_flops,
 converged, message, n_checkpoints, n_rows, n_boot, n_boot_failed, params, loglik, simulated,
 note``. Numbers that do not exist are ``null``, never NaN.
 """
@@ -71,6 +72,7 @@ class FitConfig:
     n_starts: int = 24
     items: str = "fitted"  # bootstrap item redraw: fitted | observed | none (fitting.uncertainty)
     compute_law: str = "auto"  # auto | pooled (fitting.compute.choose_law)
+    compute_draws: int = compute.LAW_DRAWS  # compute-law draws in the FLOPs interval (0: leave its uncertainty out)
     metric: str | None = None  # default: accuracy, or the task's only metric
     gt_alpha: float = 1e-3  # ground truth: likelihood-ratio test level
     gt_min_rise: float = 0.05  # ground truth: minimal rise above base (metric units)
@@ -86,6 +88,8 @@ class FitConfig:
             raise FitError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.n_boot < 0:
             raise FitError(f"n_boot must be >= 0, got {self.n_boot}")
+        if self.compute_draws < 0:
+            raise FitError(f"compute_draws must be >= 0, got {self.compute_draws}")
         if self.items not in ("observed", "fitted", "none"):
             raise FitError(f"items must be observed, fitted or none, got {self.items!r}")
 
@@ -131,6 +135,7 @@ class TaskPrediction:
     boot_pct: dict[int, float | None] = field(default_factory=dict)  # bootstrap alone, before the hull
     interval_reliable: bool | None = None  # False: the data do not bound the prediction (see _add_profile)
     samples: np.ndarray | None = None  # bootstrap (or posterior) emergence-loss samples; not in JSON
+    flops_law_draws: int = 0  # compute-law draws behind the FLOPs percentiles (0: its uncertainty left out)
 
     @property
     def ground_truth_loss(self) -> float | None:
@@ -155,6 +160,7 @@ class TaskPrediction:
         out.update(emergence_loss_boot_p05=self.boot_pct.get(5), emergence_loss_boot_p95=self.boot_pct.get(95),
                    interval_reliable=self.interval_reliable)
         out.update(flops_extrapolated=self.flops_extrapolated, flops_law=self.flops_law,
+                   flops_law_draws=self.flops_law_draws,
                    ground_truth_flops=self.ground_truth_flops, max_flops=self.max_flops,
                    converged=self.converged, message=self.message, n_checkpoints=self.n_checkpoints,
                    n_rows=self.n_rows, n_boot=self.n_boot, n_boot_failed=self.n_boot_failed,
@@ -298,10 +304,11 @@ def _with_flops(record: TaskPrediction, data: TaskData, config: FitConfig) -> Ta
         record.ground_truth_flops = compute._finite(float(law.flops(record.ground_truth_loss)))
     if record.emergence_loss is None:
         return record
-    conv = compute.convert(law, record.emergence_loss, record.emergence_loss_pct, data.max_flops)
+    laws = compute.sample_laws(law, config.compute_draws, config.seed) if record.emergence_loss_pct else None
+    conv = compute.convert(law, record.emergence_loss, record.emergence_loss_pct, data.max_flops, laws, config.seed)
     record.emergence_flops, record.flops_multiple = conv.flops, conv.multiple
     record.emergence_flops_pct, record.flops_multiple_pct = conv.flops_percentiles, conv.multiple_percentiles
-    record.flops_extrapolated = conv.extrapolated
+    record.flops_extrapolated, record.flops_law_draws = conv.extrapolated, conv.n_law_draws
     if conv.note:
         record.note = "; ".join(filter(None, [record.note, conv.note]))
     return record

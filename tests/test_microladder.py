@@ -158,6 +158,16 @@ def test_topic_segments_draw_what_rng_choice_would():
         assert bg.segment(fast, topic, 12) == expected
 
 
+def test_a_block_longer_than_a_document_keeps_whole_episodes():
+    """Six long topic episodes can outgrow a 127-token document (it crashed a pretraining run):
+    the block keeps the episodes that fit, and the document keeps its length."""
+    corpus = C.Corpus(C.CorpusConfig(task_weights=(("topic", 1.0),), max_block_episodes=40))
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        doc = corpus.document(rng)
+        assert len(doc) == C.SEQ_LEN - 1 and doc.count("{") == doc.count("}") > 0
+
+
 def test_documents_have_fixed_length_and_known_tokens():
     corpus = C.Corpus()
     ids = corpus.batch_ids(np.random.default_rng(1), 8)

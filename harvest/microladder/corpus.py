@@ -299,7 +299,10 @@ class Corpus:
         task = self.config.task_names[rng.choice(len(self.config.task_names), p=self.config.task_p)]
         block: list[str] = []
         for _ in range(int(rng.integers(1, self.config.max_block_episodes + 1))):
-            block += episode(task, rng, **self._options.get(task, {})).tokens
+            tokens = episode(task, rng, **self._options.get(task, {})).tokens
+            if len(block) + len(tokens) > n:  # rare (six long topic episodes): keep whole episodes only
+                break
+            block += tokens
         at = int(rng.integers(0, n - len(block) + 1))
         return (bg[:at] + block + bg[at:])[:n]
 
