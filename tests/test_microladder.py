@@ -138,8 +138,9 @@ def test_corpus_and_tasks_speak_the_clustered_language():
     for doc in task.docs("test"):
         first = int(doc["choices"][doc["answer"]][1:]) // C.CLUSTER_SIZE * C.CLUSTER_SIZE
         assert sorted(doc["choices"]) == sorted(C.LABELS[first:first + C.CLUSTER_SIZE])
-    with pytest.raises(SpecError, match="shared_head"):
-        get_task("ml_topic", shared_head=-1)
+    for bad in (-1, 4096, 2.5, True):
+        with pytest.raises(SpecError, match="shared_head"):
+            get_task("ml_topic", shared_head=bad)
     with pytest.raises(SpecError, match="shared_head"):
         get_task("ml_copy", shared_head=32)  # only the topic tasks speak a language
 

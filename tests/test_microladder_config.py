@@ -4,6 +4,7 @@ file is one line, exit 2, before anything is trained."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -43,13 +44,15 @@ def test_shipped_alternative_configs_load_and_differ_from_the_default(name):
     ('{"train": {"steps": "many"}}', "train.steps: expected int, got 'many'"),
     ('{"sweep": 1}', "sweep: expected bool, got 1"),
     ('{"data_levels": 8}', "data_levels: expected tuple, got 8"),
+    ('{"corpus": {"topic_shared_head": 5000}}', "topic_shared_head must be an integer in [0, 4096)"),
+    ('{"corpus": {"topic_shared_head": -1}}', "topic_shared_head must be an integer in [0, 4096)"),
     ("not json", "not a readable JSON ladder config"),
     ("[1, 2]", "a ladder config is a JSON object"),
 ])
 def test_bad_config_is_one_line_exit_2_and_nothing_is_made(tmp_path, capsys, text, message):
     path, out = tmp_path / "ladder.json", tmp_path / "run"
     path.write_text(text)
-    with pytest.raises(LadderError, match=message):
+    with pytest.raises(LadderError, match=re.escape(message)):
         load_config(path)
     code, _, err = run_cli(["harvest", "microladder", "--out", out, "--config", path], capsys)
     assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

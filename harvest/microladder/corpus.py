@@ -99,8 +99,7 @@ class Background:
     """
 
     def __init__(self, seed: int = LANGUAGE_SEED, shared_head: int = 0):
-        if not 0 <= shared_head < N_PHRASES:
-            raise ValueError(f"shared_head must be in [0, {N_PHRASES}), got {shared_head}")
+        check_shared_head(shared_head)
         self.shared_head = shared_head
         rng = np.random.default_rng(seed)
         word_p = _zipf(N_WORDS, 0.7)
@@ -134,13 +133,18 @@ class Background:
             out.extend(self.phrases[int(np.searchsorted(self._topic_cdf[topic], rng.random(), side="right"))])
         return out
 
-
     def cluster(self, topic: int) -> list[int]:
         """The topics that share ``topic``'s head (just ``topic`` when there are no clusters)."""
         if self.shared_head == 0:
             return [topic]
         first = topic - topic % CLUSTER_SIZE
         return list(range(first, first + CLUSTER_SIZE))
+
+
+def check_shared_head(value) -> None:
+    """Raise ``ValueError`` unless ``value`` can be a language's ``shared_head``."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < N_PHRASES:
+        raise ValueError(f"topic_shared_head must be an integer in [0, {N_PHRASES}), got {value!r}")
 
 
 def _cluster_ranks(rng: np.random.Generator, shared_head: int) -> np.ndarray:
@@ -271,6 +275,9 @@ class CorpusConfig:
     task_weights: tuple[tuple[str, float], ...] = (("copy", 3.0), ("topic", 2.0))
     max_block_episodes: int = 6
     topic_shared_head: int = 0  # > 0: topics in clusters sharing this many top phrases (Background)
+
+    def __post_init__(self) -> None:
+        check_shared_head(self.topic_shared_head)
 
     @cached_property
     def task_names(self) -> list[str]:

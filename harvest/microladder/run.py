@@ -357,7 +357,10 @@ def config_from_dict(changes: dict, base: LadderConfig | None = None, *, where: 
                 raise LadderError(f"{where}: {key} must be an object of {type(sub).__name__} fields")
             if "task_weights" in value and isinstance(value["task_weights"], list):
                 value = {**value, "task_weights": [tuple(tw) for tw in value["task_weights"]]}
-            out[key] = replace(sub, **_checked(value, asdict(sub), f"{where}: {key}."))
+            try:
+                out[key] = replace(sub, **_checked(value, asdict(sub), f"{where}: {key}."))
+            except ValueError as err:  # a value of the right type the dataclass refuses
+                raise LadderError(f"{where}: {key}: {err}") from None
         else:
             out.update(_checked({key: value}, asdict(base), f"{where}: "))
     return replace(base, **out)

@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from harvest.microladder.corpus import episode
+from harvest.microladder.corpus import check_shared_head, episode
 from harvest.tasks.base import TARGET_DELIMITER, Doc, MultipleChoiceTask
 
 SPLITS = {"train": 0, "test": 1}
@@ -105,10 +105,12 @@ class _TopicTask(MicroLadderTask):
     ``topic_shared_head`` (the language the checkpoints learned; 0: no topic clusters)."""
 
     def __init__(self, data=None, *, shared_head: int = 0, **options):
-        if not isinstance(shared_head, int) or isinstance(shared_head, bool) or shared_head < 0:
+        try:
+            check_shared_head(shared_head)
+        except ValueError as err:
             from emergence.errors import SpecError
 
-            raise SpecError(f"task {self.name!r}: option shared_head must be an integer >= 0, got {shared_head!r}")
+            raise SpecError(f"task {self.name!r}: option shared_head: {err}") from None
         self.episode_options = {**type(self).episode_options, "shared_head": shared_head}
         super().__init__(data, **options)
 
