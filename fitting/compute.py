@@ -27,6 +27,7 @@ extrapolation far beyond the data gets the wider interval it deserves. A convers
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
@@ -103,20 +104,21 @@ def _least_squares(x, loss, p0) -> tuple[np.ndarray, float] | None:
 
 
 @lru_cache(maxsize=256)  # a backtest converts every task of a cutoff with the same law
-def sample_laws(law: ComputeLaw, n: int = LAW_DRAWS, seed: int = 0) -> list[ComputeLaw]:
+def sample_laws(law: ComputeLaw, n: int = LAW_DRAWS, seed: int = 0) -> tuple[ComputeLaw, ...]:
     """``n`` draws of the law's parameters from their sampling distribution.
 
     The least-squares estimate is approximately multivariate Student-t around the fit, with
     scale s²(JᵀJ)⁻¹ (J the Jacobian at the fit, s² the residual variance) and n_points − 3
     degrees of freedom: the t accounts for s² estimated from a handful of checkpoints. L_inf is
-    clipped to the fit's bounds; draws with a or b <= 0 (outside the law) are dropped. Measured on simulated runs of
-    8 checkpoints (``tests/test_compute.py``), this interval covers the true FLOPs of a loss 2-3x
-    beyond the data about 90% of the time at nominal 90%; a residual bootstrap covered 77-79%.
+    clipped to the fit's bounds; draws with a or b <= 0 (outside the law) are dropped. Measured
+    on simulated runs of 8 checkpoints (``tests/test_compute.py``), this interval covers the true
+    FLOPs of a loss 2-3x beyond the data about 90% of the time at nominal 90%; a residual
+    bootstrap covered 77-79%. A tuple: the result is cached and shared.
     """
     loss, flops = (np.asarray(v, float) for v in law.points)
     df = len(loss) - 3
     if n <= 0 or df < 1:
-        return []
+        return ()
     x = flops / law.f_ref
     jac = np.column_stack([np.ones_like(x), x**-law.b, -law.a * x**-law.b * np.log(x)])
     s2 = float(np.sum((loss - _curve(x, law.L_inf, law.a, law.b)) ** 2)) / df
@@ -127,7 +129,7 @@ def sample_laws(law: ComputeLaw, n: int = LAW_DRAWS, seed: int = 0) -> list[Comp
     # draws beyond it, and clipping keeps them as the constrained estimator would
     theta[:, 0] = np.clip(theta[:, 0], 0.0, loss.min())
     ok = (theta[:, 1] > 0) & (theta[:, 2] > 0)
-    return [replace(law, L_inf=float(l_inf), a=float(a), b=float(b)) for l_inf, a, b in theta[ok]]
+    return tuple(replace(law, L_inf=float(l_inf), a=float(a), b=float(b)) for l_inf, a, b in theta[ok])
 
 
 def _curve(x, l_inf, a, b):
@@ -165,7 +167,7 @@ class FlopsConversion:
 
 
 def convert(law: ComputeLaw, loss: float, loss_percentiles: dict[int, float], max_flops: float,
-            laws: list[ComputeLaw] | None = None, seed: int = 0) -> FlopsConversion:
+            laws: Sequence[ComputeLaw] | None = None, seed: int = 0) -> FlopsConversion:
     """Convert the MLE loss and its percentiles; percentile q in FLOPs is loss percentile 100 − q.
 
     With ``laws`` (``sample_laws``) the FLOPs percentiles also carry the compute law's
@@ -189,7 +191,7 @@ def convert(law: ComputeLaw, loss: float, loss_percentiles: dict[int, float], ma
                            bool(extrapolated), law.label, "; ".join(notes), len(laws or ()))
 
 
-def _mc_percentiles(loss_pct: dict[int, float], laws: list[ComputeLaw], seed: int) -> dict[int, float | None]:
+def _mc_percentiles(loss_pct: dict[int, float], laws: Sequence[ComputeLaw], seed: int) -> dict[int, float | None]:
     """FLOPs percentiles of emergence losses (drawn from their percentiles) converted by law draws.
 
     The loss quantile function is piecewise linear through the known percentiles and extended
