@@ -85,3 +85,15 @@ def test_a_clustered_language_reaches_the_harvest_spec(tmp_path):
     assert "shared_head" not in options["ml_copy"]
     plain = tomllib.loads(write_spec(tmp_path, [], LadderConfig(sweep=False)).read_text())
     assert all("shared_head" not in t["options"] for t in plain["tasks"])
+
+
+def test_the_ladder_tasks_import_first_and_register_themselves():
+    """Importing the ladder's tasks before the registry used to fail (a circular from-import)."""
+    import subprocess
+    import sys
+
+    code = ("from harvest.microladder.tasks import LANGUAGE_TASKS\nfrom harvest.tasks import TASKS\n"
+            "assert LANGUAGE_TASKS == {'ml_topic', 'ml_topic_short'} and LANGUAGE_TASKS <= set(TASKS)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr

@@ -168,10 +168,12 @@ def write_spec(out: Path, rows: list[dict], cfg: LadderConfig) -> Path:
         lines += ["[[checkpoints]]", f'name = "{checkpoint_name(r)}"',
                   f'path = "models/{r["size"]}/{r["checkpoint"]}"', f'family = "microladder-{r["size"]}"',
                   f'params = {r["params"]}', f'tokens = {r["tokens"]}', ""]
+    from harvest.microladder.tasks import LANGUAGE_TASKS
+
     for task in cfg.tasks:
         lines += ["[[tasks]]", f'task = "{task}"', f"shots = {cfg.shots}", f"seed = {cfg.train.seed + 1234}",
                   "[tasks.options]", f"n_test = {cfg.n_test}"]
-        if task.startswith("ml_topic") and cfg.corpus.topic_shared_head:  # the language the models learned
+        if task in LANGUAGE_TASKS and cfg.corpus.topic_shared_head:  # the language the models learned
             lines.append(f"shared_head = {cfg.corpus.topic_shared_head}")
         lines.append("")
     if cfg.sweep:

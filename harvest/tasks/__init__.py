@@ -49,8 +49,7 @@ def register_task(cls: type[Task]) -> type[Task]:
     return cls
 
 
-# The micro-ladder's synthetic tasks (ml_copy, ml_recall, ml_arith, ml_reverse): see harvest/microladder/tasks.py.
-from harvest.microladder.tasks import MICROLADDER_TASKS  # noqa: E402
-
-for _cls in MICROLADDER_TASKS:
-    register_task(_cls)
+# The micro-ladder's synthetic tasks (ml_copy, ml_topic, ...) register themselves on import
+# (harvest/microladder/tasks.py). A module import, not a from-import: importing that module first
+# reaches this line while it is half-initialised, and it finishes registering itself.
+import harvest.microladder.tasks  # noqa: E402,F401
