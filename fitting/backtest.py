@@ -25,6 +25,13 @@ Protocol (Snell et al. 2024, Sec. 6; ``docs/backtest.md``), per task:
    ``flop_multiplier_strict`` the smallest cutoff from which every larger cutoff succeeds.
    Null when no cutoff succeeds or the task never emerged. A multiplier <= 1 means the first
    success already saw a post-emergence checkpoint: no foresight.
+6. **Pinned predictions** (``CutoffResult.pinned``, :func:`fitting.fit.pinned_edge`): a
+   prediction on the fit's lowest checkpoint loss (within 0.05 nats) or on the edge of the
+   search range cannot be told apart from that edge. Before emergence the first kind is
+   common: when the finetuned curves point higher than the at-chance few-shot results allow,
+   the maximum sits on the lowest checkpoint, and it "succeeds" whenever that checkpoint
+   happens to lie within the tolerance of the truth. ``flop_multiplier_unpinned`` is the
+   paper's reading counting only successes that are not pinned.
 
 Ablations (the paper's Table 2) refit one variant of the data per row, on the **base set**:
 the checkpoints of the largest cutoff whose kept checkpoints are all pre-emergence (the
@@ -128,6 +135,7 @@ class CutoffResult:
     profile_open: list[str] = field(default_factory=list)  # sides the data do not bound: "low"/"high"
     covered_profile: bool | None = None  # truth inside the profile interval (open sides unbounded)
     note: str = ""
+    pinned: str | None = None  # "lowest checkpoint" / "search bound": on an edge of what the data can say
     prediction: TaskPrediction | None = field(default=None, repr=False)  # not in JSON
 
     def to_json(self) -> dict[str, Any]:
@@ -139,7 +147,7 @@ class CutoffResult:
             emergence_loss_p95=self.p95, converged=self.converged, error=self.error,
             success=self.success, covered=self.covered, profile_low=self.profile_low,
             profile_high=self.profile_high, profile_open=self.profile_open,
-            covered_profile=self.covered_profile, note=self.note,
+            covered_profile=self.covered_profile, pinned=self.pinned, note=self.note,
         ))
 
 
@@ -157,6 +165,7 @@ class AblationResult:
     success: bool | None = None
     converged: bool = False
     note: str = ""
+    pinned: str | None = None  # as CutoffResult.pinned
 
     def to_json(self) -> dict[str, Any]:
         return _clean({k: v for k, v in self.__dict__.items()})
@@ -192,6 +201,12 @@ class TaskBacktest:
         return min(wins, key=lambda c: c.max_flops) if wins else None
 
     @property
+    def earliest_unpinned_success(self) -> CutoffResult | None:
+        """The smallest cutoff that succeeded with a prediction that is not pinned."""
+        wins = [c for c in self.cutoffs if c.success and not c.pinned]
+        return min(wins, key=lambda c: c.max_flops) if wins else None
+
+    @property
     def earliest_strict_success(self) -> CutoffResult | None:
         """The smallest cutoff from which every larger cutoff also succeeded."""
         best = None
@@ -213,6 +228,14 @@ class TaskBacktest:
     @property
     def flop_multiplier_strict(self) -> float | None:
         return self._multiplier(self.earliest_strict_success)
+
+    @property
+    def flop_multiplier_unpinned(self) -> float | None:
+        return self._multiplier(self.earliest_unpinned_success)
+
+    @property
+    def n_pinned_successes(self) -> int:
+        return sum(bool(c.success and c.pinned) for c in self.cutoffs)
 
     @property
     def coverage(self) -> tuple[int, int]:
@@ -246,6 +269,7 @@ class TaskBacktest:
             post_emergence_checkpoint=self.post_emergence_checkpoint,
             post_emergence_flops=self.post_emergence_flops,
             flop_multiplier=self.flop_multiplier, flop_multiplier_strict=self.flop_multiplier_strict,
+            flop_multiplier_unpinned=self.flop_multiplier_unpinned, n_pinned_successes=self.n_pinned_successes,
             earliest_success_max_flops=None if first is None else first.max_flops,
             earliest_success_checkpoint=None if first is None else first.most_capable,
             strict_success_max_flops=None if strict is None else strict.max_flops,
@@ -296,6 +320,7 @@ def _blank_cutoff(data: TaskData, max_flops: float, elbow: float | None) -> Cuto
 def score_cutoff(cut: CutoffResult, pred: TaskPrediction, truth: float | None, tolerance: float) -> CutoffResult:
     """Fill a cutoff from its prediction: error, success, coverage."""
     cut.prediction, cut.converged, cut.note = pred, bool(pred.converged), pred.note
+    cut.pinned = getattr(pred, "pinned", None)
     cut.emergence_loss = pred.emergence_loss
     cut.p05, cut.p95 = pred.emergence_loss_pct.get(5), pred.emergence_loss_pct.get(95)
     _take_profile(cut, getattr(pred, "profile", None))
@@ -494,6 +519,7 @@ def _score_ablation(row, data: TaskData, out: Outcome, truth: float | None, tole
         res.note, res.success = out.message, None if truth is None else False
         return res
     res.converged, res.emergence_loss = bool(out.converged), out.emergence_loss
+    res.pinned = getattr(out, "pinned", None)
     res.note = "" if res.converged else (out.note or out.message)
     if truth is not None and res.converged and res.emergence_loss is not None:
         res.error = res.emergence_loss - truth
@@ -560,8 +586,9 @@ class AblationTable:
     tolerance: float
 
     def cell_text(self, row: str, task: str) -> str:
-        """|error| in nats, with ✗ for a failure; 'fit failed', 'n/a', or the prediction when there
-        is no ground truth."""
+        """|error| in nats, with ✗ for a failure and "(pinned)" for a prediction on an edge
+        (``CutoffResult.pinned``); 'fit failed', 'n/a', or the prediction when there is no ground
+        truth."""
         res = self.cells.get((row, task))
         if res is None:
             return "n/a"
@@ -569,7 +596,7 @@ class AblationTable:
             return f"pred. {res.emergence_loss:.3f} (no truth)"
         if res.error is None:
             return "fit failed ✗" if not res.converged else "— (no truth)"
-        return f"{abs(res.error):.3f}" + ("" if res.success else " ✗")
+        return f"{abs(res.error):.3f}" + ("" if res.success else " ✗") + (" (pinned)" if res.pinned else "")
 
 
 def ablation_table(results: Sequence[TaskBacktest]) -> AblationTable | None:

@@ -156,14 +156,15 @@ def _print_backtests(results, simulated: bool) -> None:
 
     console = _console()
     summary = Table(title="Backtest: how far ahead the prediction works" + (" — SIMULATED data" if simulated else ""))
-    for name in ("task", "truth (nats)", "first post-emergence", "FLOP x", "FLOP x (strict)", "coverage",
-                 "coverage (profile)"):
+    for name in ("task", "truth (nats)", "first post-emergence", "FLOP x", "FLOP x (strict)",
+                 "FLOP x (unpinned)", "coverage", "coverage (profile)"):
         summary.add_column(name, justify="left" if name in ("task", "first post-emergence") else "right")
     for r in results:
         (cov, n), (pcov, pn) = r.coverage, r.coverage_profile
         summary.add_row(r.task, _fmt(r.ground_truth_loss) if r.emerged else "never emerged",
                         r.post_emergence_checkpoint or "-", _fmt(r.flop_multiplier, ".2f"),
-                        _fmt(r.flop_multiplier_strict, ".2f"), f"{cov}/{n}" if n else "-",
+                        _fmt(r.flop_multiplier_strict, ".2f"), _fmt(r.flop_multiplier_unpinned, ".2f"),
+                        f"{cov}/{n}" if n else "-",
                         f"{pcov}/{pn}" if pn else "-")
     console.print(summary)
     for r in results:
@@ -173,7 +174,9 @@ def _print_backtests(results, simulated: bool) -> None:
             console.print(f"[dim]{r.task}: {r.note}[/]", highlight=False)
     console.print(f"[dim]success: |MLE − truth| <= {results[0].tolerance if results else 0.1:g} nats; "
                   "FLOP x = FLOPs(first post-emergence checkpoint) / FLOPs(most capable checkpoint of the "
-                  "earliest success); strict: every larger cutoff also succeeds; coverage: cutoffs whose 5–95% "
+                  "earliest success); strict: every larger cutoff also succeeds; unpinned: only successes whose "
+                  "prediction is not pinned (on the fit's lowest checkpoint loss or the search edge, where it "
+                  "cannot be told apart from that bound); coverage: cutoffs whose 5–95% "
                   "bootstrap (profile: 90% profile-likelihood) interval holds the truth; *: the cutoff already "
                   "keeps a post-emergence checkpoint[/]")
 
@@ -182,12 +185,12 @@ def _cutoff_table(r):
     from rich.table import Table
 
     table = Table(title=f"{r.task}: cutoffs", title_justify="left")
-    for name in ("max FLOPs", "ckpts", "most capable", "MLE", "p5", "p95", "error", "success", "covered"):
-        table.add_column(name, justify="left" if name == "most capable" else "right", no_wrap=True)
+    for name in ("max FLOPs", "ckpts", "most capable", "MLE", "p5", "p95", "error", "success", "covered", "pinned"):
+        table.add_column(name, justify="left" if name in ("most capable", "pinned") else "right", no_wrap=True)
     for c in r.cutoffs:
         table.add_row(f"{c.max_flops:.2e}", str(c.n_checkpoints), c.most_capable + ("" if c.pre_emergence is not False else " *"),
                       _fmt(c.emergence_loss), _fmt(c.p05), _fmt(c.p95), _fmt(c.error, "+.3f"),
-                      _mark(c.success), _mark(c.covered))
+                      _mark(c.success), _mark(c.covered), c.pinned or "")
     return table
 
 

@@ -423,6 +423,10 @@ def polish(problem: Problem, theta0: np.ndarray, max_iter: int = 500):
 # --------------------------------------------------------------------------- bounds + starts
 
 
+ELBOW_REACH = 3.0  # nats: the few-shot elbow C is searched this far beyond the data's losses
+PIN_NATS = 0.05  # a prediction this close to the fit's lowest checkpoint loss is pinned there
+
+
 def bounds(spec: law_.LawSpec, data: TaskData, likelihood: str) -> tuple[np.ndarray, np.ndarray]:
     """Box for each parameter (documented in docs/law.md); data-scaled for losses and values."""
     lo_l, hi_l = float(data.loss.min()), float(data.loss.max())
@@ -436,10 +440,35 @@ def bounds(spec: law_.LawSpec, data: TaskData, likelihood: str) -> tuple[np.ndar
         A=(1e-6, 100.0 / max(v_hi - v_lo, 1e-12) if likelihood == "gaussian" else 100.0),
         B=(v_lo, v_hi), k=(0.0, 10.0),
         alpha=(0.02, 4.0) if spec.elbow == "log_power" else (0.001, 2.0),
-        C=(max(0.0, lo_l - 3.0), hi_l + 3.0), delta=(v_lo - v_hi, v_hi - v_lo), U=(v_lo, v_hi),
+        C=(max(0.0, lo_l - ELBOW_REACH), hi_l + ELBOW_REACH), delta=(v_lo - v_hi, v_hi - v_lo), U=(v_lo, v_hi),
     )
     lo, hi = zip(*(box[n] for n in spec.param_names))
     return np.array(lo), np.array(hi)
+
+
+def pinned_edge(spec: law_.LawSpec, data: TaskData, likelihood: str, theta: np.ndarray) -> str | None:
+    """Whether a converged prediction (parameters ``theta``) sits on an edge of what its data
+    can say, so that it cannot be told apart from that edge.
+
+    - ``"search bound"``: the few-shot elbow C sits on its search box (``ELBOW_REACH`` nats beyond
+      the data): nothing in the data locates it, typically finetuning lifts no checkpoint yet.
+    - ``"lowest checkpoint"``: the prediction is within ``PIN_NATS`` of the fit's lowest
+      checkpoint loss. Before emergence every few-shot result is at chance, so the likelihood
+      forbids an elbow above the lowest loss: when the finetuned curves point higher, the
+      maximum sits on that checkpoint and says only "not before this checkpoint". A prediction
+      that happens to be right there looks the same. Either way a backtest counts it a success
+      whenever that checkpoint lies within the tolerance of the truth, which is a property of
+      where the checkpoints fall.
+    - ``None``: neither.
+    """
+    lo, hi = bounds(spec, data, likelihood)
+    i = spec.param_names.index("C")
+    slack = 1e-3 * (hi[i] - lo[i])
+    if theta[i] - lo[i] <= slack or hi[i] - theta[i] <= slack:
+        return "search bound"
+    if abs(float(law_.emergence_loss(spec, theta)) - float(data.ckpt_loss.min())) <= PIN_NATS:
+        return "lowest checkpoint"
+    return None
 
 
 def starts(spec: law_.LawSpec, data: TaskData, n_starts: int, seed: int) -> np.ndarray:

@@ -53,7 +53,7 @@ import numpy as np
 from emergence.errors import FitError
 from fitting import compute
 from fitting import law as law_
-from fitting.fit import EmergenceLawFit, GroundTruth, TaskData, fit_ground_truth
+from fitting.fit import EmergenceLawFit, GroundTruth, TaskData, fit_ground_truth, pinned_edge
 from fitting.schema import ResultsFolder
 from fitting.uncertainty import PERCENTILES, Progress, bootstrap, profile_interval
 
@@ -136,6 +136,7 @@ class TaskPrediction:
     interval_reliable: bool | None = None  # False: the data do not bound the prediction (see _add_profile)
     samples: np.ndarray | None = None  # bootstrap (or posterior) emergence-loss samples; not in JSON
     flops_law_draws: int = 0  # compute-law draws behind the FLOPs percentiles (0: its uncertainty left out)
+    pinned: str | None = None  # "lowest checkpoint" / "search bound": on an edge (fitting.fit.pinned_edge)
 
     @property
     def ground_truth_loss(self) -> float | None:
@@ -164,7 +165,8 @@ class TaskPrediction:
                    ground_truth_flops=self.ground_truth_flops, max_flops=self.max_flops,
                    converged=self.converged, message=self.message, n_checkpoints=self.n_checkpoints,
                    n_rows=self.n_rows, n_boot=self.n_boot, n_boot_failed=self.n_boot_failed,
-                   params=self.params, loglik=self.loglik, simulated=self.simulated, note=self.note)
+                   params=self.params, loglik=self.loglik, pinned=self.pinned,
+                   simulated=self.simulated, note=self.note)
         return _clean(out)
 
 
@@ -188,6 +190,13 @@ def _clean(x):
 
 
 # --------------------------------------------------------------------------- pipeline
+
+
+PINNED_NOTES = {
+    "lowest checkpoint": ("prediction pinned on the lowest checkpoint loss ({:.3f} nats): it cannot be told "
+                          "apart from the bound the at-chance few-shot results set there, 'not before this checkpoint'"),
+    "search bound": "prediction pinned at the edge of the search range: the data do not locate the elbow",
+}
 
 
 def predict_data(data: TaskData, config: FitConfig = FitConfig(), *, ground_truth: GroundTruth | None = None,
@@ -214,6 +223,9 @@ def predict_data(data: TaskData, config: FitConfig = FitConfig(), *, ground_trut
         record.note = "maximum-likelihood fit did not converge: no prediction"
         return _with_flops(record, data, config)
     record.emergence_loss = model.emergence_loss_
+    record.pinned = pinned_edge(config.spec, data, config.likelihood, model.theta_)
+    if record.pinned:
+        record.note = PINNED_NOTES[record.pinned].format(float(data.ckpt_loss.min()))
     prof = profile_interval(data, model) if config.profile else None
     if config.n_boot > 0:
         boot = bootstrap(data, model, config.n_boot, config.seed, config.items, progress=progress)

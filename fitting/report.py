@@ -94,7 +94,7 @@ def _interval(lo, hi) -> str:
 def summary_table(results: Sequence[TaskBacktest], truth: dict[str, Any] | None) -> Table:
     """Per task: the pre-emergence prediction, its interval, the ground truth, multipliers, coverage."""
     headers = ["task", "ground truth (nats)", "prediction (nats)", "5–95%", "error", "fit on",
-               "predicted FLOPs (× largest fitted)", "FLOP multiplier", "strict", "coverage",
+               "predicted FLOPs (× largest fitted)", "FLOP multiplier", "strict", "unpinned", "coverage",
                "coverage (profile)"]
     if truth:
         headers.insert(2, "simulated truth")
@@ -109,6 +109,7 @@ def summary_table(results: Sequence[TaskBacktest], truth: dict[str, Any] | None)
                _f(main.error, "+.3f") if main else "–",
                f"{main.n_checkpoints} ckpts" if main else "no pre-emergence fit",
                _flops_cell(pred), _mult(r.flop_multiplier), _mult(r.flop_multiplier_strict),
+               _mult(r.flop_multiplier_unpinned),
                f"{cov}/{n}" if n else "–", f"{pcov}/{pn}" if pn else "–"]
         if truth:
             row.insert(2, _f((truth.get(r.task) or {}).get("emergence_loss")))
@@ -118,7 +119,9 @@ def summary_table(results: Sequence[TaskBacktest], truth: dict[str, Any] | None)
     caption = ("prediction: the fit on every checkpoint before the ground-truth elbow (all checkpoints "
                "when the task never emerged); error = prediction − ground truth; FLOP multiplier: "
                "FLOPs of the first post-emergence checkpoint ÷ FLOPs of the most capable checkpoint of "
-               "the earliest successful cutoff (strict: every larger cutoff also succeeds); coverage: "
+               "the earliest successful cutoff (strict: every larger cutoff also succeeds; unpinned: "
+               "only successes whose prediction is not pinned on the fit's lowest checkpoint loss or the "
+               "search edge); coverage: "
                "cutoffs whose 5–95% bootstrap interval contains the ground truth (profile: the 90% "
                "profile-likelihood interval, a side the data do not bound counting as open); * FLOPs extrapolated beyond the "
                "fitted loss-vs-FLOPs law.")
@@ -139,12 +142,13 @@ def cutoff_table(r: TaskBacktest) -> Table:
     for i, c in enumerate(r.cutoffs):
         post = "" if c.pre_emergence is not False else " †"
         rows.append([f"{c.max_flops:.3g}", str(c.n_checkpoints), f"{c.most_capable} ({c.most_capable_loss:.3f}){post}",
-                     _f(c.emergence_loss), _interval(c.p05, c.p95), _f(c.error, "+.3f"),
+                     _f(c.emergence_loss) + (" (pinned)" if c.pinned else ""), _interval(c.p05, c.p95), _f(c.error, "+.3f"),
                      _yes(c.success) if c.converged or c.success is None else "fit failed", _yes(c.covered),
                      _profile(c), _yes(c.covered_profile)])
         bad |= {(i, j) for j, flag in ((6, c.success), (7, c.covered), (9, c.covered_profile)) if flag is False}
     caption = (f"success: converged and |error| ≤ {r.tolerance:g} nats. † the cutoff already keeps a "
-               "post-emergence checkpoint (no longer a forecast). profile 90%: the profile-likelihood "
+               "post-emergence checkpoint (no longer a forecast). (pinned): the prediction sits on the fit's "
+               "lowest checkpoint loss or the search edge and cannot be told apart from that bound. profile 90%: the profile-likelihood "
                "interval; open: the data do not bound that side within 0.5 nats of the MLE.")
     return Table(headers, rows, caption, bad)
 
@@ -322,7 +326,7 @@ def _summary_text(results: Sequence[TaskBacktest]) -> str:
                          f"{r.flop_multiplier:.2f}×)")
         else:
             parts.append(f"{r.task}: predicted {r.flop_multiplier:.2f}× FLOPs ahead "
-                         f"({_mult(r.flop_multiplier_strict)} strict)")
+                         f"({_mult(r.flop_multiplier_strict)} strict, {_mult(r.flop_multiplier_unpinned)} unpinned)")
     return "; ".join(parts) + "."
 
 
@@ -335,7 +339,11 @@ def _task_text(r: TaskBacktest) -> str:
     first = r.earliest_success
     if first is not None:
         text += (f" Earliest successful cutoff: {first.n_checkpoints} checkpoints up to "
-                 f"{first.max_flops:.3g} FLOPs (most capable: {first.most_capable}).")
+                 f"{first.max_flops:.3g} FLOPs (most capable: {first.most_capable})"
+                 + (f", its prediction pinned on the {first.pinned}." if first.pinned else "."))
+    if r.n_pinned_successes:
+        text += (f" {r.n_pinned_successes} of the successes are pinned predictions (on the fit's "
+                 "lowest checkpoint loss or the search edge, where they cannot be told apart from that bound).")
     main = r.main_cutoff
     if main is not None and main.note:
         text += f" Pre-emergence fit: {main.note}."

@@ -251,3 +251,17 @@ def test_few_shot_only_folder_has_ground_truth_but_nothing_to_backtest():
     assert j["emerged"] is True and abs(j["ground_truth_loss"] - COLA.C) < 0.05
     assert j["cutoffs"] == [] and j["ablations"] == [] and j["flop_multiplier"] is None
     assert "few-shot results only" in j["note"]
+
+
+def test_the_unpinned_reading_skips_successes_the_data_did_not_locate():
+    cuts = [_cut(8.0, True), _cut(4.0, True), _cut(2.0, True, capable_flops=1.5), _cut(1.0, False)]
+    cuts[2].pinned = "lowest checkpoint"
+    r = TaskBacktest("t", None, 0.1, "mle", cuts, "post", 16.0)
+    assert r.flop_multiplier == pytest.approx(16.0 / 1.5) and r.flop_multiplier_strict == pytest.approx(16.0 / 1.5)
+    assert r.earliest_unpinned_success.max_flops == 4.0 and r.flop_multiplier_unpinned == pytest.approx(4.0)
+    j = r.to_json()
+    assert j["n_pinned_successes"] == 1 and j["cutoffs"][2]["pinned"] == "lowest checkpoint"
+    assert j["flop_multiplier_unpinned"] == pytest.approx(4.0)
+    for c in cuts[:2]:
+        c.pinned = "search bound"
+    assert r.flop_multiplier_unpinned is None and r.n_pinned_successes == 3

@@ -209,3 +209,54 @@ def test_lm_batch_survives_a_member_with_nan_jacobian(default_data, monkeypatch)
         theta, f, ok, _ = fit_mod.lm_batch(problem, theta0)
     assert np.isfinite(theta).all() and np.isfinite(f).all()
     assert f[0] <= problem.objective(theta0[:1])[0] + 1e-9  # never worse than its start
+
+
+# --------------------------------------------------------------------------- pinned predictions
+
+# Its finetuned curves put the few-shot elbow at 2.9 nats, inside the ladder (losses 3.26 -> 2.23).
+STEEP = TaskTruth("t_steep", chance=0.25, A=0.5, k=0.08, alpha=0.9, C=2.9)
+
+
+def _at_chance_few_shot(folder, seed: int):
+    """The same folder with every few-shot result redrawn at chance: the finetuned curves now
+    point at an elbow the few-shot results forbid (as before emergence, when they disagree)."""
+    import polars as pl
+    from fitting.schema import ResultsFolder
+
+    rng = np.random.default_rng(seed)
+    chance = pl.lit(rng.binomial(folder.results["n_items"][0], 0.25, folder.results.height) / folder.results["n_items"][0])
+    res = folder.results.with_columns(
+        pl.when(pl.col("setting") == "few_shot").then(chance).otherwise(pl.col("value")).alias("value"))
+    return ResultsFolder(folder.checkpoints, res, None, folder.metadata)
+
+
+def test_predictions_the_few_shot_results_hold_are_marked_pinned_and_located_ones_are_not():
+    """Over 8 seeds: with the law's own few-shot results no prediction is pinned; with few-shot
+    results at chance the maximum sits on the lowest checkpoint (2.23 nats) or the search edge.
+    Measured: 7 of 8 on the lowest checkpoint (within 0.05 nats), 1 on the search edge."""
+    config = FitConfig(n_boot=0, profile=False)
+    located, held = [], []
+    for seed in range(8):
+        folder = simulate(replace(Design(), tasks=(STEEP,)), seed=seed)
+        located.append(predict_data(TaskData.from_folder(folder, "t_steep"), config))
+        data = TaskData.from_folder(_at_chance_few_shot(folder, seed), "t_steep")
+        held.append((predict_data(data, config), float(data.ckpt_loss.min())))
+    assert all(p.pinned is None and abs(p.emergence_loss - 2.9) < 0.1 for p in located)
+    assert all(p.pinned is not None for p, _ in held)
+    on_lowest = [p for p, low in held if p.pinned == "lowest checkpoint"]
+    assert len(on_lowest) >= 6 and all(abs(p.emergence_loss - low) <= 0.05 for p, low in held if p in on_lowest)
+    assert "not before this checkpoint" in on_lowest[0].note and on_lowest[0].to_json()["pinned"] == "lowest checkpoint"
+
+
+def test_a_few_shot_elbow_on_its_search_box_is_pinned_there(default_data):
+    from fitting.fit import bounds, pinned_edge
+
+    data = TaskData.from_folder(default_data, "sim_mmlu")
+    model = EmergenceLawFit(n_starts=8).fit(data)
+    lo, hi = bounds(model.spec, data, "binomial")
+    c = model.spec.param_names.index("C")
+    assert pinned_edge(model.spec, data, "binomial", model.theta_) is None
+    for edge in (lo[c], hi[c]):
+        theta = model.theta_.copy()
+        theta[c] = edge
+        assert pinned_edge(model.spec, data, "binomial", theta) == "search bound"

@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from fitting.fit import EmergenceLawFit, TaskData
+from fitting.fit import EmergenceLawFit, TaskData, fit_ground_truth
 from fitting.law import LAW_FORMS
 from fitting.schema import load_results
 from harvest.microladder.summary import curve_elbows
@@ -56,3 +56,16 @@ def test_the_shipped_run_used_the_default_ladder():
     from harvest.microladder.run import LadderConfig, load_config
 
     assert load_config(SHIPPED / "manifest.json") == LadderConfig()
+
+
+def test_a_pre_emergence_success_is_pinned_on_its_lowest_checkpoint(folder):
+    """docs/microladder.md, backtest table: one of ml_topic_short's successes (7 checkpoints, the
+    smallest model up to step 98) predicts the loss of its own lowest checkpoint."""
+    from fitting.backtest import cutoff_values
+    from fitting.predict import FitConfig, predict_data
+
+    data = TaskData.from_folder(folder, "ml_topic_short")
+    cut = next(data.select_max_flops(f) for f in cutoff_values(data, 3) if data.select_max_flops(f).n_checkpoints == 7)
+    pred = predict_data(cut, FitConfig(n_boot=0, profile=False), ground_truth=fit_ground_truth(data))
+    assert pred.pinned == "lowest checkpoint" and abs(pred.emergence_loss - cut.ckpt_loss.min()) <= 0.05
+    assert abs(pred.emergence_loss - pred.ground_truth_loss) <= 0.1  # a success the placement of s0 step 98 gives
