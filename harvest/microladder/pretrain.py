@@ -44,7 +44,7 @@ SIZES = {
     "sm": ModelSize("sm", 80, 3, 2, 240),
     "w2": ModelSize("w2", 96, 2, 3, 288),  # two layers like s1, wider
     "w3": ModelSize("w3", 128, 2, 4, 384),  # the shipped ladder is s0, s1, w2, w3: one depth, four widths
-    "w4": ModelSize("w4", 160, 2, 5, 480),
+    "w4": ModelSize("w4", 160, 2, 5, 480),  # the largest of configs/slow_warmup.json
     "s2": ModelSize("s2", 96, 3, 3, 288),
     "s3": ModelSize("s3", 128, 4, 4, 384),
     # test-only
