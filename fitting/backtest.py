@@ -194,17 +194,19 @@ class TaskBacktest:
     def emerged(self) -> bool:
         return self.ground_truth_loss is not None
 
+    def _smallest(self, keep: Callable[[CutoffResult], bool]) -> CutoffResult | None:
+        wins = [c for c in self.cutoffs if c.success and keep(c)]
+        return min(wins, key=lambda c: c.max_flops) if wins else None
+
     @property
     def earliest_success(self) -> CutoffResult | None:
         """The smallest cutoff that succeeded (the paper's reading)."""
-        wins = [c for c in self.cutoffs if c.success]
-        return min(wins, key=lambda c: c.max_flops) if wins else None
+        return self._smallest(lambda c: True)
 
     @property
     def earliest_unpinned_success(self) -> CutoffResult | None:
         """The smallest cutoff that succeeded with a prediction that is not pinned."""
-        wins = [c for c in self.cutoffs if c.success and not c.pinned]
-        return min(wins, key=lambda c: c.max_flops) if wins else None
+        return self._smallest(lambda c: not c.pinned)
 
     @property
     def earliest_strict_success(self) -> CutoffResult | None:
