@@ -26,8 +26,10 @@ Protocol (Snell et al. 2024, Sec. 6; ``docs/backtest.md``), per task:
    Null when no cutoff succeeds or the task never emerged. A multiplier <= 1 means the first
    success already saw a post-emergence checkpoint: no foresight.
 6. **Pinned predictions** (``CutoffResult.pinned``, :func:`fitting.fit.pinned_edge`): a
-   prediction on the fit's lowest checkpoint loss (within 0.05 nats) or on the edge of the
-   search range cannot be told apart from that edge. Before emergence the first kind is
+   prediction from a fit in which nothing rises (*no rise*: the law lifts no row above its base
+   by 0.05, the ground truth's minimal rise, so any elbow fits equally), on the fit's lowest
+   checkpoint loss (within 0.05 nats) or on the edge of the search range cannot be told apart
+   from that edge. Before emergence the first kind is
    common: when the finetuned curves point higher than the at-chance few-shot results allow,
    the maximum sits on the lowest checkpoint, and it "succeeds" whenever that checkpoint
    happens to lie within the tolerance of the truth. ``flop_multiplier_unpinned`` is the
@@ -135,7 +137,7 @@ class CutoffResult:
     profile_open: list[str] = field(default_factory=list)  # sides the data do not bound: "low"/"high"
     covered_profile: bool | None = None  # truth inside the profile interval (open sides unbounded)
     note: str = ""
-    pinned: str | None = None  # "lowest checkpoint" / "search bound": on an edge of what the data can say
+    pinned: str | None = None  # "no rise" / "lowest checkpoint" / "search bound" (fitting.fit.pinned_edge)
     prediction: TaskPrediction | None = field(default=None, repr=False)  # not in JSON
 
     def to_json(self) -> dict[str, Any]:
@@ -185,6 +187,7 @@ class TaskBacktest:
     ablations: list[AblationResult] = field(default_factory=list)
     simulated: bool = False
     note: str = ""
+    law: str = "log_power"  # the law form fitted (FitConfig.law_name: with its D0 when not 1)
 
     @property
     def ground_truth_loss(self) -> float | None:
@@ -265,7 +268,7 @@ class TaskBacktest:
         pcov, pn = self.coverage_profile
         gt = self.ground_truth
         return _clean(dict(
-            task=self.task, method=self.method, tolerance=self.tolerance,
+            task=self.task, method=self.method, law=self.law, tolerance=self.tolerance,
             ground_truth_loss=self.ground_truth_loss, emerged=self.emerged,
             ground_truth_reason=None if gt is None else gt.reason,
             post_emergence_checkpoint=self.post_emergence_checkpoint,
@@ -498,7 +501,7 @@ def assemble(plan: _TaskPlan, outputs: list[Outcome], config: BacktestConfig,
                  for row, out in zip(plan.ablation_rows, abl_out)]
     note = plan.note or ("" if truth.emerged else f"never emerged: {truth.reason}")
     return TaskBacktest(plan.data.task, truth, config.tolerance, config.fit.method, cutoffs,
-                        name, flops, ablations, simulated, note)
+                        name, flops, ablations, simulated, note, config.fit.law_name)
 
 
 def _take_profile(cut: CutoffResult, prof) -> None:

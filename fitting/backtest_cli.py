@@ -14,6 +14,7 @@ import typer
 RESULTS_HELP = "results folder (checkpoints.parquet, results.parquet)"
 Task = Annotated[Optional[list[str]], typer.Option("--task", "-t", help="task (repeatable; default all)")]
 Law = Annotated[str, typer.Option(help="emergence law form: log_power (paper), power, no_delta, softplus, ceiling")]
+D0 = Annotated[float, typer.Option("--d0", help="D0, the data level that stands for few-shot (the paper: 1)")]
 NBoot = Annotated[int, typer.Option("--n-boot", help="bootstrap resamples per fit (0: no intervals)")]
 Seed = Annotated[int, typer.Option(help="seed of the multi-start points and the bootstrap")]
 Method = Annotated[str, typer.Option(help="mle (maximum likelihood + bootstrap) or bayes")]
@@ -37,7 +38,7 @@ def register(app: typer.Typer) -> None:
     app.command("report")(report_command)
 
 
-def _config(*, law="log_power", n_boot=1000, seed=0, method="mle", metric=None, tolerance=0.1,
+def _config(*, law="log_power", d0=1.0, n_boot=1000, seed=0, method="mle", metric=None, tolerance=0.1,
             min_checkpoints=3, workers=1, ablations=None, cutoffs=True, chains=4, draws=1000, tune=1000,
             profile=True):
     from fitting.backtest import BacktestConfig
@@ -48,7 +49,7 @@ def _config(*, law="log_power", n_boot=1000, seed=0, method="mle", metric=None, 
         from fitting.bayes import config_from_cli
 
         bayes = config_from_cli(chains=chains, draws=draws, tune=tune, sampler="pymc", seed=seed)
-    fit = FitConfig(law=law, n_boot=n_boot, seed=seed, method=method, metric=metric, bayes=bayes,
+    fit = FitConfig(law=law, d0=d0, n_boot=n_boot, seed=seed, method=method, metric=metric, bayes=bayes,
                     profile=profile)
     return BacktestConfig(fit=fit, tolerance=tolerance, min_checkpoints=min_checkpoints,
                           workers=workers, ablations=ablations, cutoffs=cutoffs)
@@ -63,7 +64,7 @@ def _ablations(drop_smallest, drop_largest, last_k, base):
 
 def backtest_command(
     results_dir: Annotated[Path, typer.Argument(help=RESULTS_HELP)],
-    task: Task = None, law: Law = "log_power", n_boot: NBoot = 1000, seed: Seed = 0,
+    task: Task = None, law: Law = "log_power", d0: D0 = 1.0, n_boot: NBoot = 1000, seed: Seed = 0,
     method: Method = "mle", metric: Metric = None, tolerance: Tolerance = 0.1,
     min_checkpoints: MinCkpt = 3, workers: Workers = 1,
     ablations: Annotated[bool, typer.Option("--ablations", help="also run the Table-2 ablations")] = False,
@@ -74,7 +75,7 @@ def backtest_command(
     from fitting.backtest import AblationSpec, backtest, backtests_json
     from fitting.schema import load_results
 
-    config = _config(law=law, n_boot=n_boot, seed=seed, method=method, metric=metric, tolerance=tolerance,
+    config = _config(law=law, d0=d0, n_boot=n_boot, seed=seed, method=method, metric=metric, tolerance=tolerance,
                      min_checkpoints=min_checkpoints, workers=workers,
                      ablations=AblationSpec() if ablations else None, chains=chains, draws=draws, tune=tune,
                      profile=profile)
@@ -90,7 +91,7 @@ def backtest_command(
 
 def ablate_command(
     results_dir: Annotated[Path, typer.Argument(help=RESULTS_HELP)],
-    task: Task = None, law: Law = "log_power", seed: Seed = 0, method: Method = "mle",
+    task: Task = None, law: Law = "log_power", d0: D0 = 1.0, seed: Seed = 0, method: Method = "mle",
     metric: Metric = None, tolerance: Tolerance = 0.1, min_checkpoints: MinCkpt = 3, workers: Workers = 1,
     drop_smallest: DropSmall = [1], drop_largest: DropLarge = [1], last_k: LastK = [6, 4],
     base: Base = "pre_emergence",
@@ -100,7 +101,7 @@ def ablate_command(
     from fitting.backtest import backtest
     from fitting.schema import load_results
 
-    config = _config(law=law, n_boot=0, seed=seed, method=method, metric=metric, tolerance=tolerance,
+    config = _config(law=law, d0=d0, n_boot=0, seed=seed, method=method, metric=metric, tolerance=tolerance,
                      min_checkpoints=min_checkpoints, workers=workers, cutoffs=False,
                      ablations=_ablations(drop_smallest, drop_largest, last_k, base))
     results = backtest(load_results(results_dir), config, tasks=task or None, progress=True)
@@ -114,7 +115,7 @@ def ablate_command(
 def report_command(
     results_dir: Annotated[Path, typer.Argument(help=RESULTS_HELP)],
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for index.html, report.md and the PNGs")],
-    task: Task = None, law: Law = "log_power", n_boot: NBoot = 1000, seed: Seed = 0,
+    task: Task = None, law: Law = "log_power", d0: D0 = 1.0, n_boot: NBoot = 1000, seed: Seed = 0,
     method: Method = "mle", metric: Metric = None, tolerance: Tolerance = 0.1,
     min_checkpoints: MinCkpt = 3, workers: Workers = 1,
     ablations: Annotated[bool, typer.Option(help="include the Table-2 ablations")] = True,
@@ -124,7 +125,7 @@ def report_command(
     from fitting.backtest import AblationSpec
     from fitting.report import write_report
 
-    config = _config(law=law, n_boot=n_boot, seed=seed, method=method, metric=metric, tolerance=tolerance,
+    config = _config(law=law, d0=d0, n_boot=n_boot, seed=seed, method=method, metric=metric, tolerance=tolerance,
                      min_checkpoints=min_checkpoints, workers=workers,
                      ablations=AblationSpec() if ablations else None, chains=chains, draws=draws, tune=tune,
                      profile=profile)
@@ -175,8 +176,8 @@ def _print_backtests(results, simulated: bool) -> None:
     console.print(f"[dim]success: |MLE − truth| <= {results[0].tolerance if results else 0.1:g} nats; "
                   "FLOP x = FLOPs(first post-emergence checkpoint) / FLOPs(most capable checkpoint of the "
                   "earliest success); strict: every larger cutoff also succeeds; unpinned: only successes whose "
-                  "prediction is not pinned (on the fit's lowest checkpoint loss or the search edge, where it "
-                  "cannot be told apart from that bound); coverage: cutoffs whose 5–95% "
+                  "prediction is not pinned (on the fit's lowest checkpoint loss or the search edge, or from a fit "
+                  "in which nothing rises: it cannot be told apart from that bound); coverage: cutoffs whose 5–95% "
                   "bootstrap (profile: 90% profile-likelihood) interval holds the truth; *: the cutoff already "
                   "keeps a post-emergence checkpoint[/]")
 

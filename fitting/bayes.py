@@ -367,7 +367,7 @@ def build_model(data: BayesData, config: BayesConfig = BayesConfig()):
         box_cox = (mask[None, :] * pt.exp(alpha * log_ratio[None, :]) - 1.0) / alpha  # (task, level)
         elbow = pm.Deterministic("elbow", th["E_ref"][:, None] + g * box_cox, dims=("task", "level"))
         pm.Deterministic("k", th["g"] / (th["alpha"] * x_ref ** th["alpha"]), dims="task")
-        pm.Deterministic("C", th["E_ref"] - th["g"] / th["alpha"], dims="task")
+        pm.Deterministic("C", elbow[:, 0], dims="task")  # the MLE's C: the elbow at D0 (fitting.law)
         pm.Deterministic("emergence_loss", elbow[:, 0], dims="task")
         e_obs = elbow.ravel()[cell] + _subset_jitter(pm, pt, data, config)
         base = th["B"][data.task_idx] + th["delta"][data.task_idx] * data.few_shot
@@ -442,10 +442,13 @@ def mle_start(data: BayesData, config: BayesConfig) -> dict[str, np.ndarray]:
     rows = [_mle_params(td, config) for td in data.sources]
     col = lambda n: np.array([r[n] for r in rows])  # noqa: E731
     x_ref = elbow_basis(data.level_values, config.law.elbow)[2]
+    x0 = float(law_.elbow_x(data.level_values[0], config.law.elbow))
     k, alpha = col("k"), col("alpha")
-    shift = k * x_ref**alpha  # elbow shift at the reference size: E_ref = C + k·x_ref^α
+    shift = k * x_ref**alpha  # k·x_ref^α; g = α·shift is the slope per e-fold of x at x_ref
     values = {"A": col("A"), "g": alpha * shift, "alpha": alpha}
-    point: dict[str, np.ndarray] = {"E_ref": col("C") + shift, "logit_B": np.log(col("B") / (1 - col("B")))}
+    e_ref = col("C") + shift - k * x0**alpha  # the MLE's C is the elbow at D0: E_ref = C + k (x_ref^α − x0^α)
+    b = np.clip(col("B"), 0.005, 0.995)  # as the prior's centre: an MLE base of 1e-13 (chance 0) is logit -30
+    point: dict[str, np.ndarray] = {"E_ref": e_ref, "logit_B": np.log(b / (1 - b))}
     if config.law.delta:
         point["delta"] = np.clip(col("delta"), -0.3, 0.3)
     for name in ("A", "g", "alpha"):

@@ -23,12 +23,15 @@ def register(app: typer.Typer) -> None:
 # --------------------------------------------------------------------------- fit, compare-laws, simulate
 
 LAW_HELP = "emergence law form: log_power (paper), power, no_delta, softplus, ceiling"
+D0_HELP = ("D0, the data level that stands for few-shot: the prediction is the elbow E(D0) "
+           "(the paper: 1; it found the choice barely matters below about 10x the shots)")
 
 
 def fit_command(
     results_dir: Annotated[Path, typer.Argument(help="results folder (checkpoints.parquet, results.parquet)")],
     task: Annotated[Optional[list[str]], typer.Option("--task", "-t", help="task to fit (repeatable; default all)")] = None,
     law: Annotated[str, typer.Option(help=LAW_HELP)] = "log_power",
+    d0: Annotated[float, typer.Option("--d0", help=D0_HELP)] = 1.0,
     likelihood: Annotated[str, typer.Option(help="binomial (item counts) or gaussian (least squares)")] = "binomial",
     n_boot: Annotated[int, typer.Option("--n-boot", help="bootstrap resamples per task (0: none)")] = 1000,
     seed: Annotated[int, typer.Option(help="seed of the multi-start points and the bootstrap")] = 0,
@@ -57,7 +60,7 @@ def fit_command(
         bayes_config = config_from_cli(chains=chains, draws=draws, tune=tune, sampler=sampler, seed=seed,
                                        centered=not non_centered, subset_effect=subset_effect,
                                        allow_bad_diagnostics=allow_bad_diagnostics, save_posterior=save_posterior)
-    config = FitConfig(law=law, likelihood=likelihood, n_boot=n_boot, seed=seed, method=method,
+    config = FitConfig(law=law, d0=d0, likelihood=likelihood, n_boot=n_boot, seed=seed, method=method,
                        items=items, metric=metric, bayes=bayes_config)
     folder = load_results(results_dir)
     predictions = predict_all(folder, config, tasks=task or None, progress=True)

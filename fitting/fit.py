@@ -235,11 +235,12 @@ def performance_jacobian(spec: law_.LawSpec, theta: np.ndarray, loss, n_train, f
     par = {k: v[:, None] for k, v in spec.unpack(theta).items()}  # each (B, 1)
     fs = np.asarray(few_shot, dtype=bool)
     d = np.where(fs, spec.d0, np.maximum(np.asarray(n_train, dtype=float), 1.0))  # (N,)
-    x = np.log(d) if spec.elbow == "log_power" else d
-    t = x ** par["alpha"]  # (B, N)
-    log_x = np.log(np.where(x > 0, x, 1.0))
-    e_k, e_alpha = t, np.where(x > 0, par["k"] * t * log_x, 0.0)
-    gap = par["k"] * t + par["C"] - np.asarray(loss, dtype=float)
+    x, x0 = law_.elbow_x(d, spec.elbow), float(law_.elbow_x(spec.d0, spec.elbow))
+    t, t0 = x ** par["alpha"], x0 ** par["alpha"]  # (B, N), (B, 1)
+    dt = np.where(x > 0, t * np.log(np.where(x > 0, x, 1.0)), 0.0)  # d x^α / dα (0 at x = 0)
+    dt0 = t0 * np.log(x0) if x0 > 0 else 0.0
+    e_k, e_alpha = t - t0, par["k"] * (dt - dt0)
+    gap = par["k"] * (t - t0) + par["C"] - np.asarray(loss, dtype=float)
     h, dh = _hinge_and_slope(gap, spec)
     base = par["B"] + np.where(fs, par["delta"], 0.0)
     if spec.ceiling:
@@ -425,6 +426,7 @@ def polish(problem: Problem, theta0: np.ndarray, max_iter: int = 500):
 
 ELBOW_REACH = 3.0  # nats: the few-shot elbow C is searched this far beyond the data's losses
 PIN_NATS = 0.05  # a prediction this close to the fit's lowest checkpoint loss is pinned there
+MIN_RISE = 0.05  # metric units: the least rise above base that counts as a rise (ground truth's too)
 
 
 def bounds(spec: law_.LawSpec, data: TaskData, likelihood: str) -> tuple[np.ndarray, np.ndarray]:
@@ -435,7 +437,7 @@ def bounds(spec: law_.LawSpec, data: TaskData, likelihood: str) -> tuple[np.ndar
     else:
         span = float(np.ptp(data.value)) or 1.0
         v_lo, v_hi = float(data.value.min()) - span, float(data.value.max()) + span
-    # C (the few-shot elbow when D0 = 1) is a cross-entropy: never below 0.
+    # C (the few-shot elbow E(D0), the prediction) is a cross-entropy: never below 0.
     box = dict(
         A=(1e-6, 100.0 / max(v_hi - v_lo, 1e-12) if likelihood == "gaussian" else 100.0),
         B=(v_lo, v_hi), k=(0.0, 10.0),
@@ -446,10 +448,22 @@ def bounds(spec: law_.LawSpec, data: TaskData, likelihood: str) -> tuple[np.ndar
     return np.array(lo), np.array(hi)
 
 
-def pinned_edge(spec: law_.LawSpec, data: TaskData, likelihood: str, theta: np.ndarray) -> str | None:
+def fitted_rise(spec: law_.LawSpec, data: TaskData, theta: np.ndarray) -> float:
+    """The largest rise above base that the fitted law puts on any row of ``data`` (metric units)."""
+    p = spec.unpack(theta)
+    base = float(p["B"]) + np.where(data.few_shot, float(p["delta"]), 0.0)
+    perf = law_.performance(spec, theta, data.loss, data.n_train, data.few_shot)
+    return float(np.max(perf - base, initial=0.0))
+
+
+def pinned_edge(spec: law_.LawSpec, data: TaskData, likelihood: str, theta: np.ndarray,
+                min_rise: float = MIN_RISE) -> str | None:
     """Whether a converged prediction (parameters ``theta``) sits on an edge of what its data
     can say, so that it cannot be told apart from that edge.
 
+    - ``"no rise"``: the fitted law rises by less than ``min_rise`` above its base on every row
+      of the data (the ground truth's rule for "emerged"): nothing in the data has left chance,
+      the likelihood is (nearly) flat in C, and the prediction is wherever the optimiser stopped.
     - ``"search bound"``: the few-shot elbow C sits on its search box (``ELBOW_REACH`` nats beyond
       the data): nothing in the data locates it, typically finetuning lifts no checkpoint yet.
     - ``"lowest checkpoint"``: the prediction is within ``PIN_NATS`` of the fit's lowest
@@ -461,6 +475,8 @@ def pinned_edge(spec: law_.LawSpec, data: TaskData, likelihood: str, theta: np.n
       where the checkpoints fall.
     - ``None``: neither.
     """
+    if fitted_rise(spec, data, theta) < min_rise:
+        return "no rise"
     lo, hi = bounds(spec, data, likelihood)
     i = spec.param_names.index("C")
     slack = 1e-3 * (hi[i] - lo[i])
@@ -486,13 +502,9 @@ def starts(spec: law_.LawSpec, data: TaskData, n_starts: int, seed: int) -> np.n
     d_max = float(max(data.data_levels or [spec.d0 + 1.0]))
     unit = stats.qmc.LatinHypercube(d=5, seed=seed).random(max(n_starts - 1, 1))
     a, shift, alpha, c = unit[:, 0], unit[:, 1] * span, unit[:, 2], lo_l - 0.5 * span + unit[:, 3] * 1.5 * span
-    if spec.elbow == "log_power":
-        alpha = 0.3 + 1.7 * alpha
-        k = shift / _elbow_x(spec, d_max) ** alpha
-    else:
-        alpha = 0.05 + 0.7 * alpha
-        k = shift / d_max**alpha
-        c = c - k * spec.d0**alpha  # so that the few-shot elbow k·D0^α + C sits in the box
+    alpha = 0.3 + 1.7 * alpha if spec.elbow == "log_power" else 0.05 + 0.7 * alpha
+    x_max, x0 = law_.elbow_x(d_max, spec.elbow), law_.elbow_x(spec.d0, spec.elbow)
+    k = shift / np.maximum(x_max**alpha - x0**alpha, 1e-6)  # the elbow moves by `shift` from D0 to d_max
     slope = (top - base + 1e-3) / span * np.exp(np.log(0.5) + a * np.log(8.0))
     cols = dict(A=slope, B=np.full_like(a, base), k=k, alpha=alpha, C=c, delta=np.zeros_like(a),
                 U=np.full_like(a, min(top + 0.02, 1.0) if data.proportion else top))
@@ -500,12 +512,6 @@ def starts(spec: law_.LawSpec, data: TaskData, n_starts: int, seed: int) -> np.n
     staged = staged_start(spec, data)
     rows = ([staged] if staged is not None else []) + list(hypercube)
     return np.array(rows[:max(n_starts, 1)])
-
-
-def _elbow_x(spec: law_.LawSpec, d):
-    """The elbow law's argument: log D (log power law) or D (power law)."""
-    d = np.asarray(d, dtype=float)
-    return np.log(d) if spec.elbow == "log_power" else d
 
 
 def hinge_grid_fit(loss: np.ndarray, value: np.ndarray, grid: np.ndarray):
@@ -535,15 +541,16 @@ def staged_start(spec: law_.LawSpec, data: TaskData) -> np.ndarray | None:
         rss, a, b = hinge_grid_fit(data.loss[rows], data.value[rows], grid)
         i = int(np.argmin(rss))
         if a[i] > 0 and np.unique(data.ckpt[rows][data.loss[rows] < grid[i]]).size >= 2:
-            xs.append(_elbow_x(spec, spec.d0 if level == 0 else level))
+            xs.append(law_.elbow_x(spec.d0 if level == 0 else level, spec.elbow))
             es.append(grid[i]), slopes.append(a[i]), bases.append(b[i])
     if len(es) < 2:
         return None
     xs, es = np.array(xs, float), np.array(es)
     alphas = np.linspace(0.05, 2.5, 50) if spec.elbow == "log_power" else np.linspace(0.01, 1.0, 50)
+    x0 = float(law_.elbow_x(spec.d0, spec.elbow))
     best = None
     for al in alphas:
-        f = xs**al
+        f = xs**al - x0**al  # anchored at D0: c is the few-shot elbow
         design = np.stack([f, np.ones_like(f)], -1)
         (k, c), *_ = np.linalg.lstsq(design, es, rcond=None)
         k = max(k, 0.0)

@@ -6,9 +6,14 @@ finetuned on D examples (lower loss = better model):
 .. math::
 
     \mathrm{perf}(M, D) &= B + A\,h\big(E_\theta(D) - L\big)                \\
-    E_\theta(D)         &= k\,(\log D)^\alpha + C   \quad\text{(log power law, default)} \\
-    E_\theta(D)         &= k\,D^\alpha + C          \quad\text{(power law, ablation)}    \\
+    E_\theta(D)         &= k\,\big((\log D)^\alpha - (\log D_0)^\alpha\big) + C   \quad\text{(log power law, default)} \\
+    E_\theta(D)         &= k\,\big(D^\alpha - D_0^\alpha\big) + C                  \quad\text{(power law, ablation)}    \\
     \mathrm{perf}_{\text{few-shot}}(M) &= B + \Delta + A\,h\big(E_\theta(D_0) - L\big)
+
+The elbow law is anchored at D_0, so C *is* the prediction E_θ(D_0) for every form and every
+D_0: the fit's search box and the profile interval of C bound the prediction itself. With the
+paper's D_0 = 1 the log power law reads k (log D)^α + C, as in the paper; the anchor only
+re-labels C (the family of curves is the same).
 
 ``h`` is the hinge: ``relu`` (the paper) or ``softplus`` with temperature τ (a smoothed elbow).
 With ``ceiling=True`` performance bends toward a ceiling U past the elbow,
@@ -78,6 +83,8 @@ class LawSpec:
     @property
     def label(self) -> str:
         parts = [self.elbow, self.hinge]
+        if self.d0 != 1.0:
+            parts.append(f"d0={self.d0:g}")
         if not self.delta:
             parts.append("no_delta")
         if self.ceiling:
@@ -95,12 +102,16 @@ LAW_FORMS: dict[str, LawSpec] = {
 }
 
 
-def elbow(n_train, k, alpha, C, form: ElbowForm = "log_power"):
-    """E_θ(D): the pretraining loss at which performance leaves its base, for D examples."""
-    d = np.asarray(n_train, dtype=float)
-    if form == "log_power":
-        return k * np.log(d) ** alpha + C
-    return k * d**alpha + C
+def elbow_x(d, form: ElbowForm = "log_power"):
+    """The elbow law's argument x(D): log D (log power law) or D (power law)."""
+    d = np.asarray(d, dtype=float)
+    return np.log(d) if form == "log_power" else d
+
+
+def elbow(n_train, k, alpha, C, form: ElbowForm = "log_power", d0: float = 1.0):
+    """E_θ(D) = k (x(D)^α − x(D_0)^α) + C: the pretraining loss at which performance leaves its
+    base, for D examples; C is the few-shot elbow E_θ(D_0)."""
+    return k * (elbow_x(n_train, form) ** alpha - elbow_x(d0, form) ** alpha) + C
 
 
 def hinge(x, kind: Hinge = "relu", temperature: float = 0.02):
@@ -124,7 +135,7 @@ def performance(spec: LawSpec, theta, loss, n_train, few_shot):
     p = {k: v[..., None] for k, v in spec.unpack(theta).items()}
     few_shot = np.asarray(few_shot, dtype=bool)
     d = np.where(few_shot, spec.d0, np.maximum(np.asarray(n_train, dtype=float), 1.0))
-    e = elbow(d, p["k"], p["alpha"], p["C"], spec.elbow)
+    e = elbow(d, p["k"], p["alpha"], p["C"], spec.elbow, spec.d0)
     h = hinge(e - np.asarray(loss, dtype=float), spec.hinge, spec.temperature)
     base = p["B"] + np.where(few_shot, p["delta"], 0.0)
     if not spec.ceiling:
@@ -134,6 +145,5 @@ def performance(spec: LawSpec, theta, loss, n_train, few_shot):
 
 
 def emergence_loss(spec: LawSpec, theta):
-    """The prediction: the few-shot elbow E_θ(D_0), in pretraining-loss nats."""
-    p = spec.unpack(theta)
-    return elbow(spec.d0, p["k"], p["alpha"], p["C"], spec.elbow)
+    """The prediction: the few-shot elbow E_θ(D_0) = C, in pretraining-loss nats."""
+    return spec.unpack(theta)["C"]

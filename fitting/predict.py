@@ -65,6 +65,7 @@ class FitConfig:
     """Everything that decides a prediction. ``law`` is a key of ``LAW_FORMS`` or a LawSpec."""
 
     law: str | law_.LawSpec = "log_power"
+    d0: float | None = None  # D_0, the data level that stands for few-shot (None: the law's own, 1)
     likelihood: str = "binomial"
     n_boot: int = 1000
     seed: int = 0
@@ -82,6 +83,8 @@ class FitConfig:
     def __post_init__(self) -> None:
         if isinstance(self.law, str) and self.law not in law_.LAW_FORMS:
             raise FitError(f"unknown law {self.law!r}; choose one of {', '.join(law_.LAW_FORMS)}")
+        if self.d0 is not None and not (np.isfinite(self.d0) and self.d0 >= 1):
+            raise FitError(f"d0 must be a number >= 1 (log D0 must not be negative), got {self.d0!r}")
         if self.likelihood not in ("binomial", "gaussian"):
             raise FitError(f"likelihood must be 'binomial' or 'gaussian', got {self.likelihood!r}")
         if self.method not in METHODS:
@@ -95,11 +98,14 @@ class FitConfig:
 
     @property
     def spec(self) -> law_.LawSpec:
-        return law_.LAW_FORMS[self.law] if isinstance(self.law, str) else self.law
+        spec = law_.LAW_FORMS[self.law] if isinstance(self.law, str) else self.law
+        return spec if self.d0 is None else spec.with_(d0=float(self.d0))
 
     @property
     def law_name(self) -> str:
-        return self.law if isinstance(self.law, str) else self.law.label
+        if not isinstance(self.law, str):
+            return self.spec.label
+        return self.law if self.spec.d0 == 1.0 else f"{self.law}+d0={self.spec.d0:g}"
 
 
 @dataclass
@@ -136,7 +142,7 @@ class TaskPrediction:
     interval_reliable: bool | None = None  # False: the data do not bound the prediction (see _add_profile)
     samples: np.ndarray | None = None  # bootstrap (or posterior) emergence-loss samples; not in JSON
     flops_law_draws: int = 0  # compute-law draws behind the FLOPs percentiles (0: its uncertainty left out)
-    pinned: str | None = None  # "lowest checkpoint" / "search bound": on an edge (fitting.fit.pinned_edge)
+    pinned: str | None = None  # "no rise" / "lowest checkpoint" / "search bound" (fitting.fit.pinned_edge)
 
     @property
     def ground_truth_loss(self) -> float | None:
@@ -196,6 +202,8 @@ PINNED_NOTES = {
     "lowest checkpoint": ("prediction pinned on the lowest checkpoint loss ({:.3f} nats): it cannot be told "
                           "apart from the bound the at-chance few-shot results set there, 'not before this checkpoint'"),
     "search bound": "prediction pinned at the edge of the search range: the data do not locate the elbow",
+    "no rise": ("no rise: the fitted law lifts no row of the data above its base by the ground truth's minimal "
+                "rise, so the data do not locate the elbow and the prediction is where the optimiser stopped"),
 }
 
 
@@ -223,7 +231,7 @@ def predict_data(data: TaskData, config: FitConfig = FitConfig(), *, ground_trut
         record.note = "maximum-likelihood fit did not converge: no prediction"
         return _with_flops(record, data, config)
     record.emergence_loss = model.emergence_loss_
-    record.pinned = pinned_edge(config.spec, data, config.likelihood, model.theta_)
+    record.pinned = pinned_edge(config.spec, data, config.likelihood, model.theta_, config.gt_min_rise)
     if record.pinned:
         record.note = PINNED_NOTES[record.pinned].format(float(data.ckpt_loss.min()))
     prof = profile_interval(data, model) if config.profile else None

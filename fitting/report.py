@@ -120,8 +120,8 @@ def summary_table(results: Sequence[TaskBacktest], truth: dict[str, Any] | None)
                "when the task never emerged); error = prediction − ground truth; FLOP multiplier: "
                "FLOPs of the first post-emergence checkpoint ÷ FLOPs of the most capable checkpoint of "
                "the earliest successful cutoff (strict: every larger cutoff also succeeds; unpinned: "
-               "only successes whose prediction is not pinned on the fit's lowest checkpoint loss or the "
-               "search edge); coverage: "
+               "only successes whose prediction is not pinned: on the fit's lowest checkpoint loss or the "
+               "search edge, or from a fit in which nothing rises); coverage: "
                "cutoffs whose 5–95% bootstrap interval contains the ground truth (profile: the 90% "
                "profile-likelihood interval, a side the data do not bound counting as open); * FLOPs extrapolated beyond the "
                "fitted loss-vs-FLOPs law.")
@@ -148,7 +148,8 @@ def cutoff_table(r: TaskBacktest) -> Table:
         bad |= {(i, j) for j, flag in ((6, c.success), (7, c.covered), (9, c.covered_profile)) if flag is False}
     caption = (f"success: converged and |error| ≤ {r.tolerance:g} nats. † the cutoff already keeps a "
                "post-emergence checkpoint (no longer a forecast). (pinned): the prediction sits on the fit's "
-               "lowest checkpoint loss or the search edge and cannot be told apart from that bound. profile 90%: the profile-likelihood "
+               "lowest checkpoint loss or the search edge, or its fit lifts nothing above base (no rise), "
+               "and cannot be told apart from that bound. profile 90%: the profile-likelihood "
                "interval; open: the data do not bound that side within 0.5 nats of the MLE.")
     return Table(headers, rows, caption, bad)
 
@@ -340,10 +341,11 @@ def _task_text(r: TaskBacktest) -> str:
     if first is not None:
         text += (f" Earliest successful cutoff: {first.n_checkpoints} checkpoints up to "
                  f"{first.max_flops:.3g} FLOPs (most capable: {first.most_capable})"
-                 + (f", its prediction pinned on the {first.pinned}." if first.pinned else "."))
+                 + (f", its prediction pinned ({first.pinned})." if first.pinned else "."))
     if r.n_pinned_successes:
         text += (f" {r.n_pinned_successes} of the successes are pinned predictions (on the fit's "
-                 "lowest checkpoint loss or the search edge, where they cannot be told apart from that bound).")
+                 "lowest checkpoint loss or the search edge, or from a fit in which nothing rises: "
+                 "they cannot be told apart from that bound).")
     main = r.main_cutoff
     if main is not None and main.note:
         text += f" Pre-emergence fit: {main.note}."

@@ -197,8 +197,8 @@ class ProfileInterval:
 def profile_interval(data: TaskData, model: EmergenceLawFit, level: float = 0.90, half_width: float = 0.5,
                      n_grid: int = 25, n_starts: int = 4, reach: tuple[float, float] = (1.0, 0.5),
                      n_wide: int = 25, n_sweeps: int = 3) -> ProfileInterval | None:
-    """Profile the log-likelihood over the emergence loss; None when the law's prediction is not
-    a single parameter (it is C for the log power law with D0 = 1, the default).
+    """Profile the log-likelihood over the emergence loss, which is the parameter C for every
+    law form and D0 (``fitting.law``); None when the fit did not converge.
 
     Grid: ``n_grid`` points over MLE ± ``half_width`` nats (the resolution near the optimum)
     plus ``n_wide`` points from ``reach[0]`` nats below the best checkpoint's loss to
@@ -211,7 +211,7 @@ def profile_interval(data: TaskData, model: EmergenceLawFit, level: float = 0.90
     freedom (binomial; Gaussian: N log(RSS_c / RSS_min)); ends are interpolated linearly.
     """
     spec = model.spec
-    if spec.elbow != "log_power" or spec.d0 != 1.0 or not getattr(model, "converged_", False):
+    if not getattr(model, "converged_", False):
         return None
     c = spec.param_names.index("C")
     problem = make_problem(spec, data, model.likelihood)

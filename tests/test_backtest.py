@@ -209,7 +209,7 @@ def test_worker_processes_give_the_same_answer():
 def test_cli_json_on_stdout_progress_on_stderr(tmp_path):
     simulate(replace(Design(), tasks=(COLA, NEVER)), seed=0, out=tmp_path / "res")
     cmd = [sys.executable, "-m", "emergence", "backtest", str(tmp_path / "res"), "--json", "--n-boot", "10",
-           "--min-checkpoints", "10", "--no-profile"]
+           "--min-checkpoints", "10", "--no-profile", "--d0", "2"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     out = {t["task"]: t for t in json.loads(run.stdout)}
@@ -218,6 +218,7 @@ def test_cli_json_on_stdout_progress_on_stderr(tmp_path):
         assert key in out[COLA.name]
     assert [c["n_checkpoints"] for c in out[COLA.name]["cutoffs"]] == [12, 11, 10]
     assert out[NEVER.name]["ground_truth_loss"] is None
+    assert out[COLA.name]["law"] == "log_power+d0=2"  # the D0 option reaches the fits
     bad = subprocess.run(cmd[:5] + ["--tolerance", "0"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "tolerance" in bad.stderr and "Traceback" not in bad.stderr
 

@@ -55,6 +55,16 @@ def test_fit_table_says_simulated(sim_dir, capsys):
     assert code == 0 and "SIMULATED" in out and "sim_cola" in out
 
 
+def test_fit_takes_d0_and_refuses_a_bad_one(sim_dir, capsys):
+    code, out, _ = run(["fit", str(sim_dir), "--json", "--n-boot", "0", "--task", "sim_csqa", "--d0", "8"], capsys)
+    assert code == 0
+    (record,) = json.loads(out)
+    assert record["law"] == "log_power+d0=8" and record["converged"]
+    code, out, err = run(["fit", str(sim_dir), "--task", "sim_csqa", "--d0", "0.5"], capsys)
+    assert code != 0 and "d0 must be a number >= 1" in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.strip()]) == 1
+
+
 def test_fit_few_shot_only_folder(sim_dir, tmp_path, capsys):
     pl.read_parquet(sim_dir / CHECKPOINTS_FILE).write_parquet(tmp_path / CHECKPOINTS_FILE)
     pl.read_parquet(sim_dir / RESULTS_FILE).filter(pl.col("setting") == "few_shot").write_parquet(tmp_path / RESULTS_FILE)

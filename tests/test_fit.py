@@ -256,7 +256,58 @@ def test_a_few_shot_elbow_on_its_search_box_is_pinned_there(default_data):
     lo, hi = bounds(model.spec, data, "binomial")
     c = model.spec.param_names.index("C")
     assert pinned_edge(model.spec, data, "binomial", model.theta_) is None
+    names = model.spec.param_names
+    k, alpha = names.index("k"), names.index("alpha")
+    x_max = np.log(max(data.data_levels))
     for edge in (lo[c], hi[c]):
         theta = model.theta_.copy()
         theta[c] = edge
+        # keep the largest level's elbow inside the data, so that the finetuned curves rise
+        theta[k] = (float(data.loss.mean()) - edge) / x_max ** theta[alpha] if edge == lo[c] else theta[k]
         assert pinned_edge(model.spec, data, "binomial", theta) == "search bound"
+
+
+def test_a_fit_in_which_nothing_rises_is_marked_no_rise(default_data):
+    """With the elbow below every loss at every data level, no row rises and any C fits as
+    well: the prediction is "no rise", whatever else it sits on."""
+    from fitting.fit import fitted_rise, pinned_edge
+
+    data = TaskData.from_folder(default_data, "sim_mmlu")
+    model = EmergenceLawFit(n_starts=8).fit(data)
+    assert fitted_rise(model.spec, data, model.theta_) > 0.3  # the full fit sees the emergence
+    theta = model.theta_.copy()
+    names = model.spec.param_names
+    theta[names.index("C")] = float(data.loss.min()) - 1.0
+    theta[names.index("k")] = 0.0
+    assert fitted_rise(model.spec, data, theta) == 0.0
+    assert pinned_edge(model.spec, data, "binomial", theta) == "no rise"
+    theta[names.index("C")] = float(data.loss.min()) + 0.01  # a rise of A x 0.01 nats: below 0.05
+    assert pinned_edge(model.spec, data, "binomial", theta) == "no rise"
+    assert pinned_edge(model.spec, data, "binomial", theta, min_rise=1e-4) == "lowest checkpoint"
+
+
+def test_a_law_with_another_d0_recovers_its_few_shot_elbow():
+    """D0 is a choice of the law (the paper: it barely matters below ~10x the shots). Data
+    simulated with D0 = 8 and fitted with D0 = 8 give back the few-shot elbow E(8) = C."""
+    truth = TaskTruth("t_d0", chance=0.25, A=1.0, k=0.06, alpha=1.0, C=2.6, spec=law.LawSpec(d0=8.0))
+    folder = simulate(replace(LOW_NOISE, tasks=(truth,)), seed=1)
+    pred = predict_data(TaskData.from_folder(folder, "t_d0"), FitConfig(law=law.LawSpec(d0=8.0), n_boot=0))
+    assert pred.law == "log_power+relu+d0=8"
+    assert pred.emergence_loss == pytest.approx(2.6, abs=0.05)
+    assert pred.profile is not None and pred.profile.low <= 2.6 <= pred.profile.high
+
+
+@pytest.mark.parametrize("d0", [1.0, 20.0])
+def test_the_prediction_stays_in_its_search_box_for_any_d0(d0):
+    """The search box bounds C, which is the prediction for every D0 (fitting.law): before the
+    anchor a fit with D0 = 20 on the shipped micro-ladder predicted 813 nats."""
+    from fitting.fit import bounds
+
+    config = FitConfig(law=law.LawSpec(d0=d0), n_boot=0, profile=False)
+    for seed in range(3):
+        folder = simulate(replace(Design(), tasks=(STEEP,)), seed=seed)
+        data = TaskData.from_folder(_at_chance_few_shot(folder, seed), "t_steep")
+        lo, hi = bounds(config.spec, data, "binomial")
+        c = config.spec.param_names.index("C")
+        pred = predict_data(data, config)
+        assert lo[c] - 1e-9 <= pred.emergence_loss <= hi[c] + 1e-9

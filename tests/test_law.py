@@ -19,9 +19,10 @@ def _theta(spec: law.LawSpec) -> np.ndarray:
     return np.array([values[n] for n in spec.param_names])
 
 
+@pytest.mark.parametrize("d0", [1.0, 4.0])
 @pytest.mark.parametrize("form", list(law.LAW_FORMS))
-def test_jacobian_matches_performance_and_finite_differences(form):
-    spec = law.LAW_FORMS[form]
+def test_jacobian_matches_performance_and_finite_differences(form, d0):
+    spec = law.LAW_FORMS[form].with_(d0=d0)
     theta = _theta(spec)
     perf, jac = performance_jacobian(spec, theta, LOSS, N_TRAIN, FEW)
     np.testing.assert_allclose(perf[0], law.performance(spec, theta, LOSS, N_TRAIN, FEW), rtol=1e-12)
@@ -50,6 +51,29 @@ def test_prediction_is_few_shot_elbow():
     few = law.performance(spec, theta, np.array([e + 0.1, e - 0.1]), np.zeros(2), np.ones(2, bool))
     assert few[0] == pytest.approx(0.25 + 0.02)  # at base + delta before the elbow
     assert few[1] == pytest.approx(0.27 + 0.09)  # slope A past it
+
+
+@pytest.mark.parametrize("elbow", ["log_power", "power"])
+@pytest.mark.parametrize("d0", [1.0, 2.0, 20.0])
+def test_c_is_the_prediction_for_every_form_and_d0(elbow, d0):
+    # the law is anchored at D0, so the search box on C bounds the prediction itself
+    spec = law.LawSpec(elbow=elbow, d0=d0)
+    theta = _theta(spec)
+    assert law.emergence_loss(spec, theta) == pytest.approx(2.5)
+    assert law.elbow(d0, 0.06, 1.1, 2.5, elbow, d0) == pytest.approx(2.5)
+    # and the few-shot curve bends exactly there
+    few = law.performance(spec, theta, np.array([2.5 + 1e-3, 2.5 - 1e-3]), np.zeros(2), np.ones(2, bool))
+    assert few[0] == pytest.approx(0.27) and few[1] == pytest.approx(0.27 + 0.9e-3)
+    assert ("d0=" in spec.label) == (d0 != 1.0)
+
+
+def test_anchoring_at_d0_keeps_the_papers_log_power_law():
+    # with D0 = 1, log D0 = 0: E(D) = k (log D)^α + C, the paper's form, unchanged
+    d = np.array([16.0, 64.0, 1024.0])
+    np.testing.assert_allclose(law.elbow(d, 0.06, 1.1, 2.5), 0.06 * np.log(d) ** 1.1 + 2.5)
+    # a different D0 is the same family of curves, re-labelled: C moves to E(D0)
+    shifted = law.elbow(d, 0.06, 1.1, 2.5 + 0.06 * np.log(8.0) ** 1.1, d0=8.0)
+    np.testing.assert_allclose(shifted, law.elbow(d, 0.06, 1.1, 2.5))
 
 
 def test_more_data_moves_the_elbow_to_higher_loss():

@@ -58,14 +58,37 @@ def test_the_shipped_run_used_the_default_ladder():
     assert load_config(SHIPPED / "manifest.json") == LadderConfig()
 
 
-def test_a_pre_emergence_success_is_pinned_on_its_lowest_checkpoint(folder):
-    """docs/microladder.md, backtest table: one of ml_topic_short's successes (7 checkpoints, the
-    smallest model up to step 98) predicts the loss of its own lowest checkpoint."""
+@pytest.mark.parametrize("task", ["ml_topic", "ml_topic_short"])
+def test_no_pre_emergence_cutoff_sees_a_rise(folder, task):
+    """docs/microladder.md, backtest table: every FLOP cutoff before emergence keeps only
+    checkpoints that no data level lifts, so each fit rises by less than 0.05 above base
+    anywhere ("no rise"), and its prediction, successes included, is where the optimiser stopped."""
     from fitting.backtest import cutoff_values
     from fitting.predict import FitConfig, predict_data
 
-    data = TaskData.from_folder(folder, "ml_topic_short")
-    cut = next(data.select_max_flops(f) for f in cutoff_values(data, 3) if data.select_max_flops(f).n_checkpoints == 7)
-    pred = predict_data(cut, FitConfig(n_boot=0, profile=False), ground_truth=fit_ground_truth(data))
-    assert pred.pinned == "lowest checkpoint" and abs(pred.emergence_loss - cut.ckpt_loss.min()) <= 0.05
-    assert abs(pred.emergence_loss - pred.ground_truth_loss) <= 0.1  # a success the placement of s0 step 98 gives
+    data = TaskData.from_folder(folder, task)
+    truth = fit_ground_truth(data)
+    cuts = [data.select_max_flops(f) for f in cutoff_values(data, 3)]
+    pre = [c for c in cuts if c.ckpt_loss.min() >= truth.elbow_loss]
+    assert len(pre) == 6
+    preds = [predict_data(c, FitConfig(n_boot=0, profile=False), ground_truth=truth) for c in pre]
+    assert all(p.converged and p.pinned == "no rise" for p in preds)
+    assert any(abs(p.emergence_loss - truth.elbow_loss) <= 0.1 for p in preds)  # the paper's test passes anyway
+
+
+def test_a_larger_d0_keeps_the_prediction_inside_the_search_box(folder):
+    """The ml_topic ablation row 'last 6 checkpoints' fitted with D0 = 20 (the paper: D0 barely
+    matters below ~10x the 2 shots) predicted 813 nats before the law was anchored at D0; the
+    box on C now bounds the prediction itself."""
+    from fitting.backtest import AblationSpec, ablation_base, apply_variant
+    from fitting.fit import bounds
+    from fitting.law import LawSpec
+    from fitting.predict import FitConfig, predict_data
+
+    data = TaskData.from_folder(folder, "ml_topic")
+    truth = fit_ground_truth(data)
+    cut = apply_variant(ablation_base(data, truth.elbow_loss, AblationSpec()), "last_k", 6)
+    config = FitConfig(law=LawSpec(d0=20.0), n_boot=0, profile=False)
+    lo, hi = bounds(config.spec, cut, "binomial")
+    pred = predict_data(cut, config, ground_truth=truth)
+    assert lo[-2] <= pred.emergence_loss <= hi[-2]  # C is the last-but-one parameter (then Δ)
