@@ -42,6 +42,12 @@ def main() -> None:
     except typer.Abort:
         _stderr.print("aborted")
         sys.exit(130)
+    except OSError as err:  # a path the command could not read or write (checked early where we can)
+        from rich.markup import escape
+
+        where = f"{err.filename}: " if err.filename else ""
+        _stderr.print(f"[bold red]error:[/] {escape(where + str(err.strerror or err))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
     except Exception as err:  # click usage errors arrive here in non-standalone mode
         import click
 

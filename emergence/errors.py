@@ -29,6 +29,10 @@ class CheckpointError(EmergenceError):
     """A checkpoint that cannot be loaded (missing, unsafe format, wrong revision)."""
 
 
+class OutputError(EmergenceError):
+    """An output path that cannot be written, or whose writing would replace what is there."""
+
+
 class FitError(EmergenceError):
     """A fit that cannot be done with the data given (too few points, no finetune rows, ...)."""
 

@@ -469,6 +469,9 @@ def plan_task(data: TaskData, config: BacktestConfig, simulated: bool) -> _TaskP
             sub = data.select_max_flops(f)
             cuts.append(_blank_cutoff(sub, f, elbow))
             jobs.append(_Job(data.task, ("cutoff", f), sub, config.fit, truth, simulated))
+        if not cuts:
+            note = (f"no cutoff keeps --min-checkpoints {config.min_checkpoints} checkpoints "
+                    f"(the task has {data.n_checkpoints}): nothing to backtest")
     rows, variants = _plan_ablations(data, elbow, config, note)
     fit0 = replace(config.fit, n_boot=0, profile=False)  # ablations: the point error only
     jobs += [_Job(data.task, ("ablation", name), d, fit0, truth, simulated) for name, d in variants.items()]

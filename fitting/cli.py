@@ -113,19 +113,30 @@ def simulate_command(
     subset_sd: Annotated[float, typer.Option("--subset-sd", help="elbow jitter between finetuning subsets (nats)")] = 0.01,
     levels: Annotated[Optional[list[int]], typer.Option("--level", help="finetuning data level (repeatable)")] = None,
     subsets: Annotated[int, typer.Option(help="random subsets per data level")] = 2,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing results folder")] = False,
 ) -> None:
     """Write a SIMULATED results folder drawn from a known emergence law (truth in its metadata)."""
     from dataclasses import replace
 
     from emergence.errors import EmergenceError
+    from emergence.paths import check_out_dir, refuse_to_replace
+    from fitting.schema import ITEMS_FILE
     from fitting.simulate import Design, simulate
 
     if n_items <= 0 or subsets <= 0 or subset_sd < 0:
         raise EmergenceError("--n-items and --subsets must be positive and --subset-sd >= 0")
+    if seed < 0:
+        raise EmergenceError(f"--seed must be >= 0, got {seed}")
+    if levels and min(levels) < 1:
+        raise EmergenceError(f"--level must be >= 1 (finetuning examples), got {min(levels)}")
+    check_out_dir(out_dir, option="OUT_DIR")
+    if not overwrite:
+        refuse_to_replace(out_dir)
     design = replace(Design(), n_items=n_items, subset_sd=subset_sd,
                      subset_seeds=tuple(range(1, subsets + 1)),
                      **({"data_levels": tuple(levels)} if levels else {}))
     folder = simulate(design, seed=seed, out=out_dir)
+    (out_dir / ITEMS_FILE).unlink(missing_ok=True)  # a simulation has no items: drop a replaced folder's
     truth = ", ".join(f"{t} {v['emergence_loss']:.3f}" for t, v in folder.metadata["truth"].items())
     typer.echo(f"wrote SIMULATED results to {out_dir}: {design.n_checkpoints} checkpoints, "
                f"{len(folder.results)} result rows (true emergence losses: {truth})")

@@ -91,6 +91,8 @@ class FitConfig:
             raise FitError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.n_boot < 0:
             raise FitError(f"n_boot must be >= 0, got {self.n_boot}")
+        if self.seed < 0:
+            raise FitError(f"seed must be >= 0, got {self.seed}")
         if self.compute_draws < 0:
             raise FitError(f"compute_draws must be >= 0, got {self.compute_draws}")
         if self.items not in ("observed", "fitted", "none"):

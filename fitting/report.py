@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from emergence import __version__
-from emergence.errors import EmergenceError
+from emergence.paths import check_out_dir
 from fitting import figures as fig_
 from fitting import law as law_
 from fitting.backtest import BacktestConfig, TaskBacktest, ablation_table, backtest
@@ -437,19 +437,23 @@ def _md_block(block: Table | Figure) -> list[str]:
 
 def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- entry points
 
 
+REPORT_FILES = ("index.html", "report.md")
+
+
 def render_report(folder: ResultsFolder, results: Sequence[TaskBacktest], config: BacktestConfig,
                   out: str | os.PathLike, source: str = "") -> ReportPaths:
     """Write index.html, report.md and figures/*.png for already computed backtests."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise EmergenceError(f"{out}: --out must be a folder, and this is a file")
+    out = check_out_dir(out, files=REPORT_FILES, dirs=("figures",))
     (out / "figures").mkdir(parents=True, exist_ok=True)
     sections = build_sections(folder, results, config, source)
     banner = simulated_banner(folder)
@@ -465,6 +469,7 @@ def write_report(results_dir: str | os.PathLike, out: str | os.PathLike,
                  config: BacktestConfig = BacktestConfig(), tasks: Sequence[str] | None = None,
                  progress: bool = False) -> ReportPaths:
     """Load a results folder, backtest it (with ablations when configured), write the report."""
+    check_out_dir(out, files=REPORT_FILES, dirs=("figures",))  # before minutes of fitting, not after
     folder = load_results(results_dir)
     results = backtest(folder, config, tasks=tasks, progress=progress)
     return render_report(folder, results, config, out, source=str(results_dir))

@@ -200,7 +200,8 @@ def validate_checkpoints(df: pl.DataFrame, file: str = CHECKPOINTS_FILE) -> pl.D
     _check(df, file, "params", pl.col("params") <= 0, "must be positive")
     _check(df, file, "tokens", pl.col("tokens") <= 0, "must be positive")
     _check(df, file, "pretrain_loss", pl.col("pretrain_loss") <= 0, "must be a positive loss in nats")
-    _check(df, file, "flops", pl.col("flops").is_nan() | (pl.col("flops") <= 0), "must be positive")
+    _check(df, file, "flops", pl.col("flops").is_not_null() & ~(pl.col("flops").is_finite() & (pl.col("flops") > 0)),
+           "must be a positive finite number")
     _check_unique(df, file, ["checkpoint"])
     return df.with_columns(
         pl.col("flops").fill_null(6.0 * pl.col("params").cast(pl.Float64) * pl.col("tokens"))
@@ -276,6 +277,8 @@ def load_results(folder: str | os.PathLike, *, items: bool = False) -> ResultsFo
     res_df, res_meta = _read_table(folder / RESULTS_FILE)
     ckpts = validate_checkpoints(ckpt_df, str(folder / CHECKPOINTS_FILE))
     results = validate_results(res_df, ckpts, str(folder / RESULTS_FILE))
+    if results.is_empty():
+        raise ContractError(f"{folder / RESULTS_FILE}: has no rows; there is nothing to fit")
     item_df = None
     if items and (folder / ITEMS_FILE).is_file():
         item_df = validate_items(_read_table(folder / ITEMS_FILE)[0], str(folder / ITEMS_FILE))

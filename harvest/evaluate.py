@@ -27,7 +27,7 @@ from harvest.engines.base import ChoiceRequest, Engine, GenerateRequest
 from harvest.manifest import write_manifest
 from harvest.progress import harvest_progress
 from harvest.spec import CheckpointSpec, EngineSpec, HarvestSpec, TaskSpec
-from harvest.store import Store, compact, unit_key
+from harvest.store import Store, claim_results_dir, compact, unit_key
 from harvest.tasks import Task, TaskData, get_task
 from harvest.tasks.fewshot import EvalItem, build_items, prompts_hash
 
@@ -165,7 +165,7 @@ class RunLog:
 
 def run_harvest(spec: HarvestSpec, out_dir: str | Path, *, show_progress: bool = True) -> dict[str, Any]:
     """Measure every checkpoint of ``spec`` into ``out_dir``; returns the manifest."""
-    store, log = Store(out_dir), RunLog()
+    store, log = Store(claim_results_dir(out_dir)), RunLog()
     store.remove_stale_temps()
     plans = plan_tasks(spec)
     docs, docs_hash = held_out_documents(spec)

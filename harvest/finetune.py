@@ -101,28 +101,41 @@ class Recipe:
 
 
 def _validate_recipe(r: Recipe) -> None:
-    """One message template for every bad value (raised as ValueError, wrapped by from_dict)."""
+    """One message template for every bad value (raised as ValueError, wrapped by from_dict).
+
+    Each check is a predicate of the field's value, run lazily: a value of the wrong type (a
+    string for ``lr``) fails its own check by name instead of raising a TypeError elsewhere.
+    """
+    num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
     checks = [
-        ("method", r.method in METHODS, f"one of {METHODS}"),
-        ("lora_rank", isinstance(r.lora_rank, int) and r.lora_rank >= 1, "an integer >= 1"),
-        ("lora_alpha", r.lora_alpha > 0, "positive"),
-        ("lora_dropout", 0 <= r.lora_dropout < 1, "in [0, 1)"),
-        ("target_modules", len(r.target_modules) > 0, "a non-empty list of module names"),
-        ("lr", r.lr is None or r.lr > 0, "positive"),
-        ("weight_decay", r.weight_decay >= 0, "non-negative"),
-        ("warmup_fraction", 0 <= r.warmup_fraction < 1, "in [0, 1)"),
-        ("min_lr_ratio", 0 <= r.min_lr_ratio <= 1, "in [0, 1]"),
-        ("grad_clip", r.grad_clip >= 0, "non-negative"),
-        ("epochs", r.epochs > 0, "positive"),
-        ("steps", r.steps is None or (isinstance(r.steps, int) and r.steps >= 1), "an integer >= 1"),
-        ("min_steps", isinstance(r.min_steps, int) and r.min_steps >= 1, "an integer >= 1"),
-        ("max_steps", isinstance(r.max_steps, int) and r.max_steps >= r.min_steps, "an integer >= min_steps"),
-        ("batch_size", isinstance(r.batch_size, int) and r.batch_size >= 1, "an integer >= 1"),
-        ("max_length", isinstance(r.max_length, int) and r.max_length >= 2, "an integer >= 2"),
+        ("method", lambda v: v in METHODS, f"one of {METHODS}"),
+        ("lora_rank", lambda v: whole(v) and v >= 1, "an integer >= 1"),
+        ("lora_alpha", lambda v: num(v) and v > 0, "positive"),
+        ("lora_dropout", lambda v: num(v) and 0 <= v < 1, "in [0, 1)"),
+        ("target_modules", lambda v: len(v) > 0 and all(isinstance(m, str) for m in v), "a non-empty list of module names"),
+        ("lr", lambda v: v is None or (num(v) and v > 0), "positive"),
+        ("weight_decay", lambda v: num(v) and v >= 0, "non-negative"),
+        ("betas", lambda v: len(v) == 2 and all(num(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+        ("warmup_fraction", lambda v: num(v) and 0 <= v < 1, "in [0, 1)"),
+        ("min_lr_ratio", lambda v: num(v) and 0 <= v <= 1, "in [0, 1]"),
+        ("grad_clip", lambda v: num(v) and v >= 0, "non-negative"),
+        ("epochs", lambda v: num(v) and v > 0, "positive"),
+        ("steps", lambda v: v is None or (whole(v) and v >= 1), "an integer >= 1"),
+        ("min_steps", lambda v: whole(v) and v >= 1, "an integer >= 1"),
+        ("max_steps", lambda v: whole(v) and v >= r.min_steps, "an integer >= min_steps"),
+        ("batch_size", lambda v: whole(v) and v >= 1, "an integer >= 1"),
+        ("max_length", lambda v: whole(v) and v >= 2, "an integer >= 2"),
+        ("seed", lambda v: whole(v) and v >= 0, "an integer >= 0"),
     ]
-    for name, ok, want in checks:
+    for name, check, want in checks:
+        value = getattr(r, name)
+        try:
+            ok = bool(check(value))
+        except TypeError:  # e.g. a number compared with a string, len() of a number
+            ok = False
         if not ok:
-            raise ValueError(f"{name!r} must be {want}; got {getattr(r, name)!r}")
+            raise ValueError(f"{name!r} must be {want}; got {value!r}")
 
 
 # --------------------------------------------------------------------------- schedule

@@ -331,6 +331,8 @@ def _check_unique(names: list[str], section: str, key: str, where: _Where) -> No
 def load_spec(path: str | Path) -> HarvestSpec:
     """Read and validate a TOML harvest spec."""
     path = Path(path)
+    if path.is_dir():
+        raise SpecError(f"{path}: is a folder; give the spec's TOML file")
     if not path.is_file():
         raise SpecError(f"{path}: spec file not found")
     try:

@@ -29,6 +29,8 @@ from typing import Any, Iterable
 import polars as pl
 import pyarrow.parquet as pq
 
+from emergence.errors import OutputError
+from emergence.paths import RESULTS_TABLES, check_out_dir
 from fitting.schema import ITEM_COLUMNS, ITEM_KEY, METADATA_KEY, ResultsFolder, write_parquet_atomic, write_results
 
 PARTS_DIR = "parts"
@@ -40,6 +42,17 @@ def unit_key(**parts: Any) -> str:
     """sha256 of the canonical JSON of ``parts``: equal inputs, equal key."""
     canonical = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def claim_results_dir(out_dir: str | os.PathLike) -> Path:
+    """Check ``out_dir`` before any work: a folder harvest can write, and never a results folder
+    that harvest did not make (its tables would be replaced by the compaction of the parts)."""
+    out = check_out_dir(out_dir, files=(*RESULTS_TABLES, "items.parquet", "manifest.json"), dirs=(PARTS_DIR,))
+    existing = [name for name in RESULTS_TABLES if (out / name).exists()]
+    if existing and not (out / PARTS_DIR).is_dir():
+        raise OutputError(f"{out}: holds {existing[0]} that no harvest wrote here (no {PARTS_DIR}/ folder), "
+                          "and a harvest would replace it; choose another --out")
+    return out
 
 
 class Store:

@@ -54,7 +54,7 @@ from emergence.errors import EmergenceError, SpecError
 from fitting.schema import FINETUNE
 from harvest.finetune import Recipe  # also silences peft's known deprecation noise
 from harvest.spec import CheckpointSpec, HarvestSpec, TaskSpec
-from harvest.store import Store
+from harvest.store import Store, claim_results_dir
 
 FINETUNE_KIND = "finetune"
 ADAPTERS_DIR = "adapters"
@@ -552,7 +552,7 @@ def _plan_from(spec, out_dir, keep_adapters: bool) -> SweepPlan:
     config = parse_sweep(spec)
     if keep_adapters:
         config = replace(config, keep_adapters=True)
-    return plan_sweep(spec, out_dir, config)
+    return plan_sweep(spec, claim_results_dir(out_dir), config)
 
 
 def _pending(plan: SweepPlan, cells) -> list[Cell]:

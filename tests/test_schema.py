@@ -60,6 +60,10 @@ BAD = {
         ["'checkpoint'", "row 5", "not in checkpoints.parquet"]),
     "bad setting": (RESULTS_FILE, lambda df: df.with_columns(pl.lit("zero_shot").alias("setting")), ["'setting'"]),
     "negative items": (RESULTS_FILE, lambda df: df.with_columns(pl.lit(-3).alias("n_items")), ["'n_items'", "positive"]),
+    "infinite flops": (CHECKPOINTS_FILE, lambda df: df.with_columns(
+        pl.when(pl.int_range(pl.len()) == 3).then(float("inf")).otherwise(pl.col("flops")).alias("flops")),
+        ["'flops'", "row 3", "finite"]),
+    "no results": (RESULTS_FILE, lambda df: df.head(0), ["no rows"]),
 }
 
 
@@ -118,7 +122,8 @@ def test_cli_unknown_task_suggests(good, capsys):
                                                ("--likelihood", "poisson", "likelihood"),
                                                ("--method", "magic", "method"),
                                                ("--items", "some", "items"),
-                                               ("--n-boot", "-5", "n_boot")])
+                                               ("--n-boot", "-5", "n_boot"),
+                                               ("--seed", "-1", "seed")])
 def test_cli_bad_option_values(good, capsys, option, value, word):
     code, out, err = _run_cli(["fit", str(good), option, value], capsys)
     _assert_one_line_error(code, out, err, [word])

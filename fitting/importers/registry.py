@@ -18,6 +18,7 @@ from typing import Any, Callable
 import polars as pl
 
 from emergence.errors import ContractError, SourceError
+from emergence.paths import check_out_dir, refuse_to_replace
 from fitting import schema
 from fitting.importers.losses import chinchilla_loss, CHINCHILLA_SOURCE
 from fitting.importers.tables import read_checkpoint_table, read_task_table
@@ -109,11 +110,9 @@ def _lookup(fmt: str) -> Importer:
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    existing = [f for f in (schema.CHECKPOINTS_FILE, schema.RESULTS_FILE) if (out / f).exists()]
-    if existing and not overwrite:
-        raise ContractError(f"{out}: already holds {existing[0]}; pass --overwrite to replace it")
-    if out.exists() and not out.is_dir():
-        raise ContractError(f"{out}: exists and is not a folder")
+    check_out_dir(out, files=(schema.CHECKPOINTS_FILE, schema.RESULTS_FILE, schema.ITEMS_FILE))
+    if not overwrite:
+        refuse_to_replace(out)
 
 
 def _select_tasks(imported: Imported, only: tuple[str, ...], path: Path) -> Imported:
