@@ -778,7 +778,24 @@ def _record(td, fit: HierarchicalEmergenceLaw, fit_config, ground_truth, simulat
     post = fit.idata_.posterior
     record.params = {n: float(post[n].sel(task=td.task).median()) for n in TASK_VARS if n in post}
     record.note = f"posterior median and percentiles ({fit.config.sampler.chains} chains x {fit.config.sampler.draws} draws)"
+    draws_by_name = {n: post[n].sel(task=td.task).values.ravel() for n in fit.config.law.param_names}
+    if posterior_rise(fit.config.law, td, draws_by_name) < fit_config.gt_min_rise:
+        record.pinned = "no rise"
+        record.note += "; " + predict.PINNED_NOTES["no rise"]
     return predict._with_flops(record, td, fit_config)
+
+
+def posterior_rise(spec: law_.LawSpec, data, draws: dict[str, np.ndarray], max_draws: int = 2000) -> float:
+    """Posterior median of the largest rise above base the law puts on any row of ``data``
+    (``draws``: one array of posterior draws per parameter of ``spec``). Below the ground
+    truth's minimal rise the data locate no elbow: the prediction is marked "no rise", as the
+    MLE's is (``fitting.fit.pinned_edge``; the MLE's edge marks have no posterior analogue)."""
+    theta = np.stack([np.asarray(draws[n], float) for n in spec.param_names], axis=-1)  # (S, P)
+    theta = theta[:: max(1, len(theta) // max_draws)]  # thinned: a median needs no more
+    p = spec.unpack(theta)
+    base = p["B"][:, None] + np.where(data.few_shot, p["delta"][:, None], 0.0)
+    rise = law_.performance(spec, theta, data.loss, data.n_train, data.few_shot) - base  # (S, N)
+    return float(np.median(np.max(rise, axis=1, initial=0.0)))
 
 
 def _ground_truth(td, fit_config):

@@ -40,5 +40,6 @@ def test_backtest_method_bayes_scores_each_cutoff(tmp_path, capsys):
     assert full["emergence_loss_p05"] <= full["emergence_loss"] <= full["emergence_loss_p95"]
     assert full["error"] == pytest.approx(full["emergence_loss"] - truth)
     assert full["success"] is (abs(full["error"]) <= 0.1) and full["success"]
+    assert full["pinned"] is None  # the posterior's law rises on these checkpoints
     for c in cuts:  # a cutoff either has a gated prediction or says which check failed
         assert c["converged"] or "diagnostics failed" in c["note"], c

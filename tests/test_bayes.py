@@ -195,6 +195,20 @@ def test_posterior_covers_truth_and_passes_the_gate(small, small_fit):
 
 
 @pytest.mark.slow
+def test_posterior_rise_marks_a_posterior_that_lifts_nothing(small_fit):
+    """The posterior of a task that emerged rises well above base; the same draws with every
+    elbow moved below the lowest loss (k = 0) rise nowhere, which marks "no rise"."""
+    from fitting.fit import MIN_RISE
+
+    post, spec = small_fit.idata_.posterior, small_fit.config.law
+    for td in small_fit.data_.sources:
+        draws = {n: post[n].sel(task=td.task).values.ravel() for n in spec.param_names}
+        assert bayes.posterior_rise(spec, td, draws) > 0.2
+        flat = {**draws, "k": np.zeros_like(draws["k"]), "C": np.full_like(draws["C"], td.loss.min() - 0.5)}
+        assert bayes.posterior_rise(spec, td, flat) == 0.0 < MIN_RISE
+
+
+@pytest.mark.slow
 def test_posterior_roundtrips_with_its_config_hash(small_fit, tmp_path):
     path = small_fit.save(tmp_path / "post.nc")
     idata = bayes.load_posterior(path, small_fit.config_hash_)
