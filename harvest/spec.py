@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from emergence.errors import SpecError
+from harvest.engines import engine_class
 from harvest.engines.base import ModelRef
 
 TOP_LEVEL_KEYS = {"seed", "engine", "held_out", "checkpoints", "tasks", "sweep"}
@@ -292,6 +293,10 @@ def _parse_engine(t: Any, where: _Where) -> EngineSpec:
         raise where.error("engine.dtype", f"must be float32, float16, bfloat16 or auto, got {dtype!r}")
     trust = _get(t, "trust_remote_code", where, "engine.", bool, default=False)
     options = {k: v for k, v in t.items() if k not in ("name", "dtype", "trust_remote_code")}
+    try:
+        engine_class(name).check_options(options)
+    except SpecError as err:
+        raise where.error("engine", str(err)) from None
     return EngineSpec(name, dtype, trust, options)
 
 

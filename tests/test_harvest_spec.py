@@ -91,6 +91,7 @@ def test_spec_hash_changes_with_content(tmp_path):
         (("name = \"copy_0shot\"", "name = \"mmlu\""), "tasks[1].name: duplicate 'mmlu'"),
         (("path = \"models/tiny\"", "hub = \"x/y\"\npath = \"models/tiny\""), "give exactly one of 'hub'"),
         (("name = \"hf\"", "name = \"tgi\""), "engine.name: unknown engine 'tgi'"),
+        (("name = \"hf\"", "name = \"hf\"\nbogus_key = 1"), "engine: engine 'hf': unknown option(s) bogus_key"),
         (("window = 128", "window = 0"), "held_out.window: must be positive"),
         (("heldout.txt", "missing.txt"), "held_out.path: file not found"),
         (("tokens = 5000", "step = 3"), "checkpoints[1].tokens: is required"),

@@ -169,12 +169,18 @@ class HFEngine:
     """Engine over one base checkpoint (optionally with PEFT LoRA adapters on top)."""
 
     name = "hf"
+    OPTIONS = ("batch_size", "device", "max_length")
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Unknown ``[engine]`` keys raise SpecError (the spec loader calls this before any run)."""
+        unknown = sorted(set(options) - set(cls.OPTIONS))
+        if unknown:
+            raise SpecError(f"engine 'hf': unknown option(s) {', '.join(unknown)} (allowed: {', '.join(cls.OPTIONS)})")
 
     def __init__(self, ref: ModelRef, *, batch_size: int = 16, device: str = "cpu",
                  max_length: int | None = None, **unknown: Any):
-        if unknown:
-            raise SpecError(f"engine 'hf': unknown option(s) {', '.join(sorted(unknown))} "
-                            "(allowed: batch_size, device, max_length)")
+        self.check_options(unknown)
         self.ref, self.device, self.batch_size = ref, device, int(batch_size)
         if str(device).startswith("cpu"):
             keep_freed_memory()

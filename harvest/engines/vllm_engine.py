@@ -42,6 +42,10 @@ class VLLMEngine:
 
     name = "vllm"
 
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Every option is accepted: the unknown ones go to ``vllm.LLM``, which checks them."""
+
     def __init__(self, ref: ModelRef, *, max_length: int | None = None, enable_lora: bool = True,
                  max_loras: int = 4, max_lora_rank: int = 16,
                  lora_target_modules: Sequence[str] = DEFAULT_LORA_TARGETS, seed: int = 0,
