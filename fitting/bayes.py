@@ -790,12 +790,11 @@ def posterior_rise(spec: law_.LawSpec, data, draws: dict[str, np.ndarray], max_d
     (``draws``: one array of posterior draws per parameter of ``spec``). Below the ground
     truth's minimal rise the data locate no elbow: the prediction is marked "no rise", as the
     MLE's is (``fitting.fit.pinned_edge``; the MLE's edge marks have no posterior analogue)."""
+    from fitting.fit import fitted_rise
+
     theta = np.stack([np.asarray(draws[n], float) for n in spec.param_names], axis=-1)  # (S, P)
     theta = theta[:: max(1, len(theta) // max_draws)]  # thinned: a median needs no more
-    p = spec.unpack(theta)
-    base = p["B"][:, None] + np.where(data.few_shot, p["delta"][:, None], 0.0)
-    rise = law_.performance(spec, theta, data.loss, data.n_train, data.few_shot) - base  # (S, N)
-    return float(np.median(np.max(rise, axis=1, initial=0.0)))
+    return float(np.median(fitted_rise(spec, data, theta)))
 
 
 def _ground_truth(td, fit_config):

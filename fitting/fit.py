@@ -448,12 +448,13 @@ def bounds(spec: law_.LawSpec, data: TaskData, likelihood: str) -> tuple[np.ndar
     return np.array(lo), np.array(hi)
 
 
-def fitted_rise(spec: law_.LawSpec, data: TaskData, theta: np.ndarray) -> float:
-    """The largest rise above base that the fitted law puts on any row of ``data`` (metric units)."""
+def fitted_rise(spec: law_.LawSpec, data: TaskData, theta: np.ndarray) -> np.ndarray:
+    """The largest rise above base that the law with parameters ``theta`` (..., P) puts on any
+    row of ``data`` (metric units), one per parameter set: shape (...)."""
     p = spec.unpack(theta)
-    base = float(p["B"]) + np.where(data.few_shot, float(p["delta"]), 0.0)
+    base = p["B"][..., None] + np.where(data.few_shot, p["delta"][..., None], 0.0)
     perf = law_.performance(spec, theta, data.loss, data.n_train, data.few_shot)
-    return float(np.max(perf - base, initial=0.0))
+    return np.max(perf - base, axis=-1, initial=0.0)
 
 
 def pinned_edge(spec: law_.LawSpec, data: TaskData, likelihood: str, theta: np.ndarray,
@@ -693,7 +694,7 @@ class GroundTruth:
 
 
 def fit_ground_truth(data: TaskData, likelihood: Likelihood = "binomial", alpha_level: float = 1e-3,
-                     min_rise: float = 0.05, spec: law_.LawSpec = law_.LawSpec()) -> GroundTruth:
+                     min_rise: float = MIN_RISE, spec: law_.LawSpec = law_.LawSpec()) -> GroundTruth:
     """Fit the hinge to the few-shot rows of every checkpoint in ``data``."""
     few = data.few_shot_only() if data.few_shot.any() else None
     if few is None or few.n_rows < 3:

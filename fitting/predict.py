@@ -53,7 +53,7 @@ import numpy as np
 from emergence.errors import FitError
 from fitting import compute
 from fitting import law as law_
-from fitting.fit import EmergenceLawFit, GroundTruth, TaskData, fit_ground_truth, pinned_edge
+from fitting.fit import MIN_RISE, EmergenceLawFit, GroundTruth, TaskData, fit_ground_truth, pinned_edge
 from fitting.schema import ResultsFolder
 from fitting.uncertainty import PERCENTILES, Progress, bootstrap, profile_interval
 
@@ -76,7 +76,7 @@ class FitConfig:
     compute_draws: int = compute.LAW_DRAWS  # compute-law draws in the FLOPs interval (0: leave its uncertainty out)
     metric: str | None = None  # default: accuracy, or the task's only metric
     gt_alpha: float = 1e-3  # ground truth: likelihood-ratio test level
-    gt_min_rise: float = 0.05  # ground truth: minimal rise above base (metric units)
+    gt_min_rise: float = MIN_RISE  # ground truth and "no rise": minimal rise above base (metric units)
     profile: bool = True  # also the 90% profile-likelihood interval (fitting.uncertainty.profile_interval)
     bayes: Any = None  # method="bayes": a fitting.bayes.BayesConfig (None: its defaults, this seed)
 
