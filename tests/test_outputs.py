@@ -3,7 +3,6 @@ replaces a results folder it did not make unless told to."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import polars as pl
