@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Iterable
 
 from emergence.errors import OutputError
+from fitting.schema import CHECKPOINTS_FILE, RESULTS_FILE
 
-RESULTS_TABLES = ("checkpoints.parquet", "results.parquet")
+RESULTS_TABLES = (CHECKPOINTS_FILE, RESULTS_FILE)
 
 
 def check_out_dir(path: str | os.PathLike, *, option: str = "--out", files: Iterable[str] = (),

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from emergence.errors import OutputError
 from emergence.paths import RESULTS_TABLES, check_out_dir
-from fitting.schema import ITEM_COLUMNS, ITEM_KEY, METADATA_KEY, ResultsFolder, write_parquet_atomic, write_results
+from fitting.schema import ITEM_COLUMNS, ITEM_KEY, ITEMS_FILE, METADATA_KEY, ResultsFolder, write_parquet_atomic, write_results
 
 PARTS_DIR = "parts"
 ITEM_EXTRA = ("gold",)  # item-level columns kept in items.parquet besides the contract's
@@ -47,7 +47,7 @@ def unit_key(**parts: Any) -> str:
 def claim_results_dir(out_dir: str | os.PathLike) -> Path:
     """Check ``out_dir`` before any work: a folder harvest can write, and never a results folder
     that harvest did not make (its tables would be replaced by the compaction of the parts)."""
-    out = check_out_dir(out_dir, files=(*RESULTS_TABLES, "items.parquet", "manifest.json"), dirs=(PARTS_DIR,))
+    out = check_out_dir(out_dir, files=(*RESULTS_TABLES, ITEMS_FILE, "manifest.json"), dirs=(PARTS_DIR,))
     existing = [name for name in RESULTS_TABLES if (out / name).exists()]
     if existing and not (out / PARTS_DIR).is_dir():
         raise OutputError(f"{out}: holds {existing[0]} that no harvest wrote here (no {PARTS_DIR}/ folder), "

@@ -299,8 +299,9 @@ def test_a_law_with_another_d0_recovers_its_few_shot_elbow():
 
 @pytest.mark.parametrize("d0", [1.0, 20.0])
 def test_the_prediction_stays_in_its_search_box_for_any_d0(d0):
-    """The search box bounds C, which is the prediction for every D0 (fitting.law): before the
-    anchor a fit with D0 = 20 on the shipped micro-ladder predicted 813 nats."""
+    """The search box bounds C, which is the prediction for every D0 (fitting.law). An invariant
+    on simulated data (these fits stayed in the box before the anchor too); the regression test
+    of the 813-nat fit is tests/test_shipped_microladder.py::test_a_larger_d0_keeps_the_prediction_inside_the_search_box."""
     from fitting.fit import bounds
 
     config = FitConfig(law=law.LawSpec(d0=d0), n_boot=0, profile=False)
