@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -274,6 +275,38 @@ def test_unloadable_checkpoint_is_a_quick_one_line_error(monkeypatch, ref, messa
         HFEngine(ref)
     assert message in str(info.value) and "\n" not in str(info.value) and ref.path in str(info.value)
     assert time.perf_counter() - t0 < 20
+
+
+def _copy_checkpoint(tiny, folder):
+    import shutil
+
+    shutil.copytree(tiny, folder)
+    return folder
+
+
+def test_weights_that_do_not_match_the_config_are_one_line_with_no_load_report(tiny, tmp_path, capfd):
+    folder = _copy_checkpoint(tiny, tmp_path / "resized")
+    config = json.loads((folder / "config.json").read_text())
+    config["hidden_size"] *= 2
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError) as info:
+        HFEngine(ModelRef(str(folder)))
+    message = str(info.value)
+    assert "do not match its config.json" in message and "in the file" in message and "from the config" in message
+    assert "\n" not in message and str(folder) in message
+    captured = capfd.readouterr()
+    assert "LOAD REPORT" not in captured.err + captured.out and "not sharded" not in captured.err
+
+
+def test_a_checkpoint_missing_a_weight_is_refused_not_filled_at_random(tiny, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = _copy_checkpoint(tiny, tmp_path / "partial")
+    weights = load_file(folder / "model.safetensors")
+    del weights["model.norm.weight"]
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"1 weight\(s\) missing .*model\.norm\.weight.*random"):
+        HFEngine(ModelRef(str(folder)))
 
 
 def test_pickle_only_checkpoint_is_refused(tiny, tmp_path):

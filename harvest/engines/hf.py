@@ -62,12 +62,54 @@ def load_model(ref: ModelRef, device: str):
     common = {"revision": ref.revision, "trust_remote_code": ref.trust_remote_code,
               "local_files_only": _offline()}
     try:
-        model = AutoModelForCausalLM.from_pretrained(ref.path, use_safetensors=True, dtype=dtype, **common)
+        with _quiet_load_report():  # its multi-line table would precede our one-line error
+            model, info = AutoModelForCausalLM.from_pretrained(
+                ref.path, use_safetensors=True, dtype=dtype, ignore_mismatched_sizes=True,
+                output_loading_info=True, **common)
         tok = AutoTokenizer.from_pretrained(ref.path, **common)
     except Exception as err:  # OSError, ValueError, EnvironmentError, hub errors: all "cannot load"
         raise CheckpointError(f"checkpoint {where}: cannot load ({_one_line(err)})") from None
+    check_loading_info(info, where)
     model.to(device).eval()
     return model, tok
+
+
+def check_loading_info(info: dict[str, Any], where: str) -> None:
+    """Refuse a model some of whose weights transformers had to initialise at random.
+
+    Loading with ``ignore_mismatched_sizes=True`` (and checking here) turns transformers' load
+    report into one line. A weight whose shape differs from the config, or that the checkpoint
+    lacks (after tied weights are accounted for), would be random: every number measured on
+    such a model would be wrong without looking wrong. Extra weights are ignored, as
+    transformers does.
+    """
+    mismatched = sorted(info.get("mismatched_keys") or [])
+    if mismatched:
+        key, in_file, in_config = mismatched[0]
+        raise CheckpointError(
+            f"checkpoint {where}: its weights do not match its config.json ({len(mismatched)} tensor(s) "
+            f"differ in shape, e.g. {key}: {tuple(in_file)} in the file, {tuple(in_config)} from the config)")
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {where}: {len(missing)} weight(s) missing from its safetensors (e.g. {missing[0]}); "
+            f"they would be random")
+
+
+@contextmanager
+def _quiet_load_report() -> Iterator[None]:
+    """Silence transformers' warnings while loading: its load report (a table of mismatched or
+    missing weights, which :func:`check_loading_info` states in one line) and what the mismatch
+    sets off elsewhere (a tensor-parallel plan warning)."""
+    import logging
+
+    log = logging.getLogger("transformers")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 # glibc mallopt parameters, and the value given to both: blocks up to 1 GiB come from (and go
