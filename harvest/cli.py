@@ -38,6 +38,9 @@ def sweep_command(
                                                    "merge the folders with 'harvest merge'.")] = None,
     keep_adapters: Annotated[bool, typer.Option("--keep-adapters", help="Keep finetuned adapters/weights "
                                                                         "under RESULTS_DIR/adapters.")] = False,
+    keep_going: Annotated[bool, typer.Option("--keep-going", "-k", help="Local/shards: record a failed cell or "
+                                                                       "checkpoint and go on (exit 2 at the end); "
+                                                                       "Ray always does.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars on stderr.")] = False,
 ) -> None:
     """Finetune every checkpoint on every data level and subset, evaluate, write finetune rows."""
@@ -46,7 +49,7 @@ def sweep_command(
 
     report = run_sweep(spec, out, executor=executor, address=address,
                        shard=parse_shard(shard) if shard else None, keep_adapters=keep_adapters,
-                       show_progress=not quiet)
+                       show_progress=not quiet, keep_going=keep_going)
     typer.echo(summarize(report, out))
     check_report(report, out)
 

@@ -4,7 +4,9 @@
   checkpoint is finetuned first (adapters saved with their stats), then one engine is loaded
   for that checkpoint and scores every adapter (one vLLM engine per base checkpoint when the
   spec's engine is vLLM). Full finetuning goes one cell at a time (train, score, delete). A kill loses at most the cell in flight: finished parts and saved
-  adapters are reused on restart. Errors stop the run (fix, rerun: it resumes).
+  adapters are reused on restart. Errors stop the run (fix, rerun: it resumes); with
+  ``keep_going`` a failed cell, or a checkpoint whose base units fail, is recorded as Ray's are
+  and the run goes on to the rest (an overnight sweep does not stop at one bad checkpoint).
 - **ray**: one Ray task per cell (train, score, write its part), asking for ``num_cpus`` CPUs
   and ``num_gpus`` GPUs (1 when the cluster has GPUs), plus one task per checkpoint for its base
   units (pretraining loss, few-shot). A failed cell is retried up to ``retries`` times, then
@@ -27,9 +29,10 @@ import shutil
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from harvest.store import PARTS_DIR, Store
 from harvest.sweep import (
@@ -97,53 +100,110 @@ def run_base_isolated(plan: SweepPlan, checkpoints: list[str], show_progress: bo
 # --------------------------------------------------------------------------- local
 
 
-def run_local(plan: SweepPlan, cells, advance: Callable[[Cell], None] = lambda c: None) -> Outcome:
-    """Cells in order, one checkpoint at a time: finetune the pending ones, then score them."""
+def run_local(plan: SweepPlan, cells, advance: Callable[[Cell], None] = lambda c: None,
+              keep_going: bool = False) -> Outcome:
+    """Cells in order, one checkpoint at a time: finetune the pending ones, then score them.
+
+    ``keep_going``: a cell that raises is recorded in ``Outcome.failed`` and skipped; otherwise
+    the first error propagates (everything finished before it is kept).
+    """
     outcome = Outcome()
     todo = pending_cells(plan, cells)
     outcome.skipped = len(cells) - len(todo)
     for checkpoint in dict.fromkeys(c.checkpoint for c in todo):
         group = [c for c in todo if c.checkpoint == checkpoint]
-        _local_checkpoint(plan, group, outcome, advance)
+        _local_checkpoint(plan, group, outcome, advance, keep_going)
     return outcome
 
 
-def _local_checkpoint(plan: SweepPlan, group: list[Cell], outcome: Outcome, advance) -> None:
+def run_base_local(plan: SweepPlan, checkpoints: list[str], show_progress: bool,
+                   keep_going: bool, outcome: Outcome) -> list[str]:
+    """Base units (pretraining loss, few-shot) of ``checkpoints``; the checkpoints whose units
+    failed (recorded in ``outcome``; only with ``keep_going``, else the error propagates)."""
+    if not keep_going:
+        outcome.add_phases({"base": run_base_isolated(plan, checkpoints, show_progress)})
+        return []
+    failed = []
+    for name in checkpoints:  # one at a time, so one bad checkpoint costs only itself
+        try:
+            outcome.add_phases({"base": run_base_isolated(plan, [name], show_progress)})
+        except Exception as err:  # recorded, not raised: the caller reports it and exits non-zero
+            outcome.failed.append(_failure("base", name, 1, err))
+            failed.append(name)
+    return failed
+
+
+def _local_checkpoint(plan: SweepPlan, group: list[Cell], outcome: Outcome, advance, keep_going: bool) -> None:
     """LoRA: train every cell, then score them all in one engine. Full finetuning: one cell at a
     time (train, score, delete), so at most one full copy of the weights is on disk."""
     bases = BaseModels()
     batches = [group] if plan.config.recipe.method == "lora" else [[c] for c in group]
-    for batch in batches:
-        _local_batch(plan, batch, bases, outcome, advance)
+    try:
+        for batch in batches:
+            _local_batch(plan, batch, bases, outcome, advance, keep_going)
+    finally:
+        bases.release()
 
 
-def _local_batch(plan: SweepPlan, group: list[Cell], bases: BaseModels, outcome: Outcome, advance) -> None:
+def _local_batch(plan: SweepPlan, group: list[Cell], bases: BaseModels, outcome: Outcome, advance,
+                 keep_going: bool) -> None:
     phases = Phases()
-    stats = {c.key: train_cell(plan, c, phases, bases) for c in group}
+    guard = _Guard(outcome, keep_going)
+    stats = {}
+    for cell in group:
+        with guard(cell):
+            stats[cell.key] = train_cell(plan, cell, phases, bases)
+    group = [c for c in group if c.key in stats]
     if plan.config.recipe.method == "lora":
         bases.release()  # every cell of the checkpoint is trained: free it before the engine loads
+    if not group:
+        return
     shared = None  # one engine for every LoRA cell of this checkpoint
-    with phases("eval_load"):
-        tokenizer = load_tokenizer(plan, group[0].checkpoint)
     try:
-        for cell in group:
-            lora = stats[cell.key]["method"] == "lora"
-            if lora and shared is None:
-                with phases("eval_load"):
-                    shared = open_engine(plan, cell, stats[cell.key])
-            engine = shared if lora else _timed(phases, "eval_load", open_engine, plan, cell, stats[cell.key])
-            try:
-                rows = evaluate_cell(plan, cell, engine, stats[cell.key], tokenizer, phases)
-            finally:
-                if not lora:
-                    engine.close()
-            write_cell(plan, cell, rows, stats[cell.key], phases)
-            outcome.computed += 1
-            advance(cell)
+        with guard(*group):
+            with phases("eval_load"):
+                tokenizer = load_tokenizer(plan, group[0].checkpoint)
+        for cell in group if guard.ok(group[0]) else []:
+            with guard(cell):
+                lora = stats[cell.key]["method"] == "lora"
+                if lora and shared is None:
+                    with phases("eval_load"):
+                        shared = open_engine(plan, cell, stats[cell.key])
+                engine = shared if lora else _timed(phases, "eval_load", open_engine, plan, cell, stats[cell.key])
+                try:
+                    rows = evaluate_cell(plan, cell, engine, stats[cell.key], tokenizer, phases)
+                finally:
+                    if not lora:
+                        engine.close()
+                write_cell(plan, cell, rows, stats[cell.key], phases)
+                outcome.computed += 1
+                advance(cell)
     finally:
         if shared is not None:
             shared.close()
     outcome.add_phases(phases.seconds)
+
+
+class _Guard:
+    """``with guard(*cells):`` records an error against ``cells`` and swallows it when keeping
+    going; otherwise lets it propagate."""
+
+    def __init__(self, outcome: Outcome, keep_going: bool):
+        self.outcome, self.keep_going, self.failed = outcome, keep_going, set()
+
+    @contextmanager
+    def __call__(self, *cells: Cell) -> Iterator[None]:
+        try:
+            yield
+        except Exception as err:
+            if not self.keep_going:
+                raise
+            for cell in cells:
+                self.outcome.failed.append(_failure("cell", cell, 1, err))
+                self.failed.add(cell.key)
+
+    def ok(self, cell: Cell) -> bool:
+        return cell.key not in self.failed
 
 
 def _timed(phases: Phases, name: str, fn, *args):

@@ -490,9 +490,13 @@ class SweepReport:
 
 def run_sweep(spec: HarvestSpec | str | Path, out_dir: str | Path, *, executor: str = "local",
               address: str | None = None, shard: tuple[int, int] | None = None,
-              keep_adapters: bool = False, show_progress: bool = True) -> SweepReport:
-    """Run the sweep of ``spec`` into ``out_dir`` (resumable); compact when the base is complete."""
-    from harvest.executors import run_base_isolated, run_local, run_ray, shard_cells, shard_checkpoints
+              keep_adapters: bool = False, show_progress: bool = True, keep_going: bool = False) -> SweepReport:
+    """Run the sweep of ``spec`` into ``out_dir`` (resumable); compact when the base is complete.
+
+    ``keep_going`` (local and shards): record a failed cell or checkpoint and go on, as the Ray
+    executor always does; the cells of a checkpoint whose base units failed are not attempted.
+    """
+    from harvest.executors import Outcome, run_base_local, run_local, run_ray, shard_cells, shard_checkpoints
     from harvest.progress import harvest_progress
 
     if executor not in ("local", "ray"):
@@ -515,9 +519,11 @@ def run_sweep(spec: HarvestSpec | str | Path, out_dir: str | Path, *, executor: 
         if executor == "ray":
             outcome = run_ray(plan, cells, base, address, advance)
         else:
-            base_seconds = run_base_isolated(plan, base, show_progress)
-            outcome = run_local(plan, cells, advance)
-            outcome.add_phases({"base": base_seconds})
+            base_outcome = Outcome()
+            broken = set(run_base_local(plan, base, show_progress, keep_going, base_outcome))
+            outcome = run_local(plan, [c for c in cells if c.checkpoint not in broken], advance, keep_going)
+            outcome.failed[:0] = base_outcome.failed
+            outcome.add_phases(base_outcome.phase_seconds)
     outcome.add_phases({"plan": plan_seconds})
     return _finish(plan, docs_hash, len(cells), outcome, start, _run_name(executor, shard))
 

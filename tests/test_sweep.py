@@ -294,6 +294,62 @@ def test_cli_reports_a_missing_sweep_table_in_one_line(tmp_path):
     assert bad_shard.returncode == 2 and "Traceback" not in bad_shard.stderr
 
 
+def test_keep_going_records_a_checkpoint_that_will_not_load_and_sweeps_the_rest(spec_path, tmp_path, capsys):
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from tests.cli_runner import run_cli
+
+    for i in range(len(STEPS)):  # the spec's checkpoints, the middle one missing a weight
+        shutil.copytree(spec_path.parent / f"ckpt{i}", tmp_path / f"ckpt{i}")
+    weights = load_file(tmp_path / "ckpt1" / "model.safetensors")
+    del weights["model.norm.weight"]
+    save_file(weights, tmp_path / "ckpt1" / "model.safetensors", metadata={"format": "pt"})
+    shutil.copyfile(spec_path.parent / "heldout.txt", tmp_path / "heldout.txt")
+    spec = tmp_path / "spec.toml"
+    spec.write_text(spec_path.read_text().replace("n_train = [4, 12, 32]", "n_train = [4]")
+                    .replace("subset_seeds = [0, 1]", "subset_seeds = [0]"))
+
+    code, out, err = run_cli(["harvest", "sweep", spec, "--out", tmp_path / "stop", "-q"], capsys)
+    assert code == 2 and "ckpt1" in err and "missing" in err and "Traceback" not in err
+    assert not (tmp_path / "stop" / "parts" / "finetune").is_dir()  # stopped at the base units
+
+    code, out, err = run_cli(["harvest", "sweep", spec, "--out", tmp_path / "go", "-q", "--keep-going"], capsys)
+    assert code == 2 and "1 cell(s) failed" in err and "Traceback" not in err
+    assert "2 computed" in out and "not in" in out  # the broken checkpoint's units are missing
+    assert len(finetune_parts(tmp_path / "go")) == 2
+    failed = json.loads((tmp_path / "go" / "sweep-local.json").read_text())["runs"][-1]["failed"]
+    assert [f["kind"] for f in failed] == ["base"] and "step4" in failed[0]["what"]
+
+
+def test_keep_going_records_a_failing_cell_and_scores_the_others(spec_path, local_out, tmp_path, monkeypatch):
+    import harvest.executors as executors
+    from harvest.executors import copy_parts
+    from harvest.sweep import SweepError, check_report, run_sweep
+
+    real = executors.train_cell
+
+    def flaky(plan, cell, *args, **kwargs):  # one cell fails, as an out-of-memory would
+        if (cell.checkpoint, cell.n_train, cell.subset_seed) == ("step4", 12, 1):
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(plan, cell, *args, **kwargs)
+
+    monkeypatch.setattr(executors, "train_cell", flaky)
+    copy_parts(local_out, tmp_path, ("loss", "eval"))  # base units already measured
+    report = run_sweep(spec_path, tmp_path, show_progress=False, keep_going=True)
+    assert report.computed == N_CELLS - 1 and report.missing and report.tables is not None
+    assert [f["what"] for f in report.failed] == ["step4 · synthetic_arithmetic · n=12 · seed=1"]
+    assert "out of memory" in report.failed[0]["error"]
+    with pytest.raises(SweepError, match="1 cell"):
+        check_report(report, tmp_path)
+    monkeypatch.setattr(executors, "train_cell", real)  # the rerun computes only that cell
+    again = run_sweep(spec_path, tmp_path, show_progress=False)
+    assert (again.computed, again.skipped, again.failed, again.missing) == (1, N_CELLS - 1, [], [])
+    assert_same_tables(local_out, tmp_path)
+
+
 def test_base_units_plan_each_task_once(spec_path, monkeypatch):
     """Listing the base units builds every task's prompts once, not once per checkpoint (it
     did: compacting a 48-checkpoint micro-ladder shard took minutes of prompt building)."""
