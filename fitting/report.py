@@ -105,7 +105,8 @@ def summary_table(results: Sequence[TaskBacktest], truth: dict[str, Any] | None)
         cov, n = r.coverage
         pcov, pn = r.coverage_profile
         row = [r.task, _f(r.ground_truth_loss) if r.emerged else "never emerged",
-               _f(main.emergence_loss) if main else "–", _interval(main.p05, main.p95) if main else "–",
+               _f(main.emergence_loss) + (f" (pinned: {main.pinned})" if main.pinned else "") if main else "–",
+               _interval(main.p05, main.p95) if main else "–",
                _f(main.error, "+.3f") if main else "–",
                f"{main.n_checkpoints} ckpts" if main else "no pre-emergence fit",
                _flops_cell(pred), _mult(r.flop_multiplier), _mult(r.flop_multiplier_strict),
@@ -117,7 +118,8 @@ def summary_table(results: Sequence[TaskBacktest], truth: dict[str, Any] | None)
             bad.add((i, headers.index("error")))
         rows.append(row)
     caption = ("prediction: the fit on every checkpoint before the ground-truth elbow (all checkpoints "
-               "when the task never emerged); error = prediction − ground truth; FLOP multiplier: "
+               "when the task never emerged), marked when pinned (the data do not locate it); "
+               "error = prediction − ground truth; FLOP multiplier: "
                "FLOPs of the first post-emergence checkpoint ÷ FLOPs of the most capable checkpoint of "
                "the earliest successful cutoff (strict: every larger cutoff also succeeds; unpinned: "
                "only successes whose prediction is not pinned: on the fit's lowest checkpoint loss or the "

@@ -80,6 +80,20 @@ def test_summary_numbers_match_the_backtest(written):
     assert "never emerged" in never
 
 
+def test_a_pinned_pre_emergence_prediction_is_marked_in_the_summary(written):
+    import copy
+
+    from fitting.report import summary_table
+
+    _, results, _ = written
+    cola = copy.deepcopy(next(r for r in results if r.task == COLA.name))
+    column = summary_table([cola], None).headers.index("prediction (nats)")
+    cola.main_cutoff.pinned = None
+    assert "pinned" not in summary_table([cola], None).rows[0][column]
+    cola.main_cutoff.pinned = "no rise"
+    assert summary_table([cola], None).rows[0][column] == f"{cola.main_cutoff.emergence_loss:.3f} (pinned: no rise)"
+
+
 def test_measured_folder_has_no_simulated_banner(tmp_path):
     sim = simulate(replace(Design(), tasks=(COLA,)), seed=1)
     folder = write_results(tmp_path / "res", sim.checkpoints, sim.results, metadata={"source": "lab run 7"})
