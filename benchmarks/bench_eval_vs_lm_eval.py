@@ -94,17 +94,13 @@ LM_EVAL_SIDE = textwrap.dedent('''
 
 
 def build_model(folder: Path, small: bool) -> dict:
-    from harvest.testing import build_tiny_llama, n_params
+    from harvest.testing import BENCH_MODEL, build_tiny_llama, describe
 
     if small:
         build_tiny_llama(folder, hidden=64, layers=2, heads=2, init_std=0.1)
-    else:  # ~20M parameters: 6 layers of width 320 (5 heads of 64), MLP 1280, vocabulary 16384
-        build_tiny_llama(folder, hidden=320, layers=6, heads=5, intermediate=1280, vocab_size=2048,
-                         pad_vocab_to=16384, max_positions=2048, init_std=0.05)
-    config = json.loads((folder / "config.json").read_text())
-    total = n_params(folder)
-    return {"params": total, "vocab": config["vocab_size"],
-            "non_embedding": total - 2 * config["vocab_size"] * config["hidden_size"]}
+    else:  # ~20M parameters (harvest.testing.BENCH_MODEL)
+        build_tiny_llama(folder, **BENCH_MODEL)
+    return describe(folder)
 
 
 def write_inputs(root: Path, model: Path, name: str, answer: str, items: int, shots: int) -> list[dict]:

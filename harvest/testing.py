@@ -5,7 +5,7 @@ built-in corpus (so any text encodes: digits, letters, punctuation), wraps it in
 ``PreTrainedTokenizerFast`` (adds BOS, like Llama), builds a ``LlamaForCausalLM`` from a
 ``LlamaConfig`` with seeded weights (a larger ``init_std`` or a few ``train_steps`` make
 predictions peaked rather than near-ties, which parity comparisons need), and saves both with safetensors. Sizes: the defaults give ~0.15M
-parameters; ``hidden=320, layers=8, vocab=8192`` gives ~20M (the benchmark's model).
+parameters; ``BENCH_MODEL`` gives ~20M (the benchmarks' model).
 """
 
 from __future__ import annotations
@@ -13,6 +13,11 @@ from __future__ import annotations
 import random
 import string
 from pathlib import Path
+
+# The benchmarks' ~20M-parameter model: 6 layers of width 320 (5 heads of 64), MLP 1280, and a
+# vocabulary of 16384 (2048 trained BPE tokens, padded to a realistic LM-head size).
+BENCH_MODEL = {"hidden": 320, "layers": 6, "heads": 5, "intermediate": 1280, "vocab_size": 2048,
+               "pad_vocab_to": 16384, "max_positions": 2048, "init_std": 0.05}
 
 WORDS = ("the quick brown fox jumps over the lazy dog a cat sat on mat bird sang in tall tree "
          "Question What is Answer Repeat Does this sentence make sense yes no true false "
@@ -105,6 +110,16 @@ def n_params(folder: str | Path) -> int:
         for key in f.keys():
             total += _prod(f.get_slice(key).get_shape())
     return total
+
+
+def describe(folder: str | Path) -> dict[str, int]:
+    """Parameters, vocabulary and non-embedding parameters (untied input and output embeddings)."""
+    import json
+
+    config = json.loads((Path(folder) / "config.json").read_text())
+    total = n_params(folder)
+    return {"params": total, "vocab": config["vocab_size"],
+            "non_embedding": total - 2 * config["vocab_size"] * config["hidden_size"]}
 
 
 def _prod(shape) -> int:
