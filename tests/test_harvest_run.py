@@ -181,3 +181,42 @@ def test_unloadable_checkpoint_through_the_cli_is_one_line(tmp_path, monkeypatch
     assert len(err.strip().splitlines()) == 1
     # the first checkpoint's finished units survive the failure
     assert len(list((tmp_path / "o" / "parts" / "eval").glob("*.parquet"))) == 5
+
+
+def fake_hub_cache(root: Path, repo: str, revisions: dict[str, Path]) -> Path:
+    """The Hugging Face hub cache layout (``models--org--name/{refs,snapshots}``) holding each
+    local model under a branch name, as a download of ``repo`` at those revisions leaves it."""
+    import hashlib
+    import shutil
+
+    repo_dir = root / f"models--{repo.replace('/', '--')}"
+    (repo_dir / "refs").mkdir(parents=True)
+    for revision, folder in revisions.items():
+        commit = hashlib.sha1(f"{repo}@{revision}".encode()).hexdigest()
+        shutil.copytree(folder, repo_dir / "snapshots" / commit)
+        (repo_dir / "refs" / revision).write_text(commit)
+    return root
+
+
+def test_hub_id_and_revision_load_from_the_hub_cache_offline(tmp_path, models):
+    """``hub = "org/name"`` + ``revision`` goes through from_pretrained(id, revision=...): each
+    revision resolves to its own snapshot (different weights, different loss), and the numbers
+    equal those of the same models given as local folders."""
+    cache = fake_hub_cache(tmp_path / "hub", "acme/tiny-llama", {"step10": models[0], "step100": models[1]})
+    local = fixture_spec(tmp_path, models)
+    text = local.read_text().split("[[tasks]]")[0] + '[[tasks]]\ntask = "synthetic_copy"\nshots = 1\nlimit = 8\n'
+    local.write_text(text)
+    hub = tmp_path / "hub.toml"
+    hub.write_text(text.replace(f'name = "tiny-0"\npath = "{models[0]}"', 'name = "tiny-0"\nhub = "acme/tiny-llama"\nrevision = "step10"')
+                   .replace(f'name = "tiny-1"\npath = "{models[1]}"', 'name = "tiny-1"\nhub = "acme/tiny-llama"\nrevision = "step100"'))
+    assert hub.read_text().count("acme/tiny-llama") == 2
+    env = {**ENV, "HF_HUB_CACHE": str(cache)}
+    for spec, out in ((local, "local"), (hub, "from_hub")):
+        subprocess.run(harvest_cmd(spec, tmp_path / out), env=env, check=True, capture_output=True)
+    by_folder, by_hub = (load_results(tmp_path / out).checkpoints.sort("checkpoint") for out in ("local", "from_hub"))
+    assert by_hub["pretrain_loss"].to_list() == pytest.approx(by_folder["pretrain_loss"].to_list(), abs=1e-6)
+    assert abs(by_hub["pretrain_loss"][0] - by_hub["pretrain_loss"][1]) > 1e-3  # two revisions, two models
+    hub.write_text(hub.read_text().replace('"step100"', '"step999"'))  # a revision the cache lacks
+    missing = subprocess.run(harvest_cmd(hub, tmp_path / "bad"), env=env, capture_output=True, text=True)
+    assert missing.returncode == 2 and "acme/tiny-llama@step999" in missing.stderr
+    assert "Traceback" not in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
