@@ -101,6 +101,22 @@ def _train(model, tok, steps: int, seed: int) -> None:
     model.eval()
 
 
+def hub_cache(root: str | Path, repo: str, revisions: dict[str, str | Path]) -> Path:
+    """Lay local model folders out as the Hugging Face hub cache holds a download of ``repo`` at
+    each revision (``models--org--name/refs/<revision>`` naming ``snapshots/<commit>/``), so
+    ``from_pretrained(repo, revision=...)`` resolves them offline with ``HF_HUB_CACHE=root``."""
+    import hashlib
+    import shutil
+
+    repo_dir = Path(root) / f"models--{repo.replace('/', '--')}"
+    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+    for revision, folder in revisions.items():
+        commit = hashlib.sha1(f"{repo}@{revision}".encode()).hexdigest()
+        shutil.copytree(folder, repo_dir / "snapshots" / commit)
+        (repo_dir / "refs" / revision).write_text(commit)
+    return Path(root)
+
+
 def n_params(folder: str | Path) -> int:
     """Parameters stored in ``folder/model.safetensors``."""
     from safetensors import safe_open

@@ -21,7 +21,7 @@ from fitting.schema import CHECKPOINT_COLUMNS, ITEM_COLUMNS, RESULT_COLUMNS, loa
 from harvest.evaluate import run_harvest  # noqa: E402
 from harvest.spec import load_spec  # noqa: E402
 from harvest.store import Store  # noqa: E402
-from harvest.testing import build_tiny_llama  # noqa: E402
+from harvest.testing import build_tiny_llama, hub_cache  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
@@ -183,26 +183,11 @@ def test_unloadable_checkpoint_through_the_cli_is_one_line(tmp_path, monkeypatch
     assert len(list((tmp_path / "o" / "parts" / "eval").glob("*.parquet"))) == 5
 
 
-def fake_hub_cache(root: Path, repo: str, revisions: dict[str, Path]) -> Path:
-    """The Hugging Face hub cache layout (``models--org--name/{refs,snapshots}``) holding each
-    local model under a branch name, as a download of ``repo`` at those revisions leaves it."""
-    import hashlib
-    import shutil
-
-    repo_dir = root / f"models--{repo.replace('/', '--')}"
-    (repo_dir / "refs").mkdir(parents=True)
-    for revision, folder in revisions.items():
-        commit = hashlib.sha1(f"{repo}@{revision}".encode()).hexdigest()
-        shutil.copytree(folder, repo_dir / "snapshots" / commit)
-        (repo_dir / "refs" / revision).write_text(commit)
-    return root
-
-
 def test_hub_id_and_revision_load_from_the_hub_cache_offline(tmp_path, models):
     """``hub = "org/name"`` + ``revision`` goes through from_pretrained(id, revision=...): each
     revision resolves to its own snapshot (different weights, different loss), and the numbers
     equal those of the same models given as local folders."""
-    cache = fake_hub_cache(tmp_path / "hub", "acme/tiny-llama", {"step10": models[0], "step100": models[1]})
+    cache = hub_cache(tmp_path / "hub", "acme/tiny-llama", {"step10": models[0], "step100": models[1]})
     local = fixture_spec(tmp_path, models)
     text = local.read_text().split("[[tasks]]")[0] + '[[tasks]]\ntask = "synthetic_copy"\nshots = 1\nlimit = 8\n'
     local.write_text(text)
