@@ -156,14 +156,17 @@ def _local_batch(plan: SweepPlan, group: list[Cell], bases: BaseModels, outcome:
     group = [c for c in group if c.key in stats]
     if plan.config.recipe.method == "lora":
         bases.release()  # every cell of the checkpoint is trained: free it before the engine loads
-    if not group:
+    tokenizer = None
+    if group:
+        with guard(*group):  # no tokenizer: every trained cell fails (its adapter is kept for a rerun)
+            with phases("eval_load"):
+                tokenizer = load_tokenizer(plan, group[0].checkpoint)
+    if tokenizer is None:
+        outcome.add_phases(phases.seconds)
         return
     shared = None  # one engine for every LoRA cell of this checkpoint
     try:
-        with guard(*group):
-            with phases("eval_load"):
-                tokenizer = load_tokenizer(plan, group[0].checkpoint)
-        for cell in group if guard.ok(group[0]) else []:
+        for cell in group:
             with guard(cell):
                 lora = stats[cell.key]["method"] == "lora"
                 if lora and shared is None:
@@ -189,7 +192,7 @@ class _Guard:
     going; otherwise lets it propagate."""
 
     def __init__(self, outcome: Outcome, keep_going: bool):
-        self.outcome, self.keep_going, self.failed = outcome, keep_going, set()
+        self.outcome, self.keep_going = outcome, keep_going
 
     @contextmanager
     def __call__(self, *cells: Cell) -> Iterator[None]:
@@ -200,10 +203,6 @@ class _Guard:
                 raise
             for cell in cells:
                 self.outcome.failed.append(_failure("cell", cell, 1, err))
-                self.failed.add(cell.key)
-
-    def ok(self, cell: Cell) -> bool:
-        return cell.key not in self.failed
 
 
 def _timed(phases: Phases, name: str, fn, *args):
