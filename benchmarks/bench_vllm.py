@@ -126,7 +126,7 @@ def make_requests(tok, n_items: int, n_gen: int, seed: int):
     return letters, words, gens
 
 
-def describe(tok, letters, words, gens) -> str:
+def describe_requests(tok, letters, words, gens) -> str:
     from harvest.engines.hf import encode_pair
 
     ctx = [len(tok.encode(r.context)) for r in letters + words]
@@ -297,7 +297,7 @@ def main() -> int:
               f"non-embedding, vocabulary {info['vocab']}), float32, CPU, "
               f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}")
         print(f"vllm {vllm_version}, torch {torch.__version__}, transformers {transformers.__version__}")
-        print(describe(tok, letters, words, gens))
+        print(describe_requests(tok, letters, words, gens))
         print(f"warm-up per engine, not timed: {WARMUP_ITEMS // 2} + {WARMUP_ITEMS // 2} other items, "
               f"{WARMUP_GENERATIONS} other prompts", flush=True)
 
