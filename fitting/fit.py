@@ -43,8 +43,8 @@ level and the few-shot curve; only the elbow moves with D through k, α, C.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, replace
-from typing import Literal, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import polars as pl
@@ -539,6 +539,8 @@ def staged_start(spec: law_.LawSpec, data: TaskData) -> np.ndarray | None:
     xs, es, slopes, bases = [], [], [], []
     for level in [0, *data.data_levels]:
         rows = data.few_shot if level == 0 else (~data.few_shot & (data.n_train == level))
+        if not rows.any():  # no few-shot rows (a law fitted to finetuning alone)
+            continue
         rss, a, b = hinge_grid_fit(data.loss[rows], data.value[rows], grid)
         i = int(np.argmin(rss))
         if a[i] > 0 and np.unique(data.ckpt[rows][data.loss[rows] < grid[i]]).size >= 2:
@@ -766,23 +768,84 @@ def _gauss_profile(rss: float, n: int) -> float:
 
 @dataclass(frozen=True)
 class LawComparison:
-    """Held-out log-likelihood of one law form (leave-one-checkpoint-out, summed over folds)."""
+    """One law form's held-out log-likelihood (leave-one-checkpoint-out, summed over folds) and
+    its elbow extrapolation (leave one curve out, :func:`elbow_extrapolation`)."""
 
     form: str
     heldout_loglik: float
     n_folds: int
     n_failed: int  # folds whose fit did not converge (scored anyway at their final parameters)
     delta: float = 0.0  # heldout_loglik minus the best form's (0 for the winner)
+    # left-out curve (n_train; 0 = few-shot) -> predicted minus that curve's own elbow, nats
+    elbow_errors: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def elbow_rmse(self) -> float | None:
+        """Root mean square of the finetuned curves' elbow errors (None when none is located)."""
+        errors = [e for level, e in self.elbow_errors.items() if level != 0]
+        return float(np.sqrt(np.mean(np.square(errors)))) if errors else None
+
+    @property
+    def few_shot_error(self) -> float | None:
+        """The few-shot elbow predicted from the finetuned rows alone, minus the ground truth."""
+        return self.elbow_errors.get(0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.__dict__, "elbow_errors": {str(k): v for k, v in self.elbow_errors.items()},
+                "elbow_rmse": self.elbow_rmse, "few_shot_error": self.few_shot_error}
+
+
+def curve_ground_truth(data: TaskData, level: int, likelihood: Likelihood = "binomial") -> GroundTruth:
+    """One curve's own hinge (``level`` 0: few-shot; else that data level, all subsets), fitted
+    to its rows alone by the ground-truth rule (``elbow_loss`` None unless located)."""
+    rows = data.few_shot if level == 0 else (~data.few_shot & (data.n_train == level))
+    curve = data.select_rows(rows)
+    return fit_ground_truth(replace(curve, few_shot=np.ones(curve.n_rows, dtype=bool)), likelihood)
+
+
+def curve_elbow(data: TaskData, level: int, likelihood: Likelihood = "binomial") -> float | None:
+    """The elbow of :func:`curve_ground_truth`: None when the curve has not left base inside the data."""
+    return curve_ground_truth(data, level, likelihood).elbow_loss
+
+
+def elbow_extrapolation(data: TaskData, spec: law_.LawSpec, truths: dict[int, float | None],
+                        likelihood: Likelihood = "binomial", n_starts: int = 12, seed: int = 0) -> dict[int, float]:
+    """Leave one curve out: refit without a curve's rows and predict its elbow from the others.
+
+    Held-out likelihood is dominated by the plateau, which says nothing about where a curve
+    leaves chance; this scores what the method extrapolates: the elbow at a data level the fit
+    did not see. The few-shot curve (level 0) left out is the method's own question, the
+    few-shot elbow predicted from finetuning alone. ``truths``: each curve's own elbow
+    (:func:`curve_elbow`); curves without one, and folds whose fit fails, are skipped.
+    """
+    errors = {}
+    for level, truth in truths.items():
+        if truth is None:
+            continue
+        rest = data.select_rows(~data.few_shot) if level == 0 else data.drop_levels([level])
+        try:
+            model = EmergenceLawFit(spec, likelihood, n_starts=n_starts, seed=seed).fit(rest)
+        except FitError:  # too little left to fit (e.g. one data level)
+            continue
+        if not model.converged_:
+            continue
+        p = spec.unpack(model.theta_)
+        d = spec.d0 if level == 0 else level
+        errors[level] = float(law_.elbow(d, p["k"], p["alpha"], p["C"], spec.elbow, spec.d0)) - truth
+    return errors
 
 
 def compare_laws(data: TaskData, forms: dict[str, law_.LawSpec] | None = None,
                  likelihood: Likelihood = "binomial", n_starts: int = 12, seed: int = 0) -> list[LawComparison]:
-    """Leave-one-checkpoint-out held-out log-likelihood of each law form, best first.
+    """Each law form's held-out log-likelihood and elbow extrapolation, best likelihood first.
 
-    Each fold refits the law without one checkpoint's rows (checkpoints are the correlated
-    unit) and scores those rows; the sum over folds is comparable across forms.
+    Likelihood: each fold refits the law without one checkpoint's rows (checkpoints are the
+    correlated unit) and scores those rows; the sum over folds is comparable across forms.
+    Elbows: :func:`elbow_extrapolation` (finetune rows only: a task without them has none).
     """
     forms = law_.LAW_FORMS if forms is None else forms
+    levels = [0, *data.data_levels] if data.has_finetune else []
+    truths = {level: curve_elbow(data, level, likelihood) for level in levels}
     out = []
     for name, spec in forms.items():
         total, failed = 0.0, 0
@@ -791,7 +854,8 @@ def compare_laws(data: TaskData, forms: dict[str, law_.LawSpec] | None = None,
             model = EmergenceLawFit(spec, likelihood, n_starts=n_starts, seed=seed).fit(data.select_rows(~held))
             failed += not model.converged_
             total += model.loglik(data.select_rows(held))
-        out.append(LawComparison(name, total, data.n_checkpoints, failed))
+        elbows = elbow_extrapolation(data, spec, truths, likelihood, n_starts, seed)
+        out.append(LawComparison(name, total, data.n_checkpoints, failed, elbow_errors=elbows))
     best = max(c.heldout_loglik for c in out)
     return sorted((replace(c, delta=c.heldout_loglik - best) for c in out), key=lambda c: -c.heldout_loglik)
 

@@ -82,5 +82,8 @@ def test_compare_laws_command(sim_dir, capsys):
     assert code == 0
     result = json.loads(out)["sim_csqa"]
     assert {r["form"] for r in result} == {"log_power", "no_delta"} and result[0]["delta"] == 0.0
+    for row in result:  # the elbow columns: every finetuned curve and the few-shot one left out in turn
+        assert set(row["elbow_errors"]) == {"0", "16", "64", "256", "1024"}
+        assert row["elbow_rmse"] < 0.2 and row["few_shot_error"] == row["elbow_errors"]["0"]
     code, _, err = run(["compare-laws", str(sim_dir), "--form", "cubic"], capsys)
     assert code == 2 and "unknown law form" in err

@@ -22,12 +22,11 @@ curve (columns) as a Markdown table: the tables of docs/microladder.md.
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 
 import numpy as np
 import polars as pl
 
-from fitting.fit import EmergenceLawFit, TaskData, fit_ground_truth
+from fitting.fit import EmergenceLawFit, TaskData, curve_ground_truth, fit_ground_truth
 from fitting.law import LAW_FORMS
 from fitting.schema import ResultsFolder, load_results
 
@@ -74,7 +73,7 @@ def curve_elbows(folder: ResultsFolder) -> pl.DataFrame:
     for task, family, part in family_parts(folder):
         for level in [0, *part.data_levels]:
             curve = part.select_rows(part.n_train == level)  # few-shot rows have n_train 0
-            gt = fit_ground_truth(replace(curve, few_shot=np.ones(curve.n_rows, dtype=bool)))
+            gt = curve_ground_truth(part, level)
             rows.append({"task": task, "family": family, "n_train": level, "checkpoints": curve.n_checkpoints,
                          "elbow_loss": gt.elbow_loss, "E": gt.E, "A": gt.A, "B": gt.B,
                          "p_value": gt.p_value, "verdict": gt.reason})
