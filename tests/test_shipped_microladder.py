@@ -92,3 +92,23 @@ def test_a_larger_d0_keeps_the_prediction_inside_the_search_box(folder):
     lo, hi = bounds(config.spec, cut, "binomial")
     pred = predict_data(cut, config, ground_truth=truth)
     assert lo[-2] <= pred.emergence_loss <= hi[-2]  # C is the last-but-one parameter (then Δ)
+
+
+@pytest.mark.parametrize("task", ["ml_topic", "ml_topic_short"])
+def test_the_elbow_columns_rank_the_ceiling_form_last_where_the_likelihood_ranks_it_first(folder, task):
+    """docs/microladder.md: held-out likelihood picks `ceiling`; leaving curves out shows it
+    extrapolates elbows worst. The elbow part is recomputed here; the likelihood ranking (960
+    fits) is read from compare_laws.json, whose elbow columns must equal the recomputation."""
+    from fitting.fit import LawComparison, curve_elbow, elbow_extrapolation
+
+    shipped = json.loads((SHIPPED / "compare_laws.json").read_text())[task]
+    assert shipped[0]["form"] == "ceiling"  # best held-out likelihood
+    data = TaskData.from_folder(folder, task)
+    truths = {level: curve_elbow(data, level) for level in [0, *data.data_levels]}
+    rmse = {}
+    for form in ("ceiling", "log_power"):
+        errors = elbow_extrapolation(data, LAW_FORMS[form], truths)
+        rmse[form] = LawComparison(form, 0.0, 0, 0, elbow_errors=errors).elbow_rmse
+        row = next(r for r in shipped if r["form"] == form)
+        assert {int(k): v for k, v in row["elbow_errors"].items()} == pytest.approx(errors, abs=1e-6)
+    assert rmse["ceiling"] > 2 * rmse["log_power"]  # docs: 0.595 vs 0.133, 0.389 vs 0.103
