@@ -68,6 +68,17 @@ FIXED_SHOT_REQUESTS = [ChoiceRequest(SHOTS + f"Question: item {i}{' x' * i}?\nAn
 ]
 
 
+def test_scoring_passes_the_kv_cache_under_the_name_this_transformers_takes(engine):
+    """transformers 5.2x renamed forward's ``past_key_values`` to ``cache`` and drops the old name
+    in 5.40: shared prefixes and multi-token choices (both reuse a cache) must not use it."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values.*")
+        scores = engine.score_choices(FIXED_SHOT_REQUESTS + REQUESTS)
+    assert any(n > 1 for s in scores for n in s.n_tokens)  # the continuation path ran
+
+
 def test_shared_prefix_groups_compare_token_ids():
     ctxs = [[1, 2, 3, 4, 5, 9], [1, 2, 3, 4, 5, 8, 7], [1, 2, 3, 4, 6], [7, 7], [1, 2, 3, 4, 5]]
     groups, alone = shared_prefix_groups(ctxs, min_shared=4)

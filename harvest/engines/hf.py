@@ -232,6 +232,8 @@ class HFEngine:
         self._adapters: dict[str, str] = {}  # adapter path -> adapter name
         params = inspect.signature(self.model.forward).parameters
         self._keeps_logits = "logits_to_keep" in params
+        # transformers 5.2x renamed forward's past_key_values to cache (the old name goes in 5.40)
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._last_rowwise = last_layer_rowwise_modules(self.model) if self._keeps_logits else []
 
     def _model_max_length(self) -> int:
@@ -300,7 +302,7 @@ class HFEngine:
         prefix = encoded[members[0]][0][:n_shared]
         with self._last_layer_at(self._tensor([]), self._tensor([])):  # only its KV cache is used
             prefix_out = model(input_ids=self._tensor([prefix]), use_cache=True, **self._keep_last_only())
-        self._score_batches(model, encoded, members, out, (n_shared, prefix_out.past_key_values))
+        self._score_batches(model, encoded, members, out, (n_shared, _returned_cache(prefix_out)))
 
     def _score_batches(self, model, encoded, idx: list[int], out: list, shared) -> None:
         order = sorted(idx, key=lambda i: -len(encoded[i][0]))  # long first: little padding
@@ -341,14 +343,14 @@ class HFEngine:
             cache = copy.deepcopy(cache)
             cache.batch_repeat_interleave(len(batch))  # [1, ...] -> [B, ...]
             mask = torch.cat([mask.new_ones(len(batch), n_shared), mask], dim=1)  # [B, T]
-            extra = {"past_key_values": cache,
+            extra = {self._cache_arg: cache,
                      "position_ids": n_shared + torch.arange(ids.shape[1], device=self.device)[None].expand(len(batch), -1)}
         with self._last_layer_at(torch.arange(len(batch), device=self.device), last):
             out = model(input_ids=ids, use_cache=multi or cache is not None, **extra, **self._keep(last))
         first_lp = self._last_logprobs(out.logits, last)  # [B, V]: predicts each choice's first token
         sums = _first_token_sums(first_lp, [conts for _, conts in batch])
         if multi:
-            self._add_continuations(model, batch, out.past_key_values, mask, ctx_lens, sums)
+            self._add_continuations(model, batch, _returned_cache(out), mask, ctx_lens, sums)
         return [ChoiceScore(tuple(s), tuple(len(c) for c in conts)) for s, (_, conts) in zip(sums, batch)]
 
     @contextmanager
@@ -417,8 +419,8 @@ class HFEngine:
         width = ids.shape[1]
         pos = torch.tensor([ctx_lens[b] for b, _ in rows], device=self.device)[:, None] + torch.arange(width, device=self.device)
         mask = torch.cat([ctx_mask[src], cmask], dim=1)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                       use_cache=True).logits
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                       **{self._cache_arg: cache}).logits
         logprobs = torch.log_softmax(logits.float(), dim=-1)  # [R, U, V]
         for r, (b, j) in enumerate(rows):
             target = torch.tensor(batch[b][1][j][1:], device=self.device)
@@ -558,6 +560,12 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 def _windows(ids: list[int], size: int) -> list[list[int]]:
     return [ids[i:i + size] for i in range(0, len(ids), size)]
+
+
+def _returned_cache(out):
+    """The KV cache a forward pass returned: ``cache`` in transformers 5.2x+, ``past_key_values`` before."""
+    cache = out.get("cache")
+    return out.get("past_key_values") if cache is None else cache
 
 
 def _cut(text: str, stops: Sequence[str]) -> str:
