@@ -15,13 +15,15 @@ app = typer.Typer(help="Measure checkpoints: pretraining loss, few-shot and fine
 def eval_command(
     spec: Annotated[Path, typer.Argument(help="Harvest spec (TOML): checkpoints, held-out text, tasks, engine.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Results folder (created; a rerun resumes it).")],
+    keep_going: Annotated[bool, typer.Option("--keep-going", "-k", help="Measure the other checkpoints when one "
+                                                                       "fails, then exit 2 naming it.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars on stderr.")] = False,
 ) -> None:
     """Measure pretraining loss and few-shot accuracy of every checkpoint into RESULTS_DIR."""
     from harvest.evaluate import run_harvest
     from harvest.spec import load_spec
 
-    manifest = run_harvest(load_spec(spec), out, show_progress=not quiet)
+    manifest = run_harvest(load_spec(spec), out, show_progress=not quiet, keep_going=keep_going)
     tables = manifest["tables"]
     typer.echo(f"wrote {out}: {tables['checkpoints']} checkpoints, {tables['results']} results, "
                f"{tables['items']} items")

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import polars as pl
 
-from emergence.errors import SpecError
+from emergence.errors import CheckpointError, EmergenceError, SpecError
 from fitting.schema import FEW_SHOT
 from harvest.engines import engine_version, load_engine
 from harvest.engines.base import ChoiceRequest, Engine, GenerateRequest
@@ -163,15 +163,32 @@ class RunLog:
     started: float = field(default_factory=time.time)
 
 
-def run_harvest(spec: HarvestSpec, out_dir: str | Path, *, show_progress: bool = True) -> dict[str, Any]:
-    """Measure every checkpoint of ``spec`` into ``out_dir``; returns the manifest."""
+def run_harvest(spec: HarvestSpec, out_dir: str | Path, *, show_progress: bool = True,
+                keep_going: bool = False) -> dict[str, Any]:
+    """Measure every checkpoint of ``spec`` into ``out_dir``; returns the manifest.
+
+    A checkpoint that fails (one that will not load) stops the run, everything finished before
+    it kept; with ``keep_going`` the others are measured first, then a :class:`CheckpointError`
+    names every failure and no tables are written (a rerun measures only what is missing).
+    """
     store, log = Store(claim_results_dir(out_dir)), RunLog()
     store.remove_stale_temps()
     plans = plan_tasks(spec)
     docs, docs_hash = held_out_documents(spec)
+    failed: list[str] = []
     with harvest_progress(show_progress) as progress:
         for ckpt in spec.checkpoints:
-            _harvest_checkpoint(spec, ckpt, plans, docs, docs_hash, store, log, progress)
+            try:
+                _harvest_checkpoint(spec, ckpt, plans, docs, docs_hash, store, log, progress)
+            except Exception as err:  # with keep_going: any failure of one checkpoint (e.g. out of memory)
+                if not keep_going:
+                    raise
+                message = str(err) if isinstance(err, EmergenceError) else f"{type(err).__name__}: {err}"
+                failed.append(f"{ckpt.name}: {(message.splitlines() or [''])[0][:300]}")
+                progress.console.log(f"failed, going on: {failed[-1]}")
+    if failed:
+        raise CheckpointError(f"{len(failed)} of {len(spec.checkpoints)} checkpoint(s) failed (first: {failed[0]}); "
+                              f"the others are measured in {out_dir}; fix and rerun to finish")
     table = checkpoint_table(spec, store, docs_hash)
     folder = compact(store, table, few_shot_units(spec, plans), table_metadata(spec, plans))
     return write_manifest(store.root, spec, plans, log, folder)

@@ -183,6 +183,24 @@ def test_unloadable_checkpoint_through_the_cli_is_one_line(tmp_path, monkeypatch
     assert len(list((tmp_path / "o" / "parts" / "eval").glob("*.parquet"))) == 5
 
 
+def test_keep_going_measures_the_checkpoints_after_one_that_will_not_load(tmp_path, monkeypatch, capsys, models):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = fixture_spec(tmp_path, models)
+    good = path.read_text()
+    path.write_text(good.replace(f'path = "{models[0]}"', 'path = "/no/such/checkpoint"'))
+    code, err = run_cli(monkeypatch, capsys, "harvest", "eval", str(path), "--out", str(tmp_path / "o"),
+                        "--quiet", "--keep-going")
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "1 of 2 checkpoint(s) failed" in err and "tiny-0" in err and "folder not found" in err
+    assert len(list((tmp_path / "o" / "parts" / "eval").glob("*.parquet"))) == 5  # tiny-1, measured after it
+    assert not (tmp_path / "o" / "results.parquet").exists()  # no tables from a partial run
+    path.write_text(good)  # fixed: the rerun measures only tiny-0 and writes the tables
+    manifest = run_harvest(load_spec(path), tmp_path / "o", show_progress=False)
+    assert manifest["tables"]["checkpoints"] == 2 and load_results(tmp_path / "o").checkpoints.height == 2
+    loaded = [u["checkpoint"] for u in manifest["runs"][-1]["units_computed"] if u["kind"] == "load"]
+    assert loaded == ["tiny-0"]
+
+
 def test_hub_id_and_revision_load_from_the_hub_cache_offline(tmp_path, models):
     """``hub = "org/name"`` + ``revision`` goes through from_pretrained(id, revision=...): each
     revision resolves to its own snapshot (different weights, different loss), and the numbers
