@@ -229,12 +229,15 @@ def _print_comparison(table) -> None:
 
     for task, rows in table.items():
         for i, c in enumerate(rows):
+            unlocated = [level for level in c.elbow_unlocated if level != 0]
             out.add_row(task if i == 0 else "", c.form + (" (best)" if i == 0 else ""),
                         f"{c.heldout_loglik:.1f}", f"{c.delta:.1f}", str(c.n_failed),
-                        nats(c.elbow_rmse, ".3f"), nats(c.few_shot_error, "+.3f"))
+                        nats(c.elbow_rmse, ".3f") + (f" ({len(unlocated)} unlocated)" if unlocated else ""),
+                        "unlocated" if 0 in c.elbow_unlocated else nats(c.few_shot_error, "+.3f"))
     Console().print(out)
     Console().print("[dim]elbow RMSE: each finetuned curve left out in turn, its elbow predicted by the law fitted "
                     "to the rest, against the curve's own hinge; few-shot elbow error: the few-shot rows left out "
-                    "(a fit to finetuning alone), its predicted few-shot elbow minus the ground truth. The likelihood is dominated by "
+                    "(a fit to finetuning alone), its predicted few-shot elbow minus the ground truth; unlocated: that fit is "
+                    "pinned on an edge (no rise, or the search bound). The likelihood is dominated by "
                     "the plateau; the elbow columns speak to where curves leave chance, which is what the method "
                     "extrapolates.[/]")

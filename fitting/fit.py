@@ -776,14 +776,20 @@ class LawComparison:
     n_folds: int
     n_failed: int  # folds whose fit did not converge (scored anyway at their final parameters)
     delta: float = 0.0  # heldout_loglik minus the best form's (0 for the winner)
-    # left-out curve (n_train; 0 = few-shot) -> predicted minus that curve's own elbow, nats
-    elbow_errors: dict[int, float] = field(default_factory=dict)
+    # left-out curve (n_train; 0 = few-shot) -> predicted minus that curve's own elbow, nats;
+    # None when the fit without it does not locate it (pinned: "no rise" or "search bound")
+    elbow_errors: dict[int, float | None] = field(default_factory=dict)
 
     @property
     def elbow_rmse(self) -> float | None:
-        """Root mean square of the finetuned curves' elbow errors (None when none is located)."""
-        errors = [e for level, e in self.elbow_errors.items() if level != 0]
+        """Root mean square of the located finetuned curves' elbow errors (None when none is)."""
+        errors = [e for level, e in self.elbow_errors.items() if level != 0 and e is not None]
         return float(np.sqrt(np.mean(np.square(errors)))) if errors else None
+
+    @property
+    def elbow_unlocated(self) -> list[int]:
+        """Left-out curves whose elbow the fit to the others did not locate."""
+        return [level for level, e in self.elbow_errors.items() if e is None]
 
     @property
     def few_shot_error(self) -> float | None:
@@ -792,7 +798,8 @@ class LawComparison:
 
     def to_json(self) -> dict[str, Any]:
         return {**self.__dict__, "elbow_errors": {str(k): v for k, v in self.elbow_errors.items()},
-                "elbow_rmse": self.elbow_rmse, "few_shot_error": self.few_shot_error}
+                "elbow_rmse": self.elbow_rmse, "few_shot_error": self.few_shot_error,
+                "elbow_unlocated": self.elbow_unlocated}
 
 
 def curve_ground_truth(data: TaskData, level: int, likelihood: Likelihood = "binomial") -> GroundTruth:
@@ -809,14 +816,18 @@ def curve_elbow(data: TaskData, level: int, likelihood: Likelihood = "binomial")
 
 
 def elbow_extrapolation(data: TaskData, spec: law_.LawSpec, truths: dict[int, float | None],
-                        likelihood: Likelihood = "binomial", n_starts: int = 12, seed: int = 0) -> dict[int, float]:
+                        likelihood: Likelihood = "binomial", n_starts: int = 12,
+                        seed: int = 0) -> dict[int, float | None]:
     """Leave one curve out: refit without a curve's rows and predict its elbow from the others.
 
     Held-out likelihood is dominated by the plateau, which says nothing about where a curve
     leaves chance; this scores what the method extrapolates: the elbow at a data level the fit
     did not see. The few-shot curve (level 0) left out is the method's own question, the
     few-shot elbow predicted from finetuning alone. ``truths``: each curve's own elbow
-    (:func:`curve_elbow`); curves without one, and folds whose fit fails, are skipped.
+    (:func:`curve_elbow`); curves without one, and folds whose fit fails, are skipped. A fold
+    whose fit is pinned on an edge (:func:`pinned_edge`: "no rise", "search bound") gives None:
+    the data left do not locate that elbow. Finetuning alone often cannot locate the few-shot
+    one: under the log power law a small α makes E(D) a step at D₀, and C trades off with k.
     """
     errors = {}
     for level, truth in truths.items():
@@ -828,6 +839,9 @@ def elbow_extrapolation(data: TaskData, spec: law_.LawSpec, truths: dict[int, fl
         except FitError:  # too little left to fit (e.g. one data level)
             continue
         if not model.converged_:
+            continue
+        if pinned_edge(spec, rest, likelihood, model.theta_) in ("no rise", "search bound"):
+            errors[level] = None
             continue
         p = spec.unpack(model.theta_)
         d = spec.d0 if level == 0 else level

@@ -186,6 +186,20 @@ def test_elbow_extrapolation_prefers_the_generating_form(seed):
     assert rmse["power"] < rmse["log_power"]
 
 
+def test_a_left_out_elbow_the_rest_cannot_locate_is_unlocated_not_a_number():
+    """Nothing rises anywhere: a fit to the other curves is "no rise", so whatever its C is, it
+    is not a prediction of the left-out elbow."""
+    from fitting.fit import LawComparison
+
+    flat = TaskTruth("flat", chance=0.25, A=0.5, k=0.001, alpha=1.0, C=1.0)  # elbows far below the data
+    data = TaskData.from_folder(simulate(replace(Design(), tasks=(flat,)), seed=0), "flat")
+    errors = elbow_extrapolation(data, law.LAW_FORMS["log_power"], {0: 2.0, 16: 2.0}, n_starts=4)
+    assert errors == {0: None, 16: None}
+    comparison = LawComparison("log_power", 0.0, 0, 0, elbow_errors=errors)
+    assert comparison.elbow_rmse is None and comparison.few_shot_error is None
+    assert comparison.elbow_unlocated == [0, 16] and comparison.to_json()["elbow_errors"] == {"0": None, "16": None}
+
+
 def test_thin_task_gives_a_record_in_predict_task_and_raises_in_predict_data(default_data):
     import polars as pl
 
