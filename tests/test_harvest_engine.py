@@ -202,13 +202,25 @@ def test_long_context_is_cut_on_the_left(tiny):
         assert lp == pytest.approx(sum(float(lg[len(ctx) - 1 + i, t]) for i, t in enumerate(ids)), abs=TOL)
 
 
+def test_a_generation_cut_inside_a_character_drops_its_partial_bytes(engine):
+    """As vLLM does: a budget that ends mid-character leaves no U+FFFD at the end of the text."""
+    from harvest.engines.hf import _generated_text
+
+    ids = engine.tok.encode("café", add_special_tokens=False)
+    partial = engine.tok.decode(ids[:-1])
+    assert partial.endswith("\ufffd")  # the byte-level tokenizer split 'é' into two byte tokens
+    assert _generated_text(partial, ()) == "caf"
+    assert _generated_text("caf\ufffd = 2 + 2", (" =",)) == "caf"
+
+
 def test_greedy_generation_with_stop_strings(engine):
     prompt = "Question: What is 3 + 4?\nAnswer:"
     ids = engine.tok.encode(prompt)
     with torch.no_grad():
         for _ in range(12):  # hand-rolled greedy decoding
             ids.append(int(engine.model(torch.tensor([ids])).logits[0, -1].argmax()))
-    full = engine.tok.decode(ids[len(engine.tok.encode(prompt)):], skip_special_tokens=True)
+    # a partial character at the end is held back (U+FFFD stripped), as vLLM does
+    full = engine.tok.decode(ids[len(engine.tok.encode(prompt)):], skip_special_tokens=True).rstrip("\ufffd")
     got = engine.generate([GenerateRequest(prompt, 12), GenerateRequest("Repeat:", 5)])
     assert got[0] == full
     stop = full[3:5]
@@ -216,7 +228,7 @@ def test_greedy_generation_with_stop_strings(engine):
     assert cut == full[: full.find(stop)]
     # One batch mixing stop lists and budgets: each request keeps its own.
     n_prompt = len(engine.tok.encode(prompt))
-    first3 = engine.tok.decode(ids[n_prompt:n_prompt + 3], skip_special_tokens=True)
+    first3 = engine.tok.decode(ids[n_prompt:n_prompt + 3], skip_special_tokens=True).rstrip("\ufffd")
     mixed = engine.generate([GenerateRequest(prompt, 12, (stop,)), GenerateRequest(prompt, 12),
                              GenerateRequest(prompt, 3)])
     assert mixed == [cut, full, first3]

@@ -474,7 +474,7 @@ class HFEngine:
                              max_new_tokens=budget, do_sample=False, pad_token_id=pad,
                              stop_strings=stops or None, tokenizer=self.tok if stops else None)
         texts = self.tok.batch_decode(gen[:, width:], skip_special_tokens=True)
-        return [_cut(text, r.stop) for text, r in zip(texts, batch)]
+        return [_generated_text(text, r.stop) for text, r in zip(texts, batch)]
 
     def _pad_id(self) -> int:
         for tid in (self.tok.pad_token_id, self.tok.eos_token_id, 0):
@@ -566,6 +566,13 @@ def _returned_cache(out):
     """The KV cache a forward pass returned: ``cache`` in transformers 5.2x+, ``past_key_values`` before."""
     cache = out.get("cache")
     return out.get("past_key_values") if cache is None else cache
+
+
+def _generated_text(text: str, stops: Sequence[str]) -> str:
+    """A decoded generation cut at its first stop string. One cut by ``max_new_tokens`` can end
+    inside a multi-byte character, which decodes to U+FFFD: vLLM holds such bytes back, and so
+    does this engine, so both give the same text."""
+    return _cut(text, stops).rstrip("\ufffd")
 
 
 def _cut(text: str, stops: Sequence[str]) -> str:
