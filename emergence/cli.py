@@ -29,32 +29,23 @@ _stderr = Console(stderr=True)
 
 
 def main() -> None:
-    """Entry point: user errors become one line on stderr and a non-zero exit code."""
-    try:
-        app(standalone_mode=False)
-    except EmergenceError as err:
-        from rich.markup import escape  # messages quote TOML tables like [sweep]: not markup
+    """Entry point: user errors become one line on stderr and a non-zero exit code.
 
+    Typer runs in standalone mode, so usage errors (no command, an unknown command or option,
+    a bad value) are shown by typer itself with exit 2, whichever click (vendored or not) the
+    installed typer uses; this module never imports click.
+    """
+    from rich.markup import escape  # messages quote TOML tables like [sweep]: not markup
+
+    try:
+        app()
+    except EmergenceError as err:
         _stderr.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
-    except typer.Exit as exit_:
-        sys.exit(exit_.exit_code)
-    except typer.Abort:
-        _stderr.print("aborted")
-        sys.exit(130)
     except OSError as err:  # a path the command could not read or write (checked early where we can)
-        from rich.markup import escape
-
         where = f"{err.filename}: " if err.filename else ""
         _stderr.print(f"[bold red]error:[/] {escape(where + str(err.strerror or err))}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except Exception as err:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        raise
 
 
 if __name__ == "__main__":

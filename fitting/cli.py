@@ -42,7 +42,7 @@ def fit_command(
     chains: Annotated[int, typer.Option(help="bayes: MCMC chains")] = 4,
     draws: Annotated[int, typer.Option(help="bayes: posterior draws per chain")] = 1000,
     tune: Annotated[int, typer.Option(help="bayes: tuning steps per chain")] = 1000,
-    sampler: Annotated[str, typer.Option(help="bayes: pymc (NUTS) or nutpie")] = "pymc",
+    sampler: Annotated[str, typer.Option(help="bayes: auto (nutpie when installed, else pymc), pymc (NUTS) or nutpie")] = "auto",
     non_centered: Annotated[bool, typer.Option("--non-centered", help="bayes: non-centred hierarchy")] = False,
     subset_effect: Annotated[bool, typer.Option("--subset-effect", help="bayes: elbow jitter per finetuning subset")] = False,
     allow_bad_diagnostics: Annotated[bool, typer.Option("--allow-bad-diagnostics", help="bayes: warn instead of failing the r_hat/ESS/divergence gate")] = False,
@@ -86,7 +86,7 @@ def compare_laws_command(
     method: Annotated[str, typer.Option(help="mle (held-out log-likelihood) or bayes (PSIS-LOO of the pooled posterior)")] = "mle",
     draws: Annotated[int, typer.Option(help="bayes: posterior draws per chain")] = 1000,
     tune: Annotated[int, typer.Option(help="bayes: tuning steps per chain")] = 1000,
-    sampler: Annotated[str, typer.Option(help="bayes: pymc (NUTS) or nutpie")] = "pymc",
+    sampler: Annotated[str, typer.Option(help="bayes: auto (nutpie when installed, else pymc), pymc (NUTS) or nutpie")] = "auto",
     seed: Annotated[int, typer.Option(help="bayes: sampler seed")] = 0,
 ) -> None:
     """Which law form does the data support? Leave-one-checkpoint-out held-out log-likelihood."""
@@ -120,7 +120,6 @@ def simulate_command(
 
     from emergence.errors import EmergenceError
     from emergence.paths import check_out_dir, refuse_to_replace
-    from fitting.schema import ITEMS_FILE
     from fitting.simulate import Design, simulate
 
     if n_items <= 0 or subsets <= 0 or subset_sd < 0:
@@ -136,7 +135,6 @@ def simulate_command(
                      subset_seeds=tuple(range(1, subsets + 1)),
                      **({"data_levels": tuple(levels)} if levels else {}))
     folder = simulate(design, seed=seed, out=out_dir)
-    (out_dir / ITEMS_FILE).unlink(missing_ok=True)  # a simulation has no items: drop a replaced folder's
     truth = ", ".join(f"{t} {v['emergence_loss']:.3f}" for t, v in folder.metadata["truth"].items())
     typer.echo(f"wrote SIMULATED results to {out_dir}: {design.n_checkpoints} checkpoints, "
                f"{len(folder.results)} result rows (true emergence losses: {truth})")

@@ -24,6 +24,7 @@ matplotlib.use("Agg")  # headless: reports are written on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from emergence import atomic  # noqa: E402
 
 FEW_SHOT_COLOR = "black"
 TRUTH_COLOR = "#2ca02c"
@@ -244,8 +245,4 @@ def png_bytes(fig: Figure) -> bytes:
 
 def save_png(data: bytes, path: str | os.PathLike) -> Path:
     """Write PNG bytes atomically (a reader never sees half a file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
+    return atomic.write_bytes(path, data)

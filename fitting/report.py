@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from emergence import __version__
+from emergence import __version__, atomic
 from emergence.paths import check_out_dir
 from fitting import figures as fig_
 from fitting import law as law_
@@ -413,37 +413,33 @@ def _td(text: str, bad: bool) -> str:
 
 
 def render_markdown(title: str, sections: Sequence[Section], banner: str | None) -> str:
-    out = [f"# {title}", ""]
+    out = [f"# {_md_text(title)}", ""]
     if banner:
-        out += [f"> **{banner}**", ""]
+        out += [f"> **{_md_text(banner)}**", ""]
     for s in sections:
-        out += ["#" * s.level + " " + s.title, ""]
+        out += ["#" * s.level + " " + _md_text(s.title), ""]
         for p in s.paragraphs:
-            out += [p, ""]
+            out += [_md_text(p), ""]
         for b in s.blocks:
             out += _md_block(b) + [""]
     return "\n".join(out)
 
 
+def _md_text(text: str) -> str:
+    """Text from the data (task names, notes) made inert: Markdown renders raw HTML."""
+    return html.escape(text, quote=False)
+
+
 def _md_block(block: Table | Figure) -> list[str]:
     if isinstance(block, Figure):
-        return [f"![{block.name}](figures/{block.name}.png)", "", f"*{block.caption}*"]
-    esc = lambda text: text.replace("|", "\\|")
+        return [f"![{_md_text(block.name)}](figures/{block.name}.png)", "", f"*{_md_text(block.caption)}*"]
+    esc = lambda text: _md_text(text).replace("|", "\\|")
     headers = [esc(h) or " " for h in block.headers]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join([":---"] + ["---:"] * (len(headers) - 1)) + "|"]
     for i, row in enumerate(block.rows):
         cells = [f"**{esc(c)}**" if (i, j) in block.bad else esc(c) for j, c in enumerate(row)]
         lines.append("| " + " | ".join(cells) + " |")
-    return lines + (["", f"*{block.caption}*"] if block.caption else [])
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    return lines + (["", f"*{_md_text(block.caption)}*"] if block.caption else [])
 
 
 # --------------------------------------------------------------------------- entry points
@@ -456,14 +452,17 @@ def render_report(folder: ResultsFolder, results: Sequence[TaskBacktest], config
                   out: str | os.PathLike, source: str = "") -> ReportPaths:
     """Write index.html, report.md and figures/*.png for already computed backtests."""
     out = check_out_dir(out, files=REPORT_FILES, dirs=("figures",))
-    (out / "figures").mkdir(parents=True, exist_ok=True)
     sections = build_sections(folder, results, config, source)
     banner = simulated_banner(folder)
     title = "Emergence prediction report" + (" (simulated data)" if banner else "")
-    figures = [fig_.save_png(b.png, out / "figures" / f"{b.name}.png")
-               for s in sections for b in s.blocks if isinstance(b, Figure)]
-    _write_text(out / "report.md", render_markdown(title, sections, banner))
-    _write_text(out / "index.html", render_html(title, sections, banner))
+    # The whole report folder is swapped in at once: a kill or a concurrent writer never
+    # leaves new figures beside old HTML (other files in the folder are kept).
+    with atomic.replace_folder(out, drop=(*REPORT_FILES, "figures")) as staging:
+        figures = [fig_.save_png(b.png, staging / "figures" / f"{b.name}.png")
+                   for s in sections for b in s.blocks if isinstance(b, Figure)]
+        atomic.write_text(staging / "report.md", render_markdown(title, sections, banner))
+        atomic.write_text(staging / "index.html", render_html(title, sections, banner))
+    figures = [out / "figures" / f.name for f in figures]
     return ReportPaths(out / "index.html", out / "report.md", figures)
 
 

@@ -16,14 +16,14 @@ provenance) and checked on read.
 ``results.parquet``, one row per evaluation
 
     checkpoint  str     must exist in checkpoints
-    task        str
+    task        str     non-empty, at most 200 characters, no control characters (newlines, tabs)
     setting     str     "few_shot" or "finetune"
     n_train     int64   finetuning examples (0 for few_shot, > 0 for finetune)
     subset_seed int64   which random subset of that size (0 for few_shot)
     metric      str     "accuracy" by default
     value       float64 the metric; accuracy must lie in [0, 1]
     n_items     int64   evaluation items (> 0)
-    chance      float64 the metric's chance level for the task, in [0, 1]
+    chance      float64 the metric's chance level for the task, in [0, 1)
 
     key: (checkpoint, task, setting, n_train, subset_seed, metric) is unique.
 
@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 
+from emergence.atomic import atomic_path, replace_folder
 from emergence.errors import ContractError
 
 CONTRACT_VERSION = "1.0"
@@ -59,6 +60,7 @@ METADATA_KEY = b"emergence"
 CHECKPOINTS_FILE = "checkpoints.parquet"
 RESULTS_FILE = "results.parquet"
 ITEMS_FILE = "items.parquet"
+RESULT_TABLES = (CHECKPOINTS_FILE, RESULTS_FILE, ITEMS_FILE)  # written together, one generation
 
 FEW_SHOT = "few_shot"
 FINETUNE = "finetune"
@@ -225,13 +227,43 @@ def validate_results(
     proportion = pl.col("metric").is_in(PROPORTION_METRICS)
     _check(df, file, "value", proportion & ((pl.col("value") < 0) | (pl.col("value") > 1)),
            "accuracy must lie in [0, 1]")
-    _check(df, file, "chance", (pl.col("chance") < 0) | (pl.col("chance") > 1), "must lie in [0, 1]")
+    _check(df, file, "chance", (pl.col("chance") < 0) | (pl.col("chance") >= 1),
+           "must lie in [0, 1) (a chance level of 1 leaves nothing to emerge)")
+    _check_task_names(df, file)
     _check_unique(df, file, RESULT_KEY)
     if checkpoints is not None:
         known = checkpoints["checkpoint"].implode()
         _check(df, file, "checkpoint", ~pl.col("checkpoint").is_in(known),
                f"names a checkpoint that is not in {CHECKPOINTS_FILE}")
     return df
+
+
+TASK_NAME_MAX = 200
+
+
+def task_name_problem(name: Any) -> str | None:
+    """Why ``name`` cannot be a task name (empty, longer than TASK_NAME_MAX, control characters), or None."""
+    if not isinstance(name, str) or not name.strip():
+        return "is empty"
+    if len(name) > TASK_NAME_MAX:
+        return f"is {len(name)} characters long (at most {TASK_NAME_MAX})"
+    if any(ch < " " or "\x7f" <= ch <= "\x9f" for ch in name):
+        return "contains a control character (a newline, tab, ...)"
+    return None
+
+
+def shown_name(name: Any, limit: int = 40) -> str:
+    """``repr(name)`` cut to about ``limit`` characters, for one-line messages."""
+    text = repr(name)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_task_names(df: pl.DataFrame, file: str) -> None:
+    for name in df["task"].unique(maintain_order=True).to_list():
+        problem = task_name_problem(name)
+        if problem is not None:
+            row = _first_row(df, pl.col("task") == name)
+            raise _fail(file, "task", row, f"task name {shown_name(name)} {problem}")
 
 
 def validate_items(df: pl.DataFrame, file: str = ITEMS_FILE) -> pl.DataFrame:
@@ -257,8 +289,11 @@ def _read_table(path: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
     if raw is not None:
         try:
             meta = json.loads(raw)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # JSONDecodeError, bad UTF-8, nesting too deep
             raise ContractError(f"{path}: metadata key 'emergence' is not JSON") from None
+        if not isinstance(meta, dict):
+            raise ContractError(f"{path}: metadata key 'emergence' holds a JSON {type(meta).__name__}, "
+                                f"expected an object")
         version = str(meta.get("contract_version", CONTRACT_VERSION))
         if version.split(".")[0] != CONTRACT_VERSION.split(".")[0]:
             raise ContractError(
@@ -279,10 +314,21 @@ def load_results(folder: str | os.PathLike, *, items: bool = False) -> ResultsFo
     results = validate_results(res_df, ckpts, str(folder / RESULTS_FILE))
     if results.is_empty():
         raise ContractError(f"{folder / RESULTS_FILE}: has no rows; there is nothing to fit")
-    item_df = None
+    item_df, metas = None, {CHECKPOINTS_FILE: ckpt_meta, RESULTS_FILE: res_meta}
     if items and (folder / ITEMS_FILE).is_file():
-        item_df = validate_items(_read_table(folder / ITEMS_FILE)[0], str(folder / ITEMS_FILE))
+        raw_items, metas[ITEMS_FILE] = _read_table(folder / ITEMS_FILE)
+        item_df = validate_items(raw_items, str(folder / ITEMS_FILE))
+    _check_one_generation(folder, metas)
     return ResultsFolder(ckpts, results, item_df, {**ckpt_meta, **res_meta})
+
+
+def _check_one_generation(folder: Path, metas: dict[str, dict[str, Any]]) -> None:
+    """The tables of a folder come from one write (tables written before generation ids pass)."""
+    stamped = {name: meta["generation"] for name, meta in metas.items() if "generation" in meta}
+    if len(set(stamped.values())) > 1:
+        shown = ", ".join(f"{name} {gen[:8]}" for name, gen in stamped.items())
+        raise ContractError(f"{folder}: its tables come from different writes ({shown}); an interrupted "
+                            "write? Write the folder again (import/simulate with --overwrite, or rerun the harvest)")
 
 
 # --------------------------------------------------------------------------- writing
@@ -293,21 +339,13 @@ def write_parquet_atomic(df: pl.DataFrame, path: str | os.PathLike, metadata: di
 
     The contract version and ``metadata`` go into the Parquet key-value metadata.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"contract_version": CONTRACT_VERSION, **(metadata or {})}
     table = df.to_arrow()
     table = table.replace_schema_metadata(
         {**(table.schema.metadata or {}), METADATA_KEY: json.dumps(meta, default=str).encode()}
     )
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_results(
@@ -316,14 +354,35 @@ def write_results(
     results: pl.DataFrame,
     items: pl.DataFrame | None = None,
     metadata: dict[str, Any] | None = None,
+    *,
+    whole_folder: bool = True,
 ) -> ResultsFolder:
-    """Validate the tables, then write them atomically into ``folder``."""
+    """Validate the tables, then write them into ``folder``: all old or all new.
+
+    Every table carries one ``generation`` id in its metadata, and :func:`load_results`
+    refuses a folder whose tables disagree. ``whole_folder`` (the default) builds the new
+    folder beside the old one and swaps it in atomically (:func:`emergence.atomic.replace_folder`;
+    the folder's other files are kept). ``whole_folder=False`` writes the tables in place, one
+    atomic file at a time, for a folder that other processes write into meanwhile (a harvest's
+    parts): a kill between two tables leaves a folder that loading refuses, never a silent mix.
+    """
     folder = Path(folder)
     ckpts = validate_checkpoints(checkpoints)
     res = validate_results(results, ckpts)
     its = validate_items(items) if items is not None else None
-    write_parquet_atomic(ckpts, folder / CHECKPOINTS_FILE, metadata)
-    write_parquet_atomic(res, folder / RESULTS_FILE, metadata)
-    if its is not None:
-        write_parquet_atomic(its, folder / ITEMS_FILE, metadata)
+    metadata = {**(metadata or {}), "generation": uuid.uuid4().hex}
+    tables = [(ckpts, CHECKPOINTS_FILE), (res, RESULTS_FILE)] + ([(its, ITEMS_FILE)] if its is not None else [])
+
+    def write_into(target: Path) -> None:
+        for df, name in tables:
+            write_parquet_atomic(df, target / name, metadata)
+
+    if whole_folder:
+        with replace_folder(folder, drop=RESULT_TABLES) as staging:
+            write_into(staging)
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        if its is None:
+            (folder / ITEMS_FILE).unlink(missing_ok=True)  # an old items table must not stay beside
+        write_into(folder)
     return ResultsFolder(ckpts, res, its, {"contract_version": CONTRACT_VERSION, **(metadata or {})})

@@ -24,16 +24,15 @@ temporary files or compacted tables.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tempfile
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from emergence.atomic import atomic_path
 from harvest.store import PARTS_DIR, Store
 from harvest.sweep import (
     FINETUNE_KIND, BaseModels, Cell, Phases, SweepPlan, evaluate_cell, load_tokenizer, open_engine, run_cell,
@@ -73,9 +72,8 @@ def copy_parts(source: Path, dest: Path, kinds: tuple[str, ...] | None = None) -
         if (kinds is not None and kind not in kinds) or part.name.startswith(".") or target.exists():
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{part.name}.{uuid.uuid4().hex[:8]}.tmp")
-        shutil.copyfile(part, tmp)
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            shutil.copyfile(part, tmp)
         copied += 1
     return copied
 

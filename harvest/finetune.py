@@ -356,25 +356,14 @@ def save_finetuned(result: FinetuneResult, tokenizer, folder: str | Path) -> Pat
 
     Written into a temporary sibling folder and renamed, so a kill never leaves half a model.
     """
-    import json
-    import os
-    import shutil
-    import tempfile
+    from emergence.atomic import replace_folder, write_json
 
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
+    with replace_folder(folder, keep_others=False) as tmp:
         result.model.save_pretrained(tmp, safe_serialization=True)
         if result.recipe.method == "full":
             tokenizer.save_pretrained(tmp)
-        (tmp / STATS_FILE).write_text(json.dumps(result_stats(result), indent=1))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json(tmp / STATS_FILE, result_stats(result))
     return folder
 
 

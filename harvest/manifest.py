@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import sys
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from emergence.atomic import write_json
 
 MANIFEST_FILE = "manifest.json"
 LIBRARIES = ("emergence", "torch", "transformers", "peft", "datasets", "tokenizers", "polars", "pyarrow", "vllm")
@@ -43,7 +43,7 @@ def write_manifest(folder: Path, spec, plans, log, results) -> dict[str, Any]:
                    "items": 0 if results.items is None else results.items.height},
         "runs": runs,
     }
-    _write_json_atomic(path, manifest)
+    write_json(path, manifest, indent=2)
     return manifest
 
 
@@ -58,8 +58,4 @@ def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
+

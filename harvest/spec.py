@@ -346,4 +346,6 @@ def load_spec(path: str | Path) -> HarvestSpec:
         raise SpecError(f"{path}: not valid TOML ({err})") from None
     except UnicodeDecodeError:
         raise SpecError(f"{path}: not a UTF-8 text file") from None
+    except RecursionError:
+        raise SpecError(f"{path}: TOML nested too deeply to read") from None
     return parse_spec(raw, str(path), path.parent.resolve())

@@ -113,7 +113,9 @@ def compact(store: Store, checkpoints: pl.DataFrame, units: Iterable[tuple[str, 
     results = results_from_items(rows) if rows.height else _empty_results()
     keep = [c for c in (*ITEM_COLUMNS, *ITEM_EXTRA) if c in rows.columns]
     items = rows.select(keep).sort(ITEM_KEY) if rows.height else None
-    return write_results(store.root, checkpoints, results.sort(RESULT_GROUP), items, metadata)
+    # In place (not a folder swap): shards and workers may be writing parts into this folder.
+    return write_results(store.root, checkpoints, results.sort(RESULT_GROUP), items, metadata,
+                         whole_folder=False)
 
 
 def _empty_items() -> pl.DataFrame:

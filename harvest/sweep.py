@@ -606,9 +606,8 @@ def _write_manifest(plan: SweepPlan, report: SweepReport, run: str, start: float
 def _write_run_log(plan: SweepPlan, report: SweepReport, run: str) -> None:
     """Append this run to ``sweep-<run>.json`` (one file per executor/shard: no write races)."""
     import json
-    import os
-    import tempfile
 
+    from emergence.atomic import write_json
     from harvest.manifest import library_versions
 
     path = plan.out_dir / f"sweep-{run}.json"
@@ -624,10 +623,7 @@ def _write_run_log(plan: SweepPlan, report: SweepReport, run: str) -> None:
            "sweep": {"recipe": plan.config.recipe.to_dict(), "nested": plan.config.nested,
                      "eval_shots": plan.config.eval_shots, "subset_seeds": list(plan.config.subset_seeds),
                      "n_cells": len(plan.cells)}, "runs": runs}
-    fd, tmp = tempfile.mkstemp(dir=plan.out_dir, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f, indent=1, default=str)
-    os.replace(tmp, path)
+    write_json(path, doc)
 
 
 def summarize(report: SweepReport, out_dir: str | Path) -> str:

@@ -19,6 +19,7 @@ from fitting.schema import load_results
 from harvest.microladder.summary import curve_elbows
 
 SHIPPED = Path(__file__).resolve().parents[1] / "datasets_cache" / "microladder"
+ELBOW_ATOL = 2e-3  # nats: the optimiser's precision on an elbow (see its use below)
 
 
 @pytest.fixture(scope="module")
@@ -110,5 +111,9 @@ def test_the_elbow_columns_rank_the_ceiling_form_last_where_the_likelihood_ranks
         errors = elbow_extrapolation(data, LAW_FORMS[form], truths)
         rmse[form] = LawComparison(form, 0.0, 0, 0, elbow_errors=errors).elbow_rmse
         row = next(r for r in shipped if r["form"] == form)
-        assert {int(k): v for k, v in row["elbow_errors"].items()} == pytest.approx(errors, abs=1e-6)
+        # 2e-3 nats: each error is the difference of two elbows from multi-start optimisations
+        # whose stopping rule leaves an elbow on a flat likelihood ridge defined to ~1e-3 nats;
+        # two installs (numpy/scipy builds) gave errors up to 3.3e-4 apart (issue 16). A real
+        # change moves them by tenths of a nat (the ranking below), far beyond this.
+        assert {int(k): v for k, v in row["elbow_errors"].items()} == pytest.approx(errors, abs=ELBOW_ATOL)
     assert rmse["ceiling"] > 2 * rmse["log_power"]  # docs: 0.595 vs 0.133, 0.389 vs 0.103

@@ -25,9 +25,10 @@ import polars as pl
 from emergence.errors import SourceError
 from fitting.importers.registry import Imported, ImportOptions
 from fitting.importers.sources import (
-    as_proportion, check_proportion, csv_line, get_key, numeric_column, read_csv, read_json,
+    as_count, as_proportion, check_int64, check_proportion, csv_line, get_key, numeric_column, read_csv, read_json,
 )
 from fitting.importers.tasks import TaskInfo
+from fitting.schema import shown_name, task_name_problem
 
 FLAT_CSV = "flat_models_losses_accuracies.csv"
 METADATA_CSV = "eval_metadata.csv"
@@ -79,6 +80,8 @@ def _read_flat(path: Path) -> pl.DataFrame:
     df = read_csv(path, ["name", "dataset", "params", "tokens"])
     numbers = [c for c in df.columns if c in ("params", "tokens") or c.startswith(("loss__", "acc__"))]
     df = df.with_columns([numeric_column(df, path, c) for c in numbers])
+    for column in ("params", "tokens"):
+        check_int64(df[column], path, column)
     for column in (c for c in numbers if c.startswith("acc__")):
         check_proportion(df[column], path, column)
     if "has_eval" in df.columns:
@@ -103,8 +106,8 @@ def _model_row(path: Path) -> dict:
     hyper = get_key(doc, "hyperparameters", path, "top level", dict)
     row = {"name": get_key(doc, "name", path, "top level", str),
            "dataset": get_key(doc, "dataset_name", path, "top level", str),
-           "params": get_key(hyper, "params", path, "hyperparameters", int),
-           "tokens": get_key(hyper, "tokens", path, "hyperparameters", int)}
+           "params": as_count(get_key(hyper, "params", path, "hyperparameters", int), path, "hyperparameters['params']"),
+           "tokens": as_count(get_key(hyper, "tokens", path, "hyperparameters", int), path, "hyperparameters['tokens']")}
     for i, result in enumerate(get_key(doc, "results", path, "top level", list)):
         where = f"results[{i}]"
         val_data = get_key(result, "val_data", path, where, list)
@@ -151,12 +154,16 @@ def _metadata_infos(path: Path) -> dict[str, TaskInfo]:
     n_items = numeric_column(df, path, "#datapoints")
     chance = numeric_column(df, path, "Random baseline") / 100.0
     shots = numeric_column(df, path, "#shots")
+    check_int64(n_items, path, "#datapoints")
+    check_int64(shots, path, "#shots")
     infos = {}
     for row, task in enumerate(df["Eval Task"].to_list()):
         if task is None:  # a blank line
             continue
-        if not (n_items[row] and n_items[row] > 0 and chance[row] is not None and 0 <= chance[row] <= 1):
-            raise SourceError(f"{path}, {csv_line(row)}: task {task!r} needs a positive #datapoints and a Random baseline in [0, 100]")
+        if (problem := task_name_problem(task)) is not None:
+            raise SourceError(f"{path}, {csv_line(row)}, column 'Eval Task': task name {shown_name(task)} {problem}")
+        if not (n_items[row] and n_items[row] > 0 and chance[row] is not None and 0 <= chance[row] < 1):
+            raise SourceError(f"{path}, {csv_line(row)}: task {task!r} needs a positive #datapoints and a Random baseline in [0, 100)")
         infos[task] = TaskInfo(int(n_items[row]), float(chance[row]), f"{path.name} (#datapoints, Random baseline %)",
                                int(shots[row]) if shots[row] is not None else None)
     return infos

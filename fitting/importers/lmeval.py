@@ -33,7 +33,7 @@ import polars as pl
 
 from emergence.errors import SourceError
 from fitting.importers.registry import Imported, ImportOptions
-from fitting.importers.sources import as_proportion, get_key, iter_jsonl, read_json
+from fitting.importers.sources import as_count, as_proportion, get_key, iter_jsonl, read_json
 from fitting.importers.tasks import TaskInfo, known_chance
 
 DEFAULT_METRICS = ("acc", "exact_match")
@@ -100,7 +100,9 @@ def _checkpoint(doc: dict, file: Path) -> tuple[str, int | None]:
     revision = args.get("revision") or config.get("model_revision")
     name = f"{pretrained}@{revision}" if revision and revision != "main" else str(pretrained)
     params = config.get("model_num_parameters")
-    return name, params if isinstance(params, int) and not isinstance(params, bool) and params > 0 else None
+    if not (isinstance(params, int) and not isinstance(params, bool) and params > 0):
+        return name, None
+    return name, as_count(params, file, "config['model_num_parameters']")
 
 
 def _model_args(raw) -> dict[str, str]:
@@ -140,6 +142,8 @@ def _task_result(doc, file, name, task, key, user) -> TaskResult:
     if items is not None:
         _check_items_agree(items, value, n_items, file, task, key)
     shots = (doc.get("n-shot") or {}).get(task)
+    if isinstance(shots, int):
+        as_count(shots, file, f"n-shot[{task!r}]")
     return TaskResult(name, task, key, value, n_items, _chance(output_type, file, task, items, user),
                       shots if isinstance(shots, int) else None, items, file)
 
@@ -223,7 +227,7 @@ def _check_items_agree(items: list[dict], value: float, n_items: int, file: Path
 def _n_items(doc: dict, file: Path, task: str, items, user: dict[str, TaskInfo]) -> int:
     counts = (doc.get("n-samples") or {}).get(task)
     if isinstance(counts, dict) and isinstance(counts.get("effective"), int) and counts["effective"] > 0:
-        return counts["effective"]
+        return as_count(counts["effective"], file, f"n-samples[{task!r}]['effective']")
     if items:
         return len(items)
     info = user.get(task) or known_chance(task)

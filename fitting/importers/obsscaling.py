@@ -27,7 +27,7 @@ import polars as pl
 
 from emergence.errors import SourceError
 from fitting.importers.registry import Imported, ImportOptions
-from fitting.importers.sources import check_proportion, csv_line, numeric_column, read_csv
+from fitting.importers.sources import check_int64, check_proportion, csv_line, numeric_column, read_csv
 from fitting.importers.tasks import KNOWN_TASKS, TaskInfo
 
 BENCHMARK_CSV = "base_llm_benchmark_eval.csv"
@@ -112,6 +112,8 @@ def _read_one(path: Path, required: list[str]) -> pl.DataFrame:
         raise SourceError(f"{path}, {csv_line(row)}, column 'Model': duplicate {df['Model'][row]!r}")
     numbers = [c for c in df.columns if c not in ("Model", "Model Family")]
     df = df.with_columns(numeric_column(df, path, c) for c in numbers)
+    for src in (c for c, dst in META.items() if dst in ("params", "tokens") and c in df.columns):
+        check_int64(df[src], path, src, scale=SCALE[META[src]])
     for column in (c for c in numbers if c in SCORE_COLUMNS):
         check_proportion(df[column], path, column)
     return df

@@ -21,6 +21,7 @@ from emergence.errors import ContractError, SourceError
 from emergence.paths import check_out_dir, refuse_to_replace
 from fitting import schema
 from fitting.importers.losses import chinchilla_loss, CHINCHILLA_SOURCE
+from fitting.importers.sources import big_number
 from fitting.importers.tables import read_checkpoint_table, read_task_table
 from fitting.importers.tasks import TaskInfo
 
@@ -90,6 +91,7 @@ def import_results(fmt: str, path: str | Path, out: str | Path, options: ImportO
     if not path.exists():
         raise SourceError(f"{path}: not found")
     imported = importer(path, options)
+    _check_source_task_names(imported.results, path)
     imported = _select_tasks(imported, options.only_tasks, path)
     checkpoints = complete_checkpoints(imported, options, fmt)
     metadata = _metadata(fmt, path, imported, options)
@@ -125,6 +127,14 @@ def _select_tasks(imported: Imported, only: tuple[str, ...], path: Path) -> Impo
     used = imported.results["checkpoint"].unique().implode()
     imported.checkpoints = imported.checkpoints.filter(pl.col("checkpoint").is_in(used))
     return imported
+
+
+def _check_source_task_names(results: pl.DataFrame, path: Path) -> None:
+    """Refuse, before anything is fitted or written, a task name no report could show."""
+    for name in results["task"].unique(maintain_order=True).to_list():
+        problem = schema.task_name_problem(name)
+        if problem is not None:
+            raise SourceError(f"{path}: task name {schema.shown_name(name)} {problem}")
 
 
 def _check_task_names(results: pl.DataFrame, only: tuple[str, ...], path: Path) -> None:
@@ -183,6 +193,10 @@ def _apply_defaults(ckpts: pl.DataFrame, options: ImportOptions) -> pl.DataFrame
     defaults = {"family": options.family, "params": options.params, "tokens": options.tokens,
                 "pretrain_loss": options.pretrain_loss}
     single = {k: v for k, v in defaults.items() if k != "family" and v is not None}
+    for name in ("params", "tokens"):
+        value = single.get(name)
+        if value is not None and not 0 < value < 2**63:
+            raise SourceError(f"--{name} {big_number(value)}: must be a positive count below 9.2e18")
     if single and ckpts.height != 1:
         name = next(iter(single))
         raise SourceError(f"--{name.replace('_', '-')} sets one checkpoint's value but this import has "

@@ -7,6 +7,8 @@ decoder's line and column; JSON Lines errors give the line of the record.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -17,6 +19,8 @@ import polars as pl
 from emergence.errors import SourceError
 
 CSV_HEADER_LINES = 1
+INT64_LIMIT = 2.0**63  # counts are stored as int64; this and beyond cannot be
+JSON_TOO_DEEP = "nested too deeply to read (not a results file?)"
 
 
 def require_file(path: Path, what: str = "file") -> Path:
@@ -29,6 +33,7 @@ def require_file(path: Path, what: str = "file") -> Path:
 def read_csv(path: Path, required: list[str]) -> pl.DataFrame:
     """A CSV with every ``required`` column present (all other columns are kept)."""
     require_file(path, "CSV file")
+    check_csv_shape(path)
     try:
         df = pl.read_csv(path, infer_schema_length=None)
     except (pl.exceptions.PolarsError, UnicodeDecodeError, OSError) as err:
@@ -39,6 +44,44 @@ def read_csv(path: Path, required: list[str]) -> pl.DataFrame:
         found = ", ".join(df.columns[:12]) + (" ..." if len(df.columns) > 12 else "")
         raise SourceError(f"{path}: missing column {missing[0]!r} (found: {found})")
     return df
+
+
+def check_csv_shape(path: Path) -> None:
+    """Refuse a ragged or cut-short CSV, naming the line, before polars pads it with nulls.
+
+    Every non-blank record must have as many fields as the header. A short last record in a
+    file that does not end with a newline is reported as a file cut in the middle of a line.
+    (A cut inside the last field of a complete-looking last line cannot be told from a
+    file that simply lacks a final newline, as some published tables do.)
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise SourceError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader, None)
+        width = len(header or [])
+        for record in reader:
+            if record and len(record) != width:
+                line = reader.line_num
+                cut = not text.endswith(("\n", "\r")) and next(reader, None) is None
+                why = ("the file ends in the middle of this line (cut short?)" if cut
+                       else "a ragged row (every row needs one value per column)")
+                raise SourceError(f"{path}, line {line}: {len(record)} fields, the header has {width}; {why}")
+    except csv.Error as err:
+        raise SourceError(f"{path}, line {reader.line_num}: not a readable CSV ({err})") from None
+
+
+def check_int64(values: pl.Series, path: Path, column: str, line_of=None, scale: float = 1.0) -> None:
+    """Refuse a count that is not finite or does not fit a 64-bit integer once scaled."""
+    line_of = line_of or csv_line
+    scaled = values.cast(pl.Float64) * scale
+    bad = (scaled.is_nan() | scaled.is_infinite() | (scaled.abs() >= INT64_LIMIT)).fill_null(False).arg_true()
+    if len(bad):
+        row = int(bad[0])
+        raise SourceError(f"{path}, {line_of(row)}, column {column!r}: {values[row]!r} is not a plausible count "
+                          f"(it must be finite and below 9.2e18{f' after x {scale:g}' if scale != 1 else ''})")
 
 
 def csv_line(row: int) -> str:
@@ -74,7 +117,7 @@ def check_positive(values: pl.Series, path: Path, column: str, line_of=csv_line)
     bad = (values.is_nan() | values.is_infinite() | (values <= 0)).fill_null(False).arg_true()
     if len(bad):
         row = int(bad[0])
-        raise SourceError(f"{path}, {line_of(row)}, column {column!r}: {values[row]!r} must be positive")
+        raise SourceError(f"{path}, {line_of(row)}, column {column!r}: {values[row]!r} must be a positive finite number")
 
 
 def read_json(path: Path) -> Any:
@@ -86,6 +129,8 @@ def read_json(path: Path) -> Any:
         raise SourceError(f"{path}, line {err.lineno}, column {err.colno}: not valid JSON ({err.msg})") from None
     except UnicodeDecodeError as err:
         raise SourceError(f"{path}: not UTF-8 text ({err.reason})") from None
+    except RecursionError:
+        raise SourceError(f"{path}: JSON {JSON_TOO_DEEP}") from None
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
@@ -99,6 +144,8 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
                 raise SourceError(f"{path}, line {lineno}, column {err.colno}: not valid JSON ({err.msg})") from None
+            except RecursionError:
+                raise SourceError(f"{path}, line {lineno}: JSON {JSON_TOO_DEEP}") from None
             if not isinstance(record, dict):
                 raise SourceError(f"{path}, line {lineno}: expected a JSON object, got {type(record).__name__}")
             yield lineno, record
@@ -122,6 +169,21 @@ def as_proportion(value: Any, path: Path, where: str) -> float:
     if not (math.isfinite(value) and 0.0 <= value <= 1.0):
         raise SourceError(f"{path}: {where}: accuracy {value!r} outside [0, 1]")
     return float(value)
+
+
+def as_count(value: int, path: Path, where: str) -> int:
+    """A JSON integer that fits the contract's int64 columns (a count, a size)."""
+    if not -INT64_LIMIT < value < INT64_LIMIT:
+        raise SourceError(f"{path}: {where} is {big_number(value)}, not a plausible count (it must be below 9.2e18)")
+    return value
+
+
+def big_number(value: int) -> str:
+    """A huge integer, shown short (``1e+30``; beyond a float's range, an order of magnitude)."""
+    try:
+        return f"{float(value):.3g}"
+    except OverflowError:
+        return "an integer beyond 1e308"
 
 
 def _kind_name(kind) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emergence.atomic import replace_folder
 from harvest.microladder.corpus import SEQ_LEN, TOKEN_ID, Corpus, CorpusConfig
 
 
@@ -134,24 +135,18 @@ def mean_loss(model, ids: np.ndarray, batch_size: int = 32) -> float:
 def save_checkpoint(model, tokenizer, out: Path, step: int) -> Path:
     """HF folder ``out/step_XXXXXX`` written to a temp dir then renamed (atomic)."""
     final = out / f"step_{step:06d}"
-    tmp = out / f".tmp_step_{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    with replace_folder(final, keep_others=False) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
     return final
 
 
 def save_resume(model, optimizer, out: Path, step: int) -> None:
     import torch
 
-    tmp = out / ".tmp_resume"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    torch.save({"optimizer": optimizer.state_dict(), "step": step}, tmp / "optimizer.pt")
-    shutil.rmtree(out / "resume", ignore_errors=True)
-    tmp.rename(out / "resume")
+    with replace_folder(out / "resume", keep_others=False) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        torch.save({"optimizer": optimizer.state_dict(), "step": step}, tmp / "optimizer.pt")
 
 
 def load_resume(out: Path):

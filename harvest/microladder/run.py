@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
+from emergence.atomic import write_text
 from emergence.errors import EmergenceError
 from harvest.microladder.corpus import SEQ_LEN, Corpus, CorpusConfig
 from harvest.microladder.pretrain import SIZES, TrainConfig
@@ -86,9 +87,7 @@ def write_heldout(out: Path, cfg: LadderConfig) -> dict[str, Path]:
     for name, seed in HELDOUT_SEEDS.items():
         path = out / f"heldout_{name}.jsonl"
         texts = corpus.heldout_texts(cfg.heldout_docs, seed, with_tasks=(name == "mixed"))
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-        tmp.replace(path)
+        write_text(path, "".join(json.dumps({"text": t}) + "\n" for t in texts))
         paths[name] = path
     return paths
 
@@ -182,8 +181,7 @@ def write_spec(out: Path, rows: list[dict], cfg: LadderConfig) -> Path:
                   "nested = true", "eval_shots = 0", f"checkpoints = {names}", "", "[sweep.recipe]"]
         lines += [f"{k} = {json.dumps(v)}" for k, v in cfg.recipe.items()]
     path = out / "harvest.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_text(path, "\n".join(lines) + "\n")
 
 
 def emergence(args: list[str], log: Path, *, capture: bool = False) -> str:
@@ -281,8 +279,8 @@ def analyse(out: Path, say) -> dict[str, str]:
             continue
         try:
             text = emergence([command, str(results), "--json", *options], log, capture=True)
-            (out / f"{name}.json").write_text(text)
-            (out / f"{name}.inputs").write_text(results_digest(results))
+            write_text(out / f"{name}.json", text)
+            write_text(out / f"{name}.inputs", results_digest(results))
             status[name] = "ok"
         except LadderError as err:
             status[name] = str(err)
@@ -320,10 +318,7 @@ def write_manifest(out: Path, cfg: LadderConfig, command: str, walls: dict, rows
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
     path = out / "manifest.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, default=str))
-    tmp.replace(path)
-    return path
+    return write_text(path, json.dumps(manifest, indent=1, default=str))
 
 
 def run_ladder(out: Path, cfg: LadderConfig, *, command: str = "", say=print, analysis: bool = True) -> Path:
