@@ -33,13 +33,21 @@ with hyperpriors scaled to what the design can identify (:class:`Priors`; docs/b
 between-task sds are LogNormal, not HalfNormal: with a handful of tasks a prior with mass at
 sigma = 0 gives the (mu, sigma) funnel that made most prior-drawn datasets diverge. E_ref
 (normal around the midpoint of the task's losses, 95% inside its loss range), the base B_t
-(logit-normal around the task's chance level) and Δ_t are per task. Optional extra level: each
+(logit-normal around the task's chance level) and Δ_t are per task; the few-shot base
+B_t + Δ_t is invlogit(logit B_t + δ_t) (:func:`delta_logit_sd`), so it stays in (0, 1).
+Optional extra level: each
 finetuning subset (task, D, subset seed) shifts its elbow by ε_s ~ N(0, σ_s).
+
+One task alone (a backtest's refits): there is no population to learn (mu, sigma) from, so the
+task's log A, log g, log α get the population prior's marginal Normal (mean of mu, variance
+sd_mu² + E[σ²]) and the hyperparameters are not sampled: sampled, they formed a funnel (mu's
+width is sigma) where a fresh install's backtest met a divergent transition (issue 16).
 
 Centred parameterisation by default (the issue measured ~200 divergences and 10x the time for
 the non-centred form with informative binomial data); ``centered=False`` selects it.
 
-NUTS starts at each task's maximum-likelihood fit (``mle_start``): from PyMC's default
+Sampler defaults (issue 16): nutpie when installed, else PyMC's NUTS
+(``SamplerConfig(sampler="auto")``), ``target_accept=0.95``. NUTS starts at each task's maximum-likelihood fit (``mle_start``): from PyMC's default
 jittered start chains got stuck on the flat parts of the clipped ReLU. The ReLU kink is kept
 (the paper's law); ``LawSpec(hinge="softplus", temperature=...)`` smooths it inside the sampler
 (it did not change tree depth or step size on the default simulated data).
@@ -56,7 +64,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +71,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
+from emergence.atomic import atomic_path
 from emergence.errors import DiagnosticsError, FitError, MissingExtraError
 from fitting import law as law_
 from fitting.schema import ResultsFolder
@@ -105,7 +113,7 @@ class Priors:
     log_alpha_sigma: float = 0.2
     E_ref_sd: float = 0.25  # E_ref ~ N(midpoint of the task's losses, E_ref_sd · max(loss range, 0.5))
     B_logit_sd: float = 0.5  # logit B_t ~ N(logit(chance_t), B_logit_sd)
-    delta_sd: float = 0.05  # Δ_t ~ N(0, delta_sd): the few-shot base shift, in accuracy
+    delta_sd: float = 0.05  # few-shot base shift Δ_t: ~delta_sd accuracy near chance (a logit shift, delta_logit_sd)
     subset_sigma: float = 0.02  # σ_s ~ HalfNormal(subset_sigma) nats (extra level only)
 
     @classmethod
@@ -124,23 +132,39 @@ class Priors:
         return cls()
 
 
+def default_sampler() -> str:
+    """"nutpie" when it is installed (faster, and its compiled model is reused), else "pymc"."""
+    import importlib.util
+
+    return "nutpie" if importlib.util.find_spec("nutpie") is not None else "pymc"
+
+
 @dataclass(frozen=True)
 class SamplerConfig:
-    """How to sample. ``sampler="nutpie"`` needs the nutpie extra; seeds make runs reproducible."""
+    """How to sample. ``sampler="nutpie"`` needs the nutpie extra; seeds make runs reproducible.
 
-    sampler: Literal["pymc", "nutpie"] = "pymc"
+    ``sampler="auto"`` (the default) becomes "nutpie" when nutpie is installed, else "pymc" (the
+    resolved name is what the config holds, hashes and saves). ``target_accept`` 0.95 (PyMC's
+    default is 0.8): see docs/bayes.md, issue 16 (a lone divergent transition failed the gate).
+    """
+
+    sampler: Literal["auto", "pymc", "nutpie"] = "auto"
     chains: int = 4
     draws: int = 1000
     tune: int = 1000
     cores: int = 2
     seed: int = 0
-    target_accept: float = 0.8  # PyMC's default
+    target_accept: float = 0.95
     progressbar: bool = True
     low_rank: bool = False  # nutpie only: low-rank modified mass matrix adaptation
 
     def __post_init__(self) -> None:
-        if self.sampler not in ("pymc", "nutpie"):
-            raise FitError(f"sampler must be 'pymc' or 'nutpie', got {self.sampler!r}")
+        if self.sampler not in ("auto", "pymc", "nutpie"):
+            raise FitError(f"sampler must be 'auto', 'pymc' or 'nutpie', got {self.sampler!r}")
+        if self.sampler == "auto":
+            object.__setattr__(self, "sampler", default_sampler())
+        if not 0 < self.target_accept < 1:
+            raise FitError(f"target_accept must be in (0, 1), got {self.target_accept!r}")
         for name in ("chains", "draws", "tune", "cores"):
             if getattr(self, name) < 1:
                 raise FitError(f"{name} must be >= 1, got {getattr(self, name)!r}")
@@ -299,8 +323,23 @@ def elbow_basis(level_values: np.ndarray, form: str) -> tuple[np.ndarray, np.nda
     return np.log(np.where(x > 0, x, 1.0) / x_ref), mask, x_ref
 
 
-def _population(pm, name: str, mu_prior: tuple[float, float], sigma_scale: float, centered: bool):
-    """exp of a (task,) Normal drawn from a shared population; returns the positive parameter."""
+def marginal_log_sd(mu_prior: tuple[float, float], sigma_scale: float) -> float:
+    """sd of one task's log parameter under the population prior with (mu, sigma) integrated out:
+    sqrt(sd_mu^2 + E[sigma^2]), E[sigma^2] = scale^2 exp(2 SIGMA_LOG_SD^2) for the LogNormal."""
+    return float(np.sqrt(mu_prior[1] ** 2 + sigma_scale**2 * np.exp(2 * SIGMA_LOG_SD**2)))
+
+
+def _population(pm, name: str, mu_prior: tuple[float, float], sigma_scale: float, centered: bool,
+                pooled: bool = True):
+    """exp of a (task,) Normal drawn from a shared population; returns the positive parameter.
+
+    One task (``pooled=False``): no population level. The data cannot inform (mu, sigma) then,
+    and sampling them gave a funnel (mu's width is sigma) whose tail diverged (issue 16); the
+    task's log parameter gets the population prior's marginal mean and variance instead.
+    """
+    if not pooled:
+        log_x = pm.Normal(f"log_{name}", mu_prior[0], marginal_log_sd(mu_prior, sigma_scale), dims="task")
+        return pm.Deterministic(name, pm.math.exp(log_x), dims="task")
     mu = pm.Normal(f"mu_log_{name}", mu_prior[0], mu_prior[1])
     # zero-avoiding: with a handful of tasks a HalfNormal lets sigma -> 0, a funnel in (mu, sigma)
     sigma = pm.LogNormal(f"sigma_log_{name}", np.log(sigma_scale), SIGMA_LOG_SD)
@@ -316,17 +355,36 @@ def _task_parameters(pm, data: BayesData, config: BayesConfig) -> dict:
     pr = config.priors
     mid, width = data.task_loss_range()
     chance = np.clip(data.chance, 0.005, 0.995)
+    pooled = len(data.tasks) > 1
     theta = {
-        "A": _population(pm, "A", pr.log_A_mu, pr.log_A_sigma, config.centered),
-        "g": _population(pm, "g", pr.log_g_mu, pr.log_g_sigma, config.centered),
-        "alpha": _population(pm, "alpha", pr.log_alpha_mu, pr.log_alpha_sigma, config.centered),
+        "A": _population(pm, "A", pr.log_A_mu, pr.log_A_sigma, config.centered, pooled),
+        "g": _population(pm, "g", pr.log_g_mu, pr.log_g_sigma, config.centered, pooled),
+        "alpha": _population(pm, "alpha", pr.log_alpha_mu, pr.log_alpha_sigma, config.centered, pooled),
         "E_ref": pm.Normal("E_ref", mid, pr.E_ref_sd * np.maximum(width, 0.5), dims="task"),
-        "B": pm.Deterministic("B", pm.math.invlogit(pm.Normal(
-            "logit_B", np.log(chance / (1 - chance)), pr.B_logit_sd, dims="task")), dims="task"),
+        "logit_B": pm.Normal("logit_B", np.log(chance / (1 - chance)), pr.B_logit_sd, dims="task"),
     }
-    theta["delta"] = (pm.Normal("delta", 0.0, pr.delta_sd, dims="task") if config.law.delta
-                      else pm.Data("delta", np.zeros(len(data.tasks)), dims="task"))
+    theta["B"] = pm.Deterministic("B", pm.math.invlogit(theta["logit_B"]), dims="task")
+    if config.law.delta:  # the few-shot base B + Δ, kept inside (0, 1) on the logit scale
+        shift = pm.Normal("delta_logit", 0.0, delta_logit_sd(data.chance, pr.delta_sd), dims="task")
+        theta["B_few"] = pm.math.invlogit(theta["logit_B"] + shift)
+        theta["delta"] = pm.Deterministic("delta", theta["B_few"] - theta["B"], dims="task")
+    else:
+        theta["delta"] = pm.Data("delta", np.zeros(len(data.tasks)), dims="task")
+        theta["B_few"] = theta["B"]
     return theta
+
+
+def delta_logit_sd(chance: np.ndarray, delta_sd: float) -> np.ndarray:
+    """(task,) sd of the few-shot base shift on the logit scale: ``delta_sd`` accuracy near the
+    chance level c (slope c(1 − c), floored at 0.05: at most 20·delta_sd logits for chance 0).
+
+    Issue 16: Δ was an accuracy shift, B + Δ could go below 0 on a chance-0 task, and the clip of
+    p at ε then acted as a second hinge (p = max(ε, A (E − L) − |B + Δ|)): a few-shot elbow of
+    its own, a second posterior mode and hundreds of divergent transitions (measured on a
+    ``fitting.simulate_saturating`` dataset: chains split between Δ = −0.18 and Δ ≈ 0).
+    """
+    c = np.clip(np.asarray(chance, float), 0.005, 0.995)
+    return delta_sd / np.maximum(c * (1 - c), 0.05)
 
 
 def _hinge(pt, x, spec: law_.LawSpec):
@@ -370,7 +428,7 @@ def build_model(data: BayesData, config: BayesConfig = BayesConfig()):
         pm.Deterministic("C", elbow[:, 0], dims="task")  # the MLE's C: the elbow at D0 (fitting.law)
         pm.Deterministic("emergence_loss", elbow[:, 0], dims="task")
         e_obs = elbow.ravel()[cell] + _subset_jitter(pm, pt, data, config)
-        base = th["B"][data.task_idx] + th["delta"][data.task_idx] * data.few_shot
+        base = pt.where(data.few_shot, th["B_few"][data.task_idx], th["B"][data.task_idx])
         p = base + th["A"][data.task_idx] * _hinge(pt, e_obs - data.loss, config.law)
         pm.Binomial("correct", n=data.n_items, p=pt.clip(p, EPS, 1 - EPS), observed=correct, dims="obs")
     return model
@@ -449,10 +507,15 @@ def mle_start(data: BayesData, config: BayesConfig) -> dict[str, np.ndarray]:
     e_ref = col("C") + shift - k * x0**alpha  # the MLE's C is the elbow at D0: E_ref = C + k (x_ref^α − x0^α)
     b = np.clip(col("B"), 0.005, 0.995)  # as the prior's centre: an MLE base of 1e-13 (chance 0) is logit -30
     point: dict[str, np.ndarray] = {"E_ref": e_ref, "logit_B": np.log(b / (1 - b))}
-    if config.law.delta:
-        point["delta"] = np.clip(col("delta"), -0.3, 0.3)
+    if config.law.delta:  # the MLE's few-shot base B + Δ as a logit shift (inside 3 prior sds)
+        sd = delta_logit_sd(data.chance, config.priors.delta_sd)
+        few = np.clip(b + col("delta"), 0.001, 0.999)
+        point["delta_logit"] = np.clip(np.log(few / (1 - few)) - np.log(b / (1 - b)), -3 * sd, 3 * sd)
     for name in ("A", "g", "alpha"):
         logs = np.log(values[name])
+        if len(data.tasks) == 1:  # no population level (_population)
+            point[f"log_{name}"] = logs
+            continue
         mu, sd = float(logs.mean()), float(np.clip(logs.std(), 0.05, 1.0))
         point[f"mu_log_{name}"], point[f"sigma_log_{name}"] = np.array(mu), np.array(sd)
         point[f"log_{name}" if config.centered else f"z_log_{name}"] = (
@@ -655,17 +718,9 @@ def percentile_dict(draws: np.ndarray, prefix: str = "p") -> dict[str, float]:
 
 def save_posterior(idata, path: str | os.PathLike) -> Path:
     """Write ``idata`` as netCDF atomically (the old file or the new one, never half)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         idata.to_netcdf(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def load_posterior(path: str | os.PathLike, expected_hash: str | None = None):
@@ -845,7 +900,8 @@ def _predict(task_data: Sequence, fit_config, truths: dict, progress: bool, simu
 def config_from_cli(*, chains: int, draws: int, tune: int, sampler: str, seed: int, centered: bool = True,
                     subset_effect: bool = False, allow_bad_diagnostics: bool = False,
                     save_posterior=None) -> BayesConfig:
-    """The BayesConfig of ``emergence fit --method bayes`` options (cores: min(chains, 2))."""
+    """The BayesConfig of ``emergence fit --method bayes`` options (cores: min(chains, 2));
+    ``sampler="auto"``: nutpie when installed, else PyMC's NUTS."""
     if sampler == "nutpie":
         try:
             import nutpie  # noqa: F401

@@ -62,8 +62,12 @@ def fit_command(
                                        allow_bad_diagnostics=allow_bad_diagnostics, save_posterior=save_posterior)
     config = FitConfig(law=law, d0=d0, likelihood=likelihood, n_boot=n_boot, seed=seed, method=method,
                        items=items, metric=metric, bayes=bayes_config)
+    from fitting.backtest_cli import StageTimer
+
     folder = load_results(results_dir)
-    predictions = predict_all(folder, config, tasks=task or None, progress=True)
+    with StageTimer("fit") as timer:
+        predictions = predict_all(folder, config, tasks=task or None, progress=True)
+        timer.what = f"{len(predictions)} task{'s' * (len(predictions) != 1)}"
     if method == "bayes" and side_by_side:
         from dataclasses import replace
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -225,45 +226,85 @@ def _choose_metric(metrics: list[str], task: str, metric: str | None) -> str:
 # --------------------------------------------------------------------------- law + Jacobian
 
 
-def performance_jacobian(spec: law_.LawSpec, theta: np.ndarray, loss, n_train, few_shot):
+class _Rows:
+    """What the law needs of a set of rows, computed once per problem (not once per iteration).
+
+    The elbow E(D) depends on the row only through D, and a task has a handful of data levels:
+    x(D)^α is evaluated per level as exp(α·log x) on (B, L) and gathered onto the rows.
+    """
+
+    def __init__(self, spec: law_.LawSpec, loss, n_train, few_shot):
+        self.few_shot = np.asarray(few_shot, dtype=bool)
+        self.fs = self.few_shot.astype(float)
+        self.loss = np.asarray(loss, dtype=float)
+        d = np.where(self.few_shot, spec.d0, np.maximum(np.asarray(n_train, dtype=float), 1.0))
+        levels, self.level = np.unique(d, return_inverse=True)
+        self.level = self.level.reshape(-1)
+        x = np.asarray(law_.elbow_x(levels, spec.elbow), dtype=float)
+        self.xpos = (x > 0).astype(float)  # x = 0 (log D at D = 1): x^α = 0 for α > 0
+        self.logx = np.log(np.where(x > 0, x, 1.0))
+        x0 = float(law_.elbow_x(spec.d0, spec.elbow))
+        self.x0pos, self.logx0 = float(x0 > 0), float(np.log(x0)) if x0 > 0 else 0.0
+        self.n = len(self.loss)
+
+
+def performance_jacobian(spec: law_.LawSpec, theta: np.ndarray, loss, n_train, few_shot, rows=None):
     """Performance (B, N) and its Jacobian d perf / d theta (B, N, P) for theta (B, P).
 
     The same maths as :func:`fitting.law.performance` (tested against it), written out so the
-    optimiser gets exact derivatives. ReLU derivative at the kink is taken as 0.
+    optimiser gets exact derivatives. ReLU derivative at the kink is taken as 0. ``rows``: the
+    precomputed :class:`_Rows` of (loss, n_train, few_shot). The Jacobian is a (B, N, P) view
+    of a parameter-major (B, P, N) array (the layout the Hessian's matmul wants).
     """
-    theta = np.atleast_2d(theta)
-    par = {k: v[:, None] for k, v in spec.unpack(theta).items()}  # each (B, 1)
-    fs = np.asarray(few_shot, dtype=bool)
-    d = np.where(fs, spec.d0, np.maximum(np.asarray(n_train, dtype=float), 1.0))  # (N,)
-    x, x0 = law_.elbow_x(d, spec.elbow), float(law_.elbow_x(spec.d0, spec.elbow))
-    t, t0 = x ** par["alpha"], x0 ** par["alpha"]  # (B, N), (B, 1)
-    dt = np.where(x > 0, t * np.log(np.where(x > 0, x, 1.0)), 0.0)  # d x^α / dα (0 at x = 0)
-    dt0 = t0 * np.log(x0) if x0 > 0 else 0.0
-    e_k, e_alpha = t - t0, par["k"] * (dt - dt0)
-    gap = par["k"] * (t - t0) + par["C"] - np.asarray(loss, dtype=float)
-    h, dh = _hinge_and_slope(gap, spec)
-    base = par["B"] + np.where(fs, par["delta"], 0.0)
+    rows = _Rows(spec, loss, n_train, few_shot) if rows is None else rows
+    perf, jac = _law_eval(spec, theta, rows, jacobian=True)
+    return perf, jac.transpose(0, 2, 1)
+
+
+def _law_eval(spec: law_.LawSpec, theta: np.ndarray, rows: _Rows, jacobian: bool = False):
+    """Performance (B, N) of theta (B, P) on ``rows``; with ``jacobian``, also (B, P, N)."""
+    theta = np.atleast_2d(np.asarray(theta, dtype=float))
+    names = spec.param_names
+    col = lambda name: theta[:, names.index(name)]  # noqa: E731
+    A, B, k, alpha, C = col("A"), col("B"), col("k"), col("alpha"), col("C")
+    t = np.exp(alpha[:, None] * rows.logx) * rows.xpos  # (B, L): x^α per data level
+    t0 = np.exp(alpha * rows.logx0) * rows.x0pos  # (B,)
+    e_k = t - t0[:, None]
+    gap = np.take(k[:, None] * e_k + C[:, None], rows.level, axis=1) - rows.loss  # E(D) - L, (B, N)
+    h, dh = _hinge_and_slope(gap, spec, jacobian)
+    base = B[:, None] + (rows.fs * col("delta")[:, None] if spec.delta else 0.0)
     if spec.ceiling:
-        room = np.maximum(par["U"] - base, 1e-6)
-        g = par["A"] * h / room
+        room = np.maximum(col("U")[:, None] - base, 1e-6)
+        g = A[:, None] * h / room
         q = np.exp(-g)
         perf = base + room * -np.expm1(-g)
-        d_a, d_h, d_base, d_u = q * h, q * par["A"], q * (1 + g), 1 - q * (1 + g)
     else:
-        perf = base + par["A"] * h
-        d_a, d_h, d_base, d_u = h, par["A"] * np.ones_like(h), np.ones_like(h), None
+        perf = base + A[:, None] * h
+    if not jacobian:
+        return perf, None
+    jac = np.empty((len(theta), len(names), rows.n))
+    if spec.ceiling:
+        qg = q * (1 + g)
+        d_a, d_h, d_base = q * h, q * A[:, None], qg
+        jac[:, names.index("U")] = 1 - qg
+    else:
+        d_a, d_h, d_base = h, A[:, None], 1.0
     d_e = d_h * dh
-    cols = dict(A=d_a, B=d_base, k=d_e * e_k, alpha=d_e * e_alpha, C=d_e,
-                delta=d_base * fs, U=d_u)
-    jac = np.stack([np.broadcast_to(cols[n], perf.shape) for n in spec.param_names], axis=-1)
+    e_alpha = k[:, None] * (t * rows.logx - (t0 * rows.logx0)[:, None])  # k d(x^α - x0^α)/dα
+    jac[:, 0], jac[:, 1] = d_a, d_base
+    jac[:, 2] = d_e * e_k[:, rows.level]
+    jac[:, 3] = d_e * e_alpha[:, rows.level]
+    jac[:, 4] = d_e
+    if spec.delta:
+        jac[:, names.index("delta")] = d_base * rows.fs
     return perf, jac
 
 
-def _hinge_and_slope(x, spec: law_.LawSpec):
+def _hinge_and_slope(x, spec: law_.LawSpec, slope: bool = True):
     if spec.hinge == "relu":
-        return np.maximum(x, 0.0), (x > 0).astype(float)
+        return np.maximum(x, 0.0), (x > 0).astype(float) if slope else None
     tau = spec.temperature
-    return tau * np.logaddexp(0.0, x / tau), special.expit(x / tau)
+    return tau * np.logaddexp(0.0, x / tau), special.expit(x / tau) if slope else None
 
 
 # --------------------------------------------------------------------------- likelihood
@@ -277,13 +318,40 @@ def binomial_terms(p, y, n):
     least the Fisher information), so it stays C¹, grows away from the valid range, and its
     minimum stays at p ≈ 0 or 1: an impossible probability is never rewarded.
     """
+    p, y, n = np.broadcast_arrays(np.asarray(p, dtype=float), y, n)
+    lo, hi = clip_curvatures(y, n)
+    return _binomial_terms(p, y, n - y, n, lo, hi)
+
+
+def clip_curvatures(y, n):
+    """The continuation's curvature at the clip points EPS and 1 - EPS: at least the Fisher
+    information. Constants of the row, so rows that share p can be summed (sufficient statistics)."""
+    out = []
+    for pc in (EPS, 1 - EPS):
+        out.append(np.maximum(y / pc**2 + (n - y) / (1 - pc) ** 2, n / (pc * (1 - pc))))
+    return out[0], out[1]
+
+
+def _binomial_terms(p, y, ny, n, curv_lo, curv_hi, full: bool = True):
+    """:func:`binomial_terms` with the failures ``ny`` = n - y and the clip curvatures given;
+    ``full=False``: the negative log-likelihood only (score and weight None). ``p`` carries the
+    full batch shape (y, n, ... broadcast against it)."""
     pc = np.clip(p, EPS, 1 - EPS)
-    nll = -(y * np.log(pc) + (n - y) * np.log1p(-pc))
-    grad = -(y / pc - (n - y) / (1 - pc))
-    fisher = n / (pc * (1 - pc))
-    curv = np.maximum(y / pc**2 + (n - y) / (1 - pc) ** 2, fisher)
-    dp = p - pc
-    return nll + dp * (grad + 0.5 * curv * dp), grad + curv * dp, np.where(dp == 0, fisher, curv)
+    nll = -(y * np.log(pc) + ny * np.log1p(-pc))
+    out = np.flatnonzero(p != pc)  # outside [EPS, 1 - EPS] (or NaN): the quadratic continuation
+    if full or len(out):
+        grad = ny / (1 - pc) - y / pc
+    weight = n / (pc * (1 - pc)) if full else None
+    if len(out):
+        at = np.unravel_index(out, p.shape)  # works whatever the arrays' memory layout
+        dp = p[at] - pc[at]
+        curv = np.where(dp < 0, np.broadcast_to(curv_lo, p.shape)[at], np.broadcast_to(curv_hi, p.shape)[at])
+        g = grad[at]
+        nll[at] += dp * (g + 0.5 * curv * dp)
+        if full:
+            grad[at] = g + curv * dp
+            weight[at] = curv
+    return (nll, grad, weight) if full else (nll, None, None)
 
 
 def gaussian_terms(p, v, _n=None):
@@ -300,6 +368,11 @@ class Problem:
     values and row weights for the Gaussian one (weights are checkpoint multiplicities in a
     bootstrap resample). ``lower``/``upper`` are (P,) or (B, P) (a profile pins one parameter
     at a different value per member).
+
+    Rows may be sufficient statistics (:func:`make_problem` sums the rows that share a predicted
+    p): ``curv_lo``/``curv_hi`` are then the summed clip curvatures of the binomial continuation
+    (:func:`clip_curvatures`), and ``offset`` (scalar or (B,)) the Gaussian residual sum of
+    squares within each group, so the objective is the per-row one exactly.
     """
 
     spec: law_.LawSpec
@@ -311,22 +384,47 @@ class Problem:
     n: np.ndarray
     lower: np.ndarray
     upper: np.ndarray
+    curv_lo: np.ndarray | None = None
+    curv_hi: np.ndarray | None = None
+    offset: Any = 0.0
 
-    def terms(self, p):
+    @cached_property
+    def rows(self) -> _Rows:
+        return _Rows(self.spec, self.loss, self.n_train, self.few_shot)
+
+    @cached_property
+    def _binomial(self):
+        y, n = np.asarray(self.y, dtype=float), np.asarray(self.n, dtype=float)
+        lo, hi = clip_curvatures(y, n) if self.curv_lo is None else (self.curv_lo, self.curv_hi)
+        return y, n - y, n, lo, hi
+
+    def terms(self, p, full: bool = True):
         if self.likelihood == "binomial":
-            return binomial_terms(p, self.y, self.n)
+            return _binomial_terms(p, *self._binomial, full=full)
         nll, score, w = gaussian_terms(p, self.y)
         return self.n * nll, self.n * score, self.n * w
 
     def objective(self, theta):
-        """(B,) objective for theta (B, P)."""
-        perf = law_.performance(self.spec, theta, self.loss, self.n_train, self.few_shot)
-        return self.terms(np.atleast_2d(perf))[0].sum(-1)
+        """(B,) objective for theta (B, P); theta (S, B, P) gives (S, B) (trial steps of one batch)."""
+        theta = np.asarray(theta, dtype=float)
+        lead = theta.shape[:-1]
+        perf, _ = _law_eval(self.spec, theta.reshape(-1, theta.shape[-1]), self.rows)
+        perf = perf.reshape(*lead, -1) if len(lead) else perf
+        return self.terms(perf, full=False)[0].sum(-1) + self.offset
 
     def value_and_grad(self, theta):
-        perf, jac = performance_jacobian(self.spec, theta, self.loss, self.n_train, self.few_shot)
+        perf, jac = performance_jacobian(self.spec, theta, self.loss, self.n_train, self.few_shot, self.rows)
         nll, score, weight = self.terms(perf)
-        return nll.sum(-1), np.einsum("bn,bnp->bp", score, jac), perf, jac, weight
+        return nll.sum(-1) + self.offset, np.einsum("bn,bnp->bp", score, jac), perf, jac, weight
+
+    def grad_hess(self, theta):
+        """Gradient (B, P) and Gauss-Newton/Fisher Hessian J^T W J (B, P, P)."""
+        perf, jac = performance_jacobian(self.spec, theta, self.loss, self.n_train, self.few_shot, self.rows)
+        _, score, weight = self.terms(perf)
+        jt = jac.transpose(0, 2, 1)  # (B, P, N): contiguous unless someone handed a copy
+        grad = np.matmul(jt, score[:, :, None])[:, :, 0]
+        hess = np.matmul(jt * weight[:, None, :], jac)
+        return grad, hess
 
 
 def lm_batch(problem: Problem, theta0: np.ndarray, max_iter: int = 200, tol: float = 1e-9):
@@ -345,23 +443,25 @@ def lm_batch(problem: Problem, theta0: np.ndarray, max_iter: int = 200, tol: flo
     done = np.zeros(len(theta), dtype=bool)
     f = problem.objective(theta)
     eye = np.eye(theta.shape[1])
+    factors = np.array([1.0, 2.0, 4.0])[:, None, None]
+    sub, sub_act = problem, np.arange(len(theta))
     for it in range(1, max_iter + 1):
         act = np.flatnonzero(~done)
         if not len(act):
             return theta, f, done, it - 1
-        sub = _subproblem(problem, act)
-        _, grad, _, jac, weight = sub.value_and_grad(theta[act])
-        hess = np.einsum("bnp,bn,bnq->bpq", jac, weight, jac)
-        step, grad = _damped_step(theta[act], grad, hess, lam[act], sub, eye)
+        if len(act) != len(sub_act):  # the active set only shrinks: same size, same members
+            sub, sub_act = _subproblem(problem, act), act
+        th = theta[act]
+        grad, hess = sub.grad_hess(th)
+        step, grad = _damped_step(th, grad, hess, lam[act], sub, eye)
         decrement = np.einsum("bp,bp->b", grad, step)
-        trial = np.clip(theta[act] - step, sub.lower, sub.upper)
-        f_new = sub.objective(trial)
-        # try 2x and 4x the step too: cheap (no Jacobian) and fast along curved valleys
-        for factor in (2.0, 4.0):
-            longer = np.clip(theta[act] - factor * step, sub.lower, sub.upper)
-            f_long = sub.objective(longer)
-            use_long = f_long < f_new
-            trial[use_long], f_new = longer[use_long], np.where(use_long, f_long, f_new)
+        # the step, and 2x and 4x the step too: cheap (no Jacobian) and fast along curved valleys
+        cand = np.clip(th[None] - factors * step[None], sub.lower, sub.upper)  # (3, B, P)
+        f3 = sub.objective(cand)
+        trial, f_new = cand[0], f3[0]
+        for i in (1, 2):
+            use_long = f3[i] < f_new
+            trial[use_long], f_new = cand[i][use_long], np.where(use_long, f3[i], f_new)
         better = f_new < f[act]
         gain = np.where(better, f[act] - f_new, 0.0)
         theta[act[better]], f[act[better]] = trial[better], f_new[better]
@@ -400,9 +500,10 @@ def _solve_or_lstsq(system: np.ndarray, rhs: np.ndarray) -> np.ndarray:
 
 def _subproblem(problem: Problem, rows: np.ndarray) -> Problem:
     """The batch members ``rows`` of a problem whose targets (B, N) or bounds (B, P) are per member."""
-    pick = lambda a: a[rows] if a.ndim == 2 else a  # noqa: E731
+    pick = lambda a, nd=2: a[rows] if isinstance(a, np.ndarray) and a.ndim == nd else a  # noqa: E731
     return replace(problem, y=pick(problem.y), n=pick(problem.n), lower=pick(problem.lower),
-                   upper=pick(problem.upper))
+                   upper=pick(problem.upper), curv_lo=pick(problem.curv_lo), curv_hi=pick(problem.curv_hi),
+                   offset=pick(problem.offset, 1))
 
 
 def polish(problem: Problem, theta0: np.ndarray, max_iter: int = 500):
@@ -572,15 +673,50 @@ def staged_start(spec: law_.LawSpec, data: TaskData) -> np.ndarray | None:
 
 
 def make_problem(spec: law_.LawSpec, data: TaskData, likelihood: str, y=None, n=None) -> Problem:
-    """The optimisation problem of ``data``; ``y``/``n`` override targets (bootstrap)."""
+    """The optimisation problem of ``data``; ``y``/``n`` (N,) or (B, N) override targets (bootstrap).
+
+    Sufficient statistics: rows that share (pretraining loss, D, few-shot) share their predicted
+    p (e.g. the subset seeds of a data level at one checkpoint), so they become one row with
+    summed successes and trials (binomial; the clip curvatures are summed too, so even the
+    continuation outside [EPS, 1 - EPS] is the per-row sum), or summed weights at the weighted
+    mean value plus the within-group residual as ``offset`` (Gaussian). The objective, its
+    gradient and Hessian are those of the per-row problem, up to rounding.
+    """
     lower, upper = bounds(spec, data, likelihood)
     if likelihood == "binomial":
-        y = data.successes.astype(float) if y is None else y
-        n = data.n_items.astype(float) if n is None else n
+        y = data.successes.astype(float) if y is None else np.asarray(y, dtype=float)
+        n = data.n_items.astype(float) if n is None else np.asarray(n, dtype=float)
     else:
-        y = data.value if y is None else y
-        n = np.ones(data.n_rows) if n is None else n
-    return Problem(spec, likelihood, data.loss, data.n_train, data.few_shot, y, n, lower, upper)
+        y = data.value if y is None else np.asarray(y, dtype=float)
+        n = np.ones(data.n_rows) if n is None else np.asarray(n, dtype=float)
+    groups = row_groups(spec, data)
+    if groups is None:
+        return Problem(spec, likelihood, data.loss, data.n_train, data.few_shot, y, n, lower, upper)
+    first, inv, indicator = groups
+    agg = lambda a: a @ indicator  # noqa: E731  (N,) or (B, N) -> (M,) or (B, M)
+    rows = (data.loss[first], data.n_train[first], data.few_shot[first])
+    if likelihood == "binomial":
+        lo, hi = clip_curvatures(y, n)
+        return Problem(spec, likelihood, *rows, agg(y), agg(n), lower, upper, curv_lo=agg(lo), curv_hi=agg(hi))
+    y, n = np.broadcast_arrays(y, n)
+    w = agg(n)
+    mean = agg(n * y) / np.where(w > 0, w, 1.0)
+    offset = 0.5 * np.sum(n * (y - mean[..., inv]) ** 2, axis=-1)
+    return Problem(spec, likelihood, *rows, mean, w, lower, upper, offset=offset)
+
+
+def row_groups(spec: law_.LawSpec, data: TaskData):
+    """(first row of each group (M,), group of each row (N,), indicator (N, M)) for the rows
+    that share (loss, D, few-shot), or None when no two rows do."""
+    d = np.where(data.few_shot, spec.d0, np.maximum(data.n_train.astype(float), 1.0))
+    keys = np.stack([data.loss, d, data.few_shot.astype(float)], 1)
+    _, first, inv = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    inv = inv.reshape(-1)
+    if len(first) == data.n_rows:
+        return None
+    indicator = np.zeros((data.n_rows, len(first)))
+    indicator[np.arange(data.n_rows), inv] = 1.0
+    return first, inv, indicator
 
 
 def binomial_loglik(p, y, n) -> np.ndarray:

@@ -103,8 +103,9 @@ def test_model_likelihood_equals_the_numpy_law(small, form):
     point["log_g"] = np.log(alpha * k * x_ref**alpha)  # the model's (g, E_ref) coordinates
     x0 = float(law_.elbow_x(data.level_values[0], spec.elbow))
     point["E_ref"] = np.array(theta["C"]) + k * (x_ref**alpha - x0**alpha)  # C is the elbow at D0
-    point["delta"] = np.array(theta["delta"])
-    point["logit_B"] = np.log(np.array(theta["B"]) / (1 - np.array(theta["B"])))
+    logit = lambda q: np.log(np.asarray(q) / (1 - np.asarray(q)))  # noqa: E731
+    point["logit_B"] = logit(theta["B"])
+    point["delta_logit"] = logit(np.add(theta["B"], theta["delta"])) - point["logit_B"]  # few-shot base B + Δ
     logp = model.compile_logp(vars=[model["correct"]])(point)
     expected = 0.0
     for t, td in enumerate(data.sources):

@@ -1,0 +1,77 @@
+"""The main job, end to end: ``emergence fit``, ``backtest`` and ``report`` on a results folder,
+each as a subprocess, timed by wall clock and by the CPU seconds of the child (its rusage,
+workers included), with the load average beside (the machine may be shared: CPU seconds are
+what compares across runs).
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_main_job.py [datasets_cache/microladder]
+        [--n-boot 200] [--workers 2] [--stages fit,backtest,report] [--code DIR]
+
+``--code DIR`` runs another checkout's code (``PYTHONPATH=DIR``, e.g. the code before a change,
+``git archive HEAD | tar -x -C /tmp/base``), with this interpreter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+LAUNCH = "import sys; from emergence.cli import main; sys.exit(main())"
+
+
+def run_stage(name: str, args: list[str], env: dict[str, str], cwd: str) -> tuple[float, float, int]:
+    """(wall s, CPU s of the child and its children, exit code)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", LAUNCH, *args], env=env, cwd=cwd,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - wall
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if proc.returncode:
+        print(proc.stderr[-2000:], file=sys.stderr)
+    else:  # the CLI's own one-line stage summaries, when it prints them
+        for line in proc.stderr.splitlines():
+            if " in " in line and "CPU" in line:
+                print(f"    [{name}] {line.strip()}")
+    return wall, cpu, proc.returncode
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", nargs="?", default="datasets_cache/microladder")
+    parser.add_argument("--n-boot", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--stages", default="fit,backtest,report")
+    parser.add_argument("--code", default=None, help="checkout whose code to run (PYTHONPATH)")
+    args = parser.parse_args()
+    repo = Path(__file__).resolve().parents[1]
+    code = Path(args.code).resolve() if args.code else repo
+    folder = str(Path(args.folder).resolve())
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+               PYTHONPATH=str(code))
+    out = tempfile.mkdtemp(prefix="bench_report_")
+    stages = {
+        "fit": ["fit", folder, "--json"],
+        "backtest": ["backtest", folder, "--n-boot", str(args.n_boot), "--workers", str(args.workers), "--json"],
+        "report": ["report", folder, "--out", out, "--n-boot", str(args.n_boot), "--workers", str(args.workers)],
+    }
+    print(f"code: {code}   folder: {folder}   n_boot={args.n_boot} workers={args.workers}")
+    total_wall = total_cpu = 0.0
+    for name in args.stages.split(","):
+        load = os.getloadavg()
+        wall, cpu, rc = run_stage(name, stages[name], env, str(code))
+        total_wall, total_cpu = total_wall + wall, total_cpu + cpu
+        print(f"{name:9s} wall {wall:7.1f} s   CPU {cpu:7.1f} s   rc {rc}   "
+              f"load before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, after {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"{'total':9s} wall {total_wall:7.1f} s   CPU {total_cpu:7.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
