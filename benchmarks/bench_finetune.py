@@ -139,7 +139,7 @@ def sweep_timing() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from test_sweep import build_sweep_spec  # the test's own spec builder
 
-    from harvest.sweep import run_sweep
+    from harvest.driver import run_sweep
 
     with tempfile.TemporaryDirectory() as tmp:
         spec_path = build_sweep_spec(Path(tmp))

@@ -821,7 +821,7 @@ def _task_failures(fit: HierarchicalEmergenceLaw, task: str) -> list[str]:
 def _record(td, fit: HierarchicalEmergenceLaw, fit_config, ground_truth, simulated: bool):
     from fitting import predict
 
-    record = predict._empty_record(td, fit_config, ground_truth, simulated)
+    record = predict.empty_record(td, fit_config, ground_truth, simulated)
     draws = fit.emergence_draws()[td.task]
     pct = np.percentile(draws, PERCENTILES)
     failures = _task_failures(fit, td.task)
@@ -837,7 +837,7 @@ def _record(td, fit: HierarchicalEmergenceLaw, fit_config, ground_truth, simulat
     if posterior_rise(fit.config.law, td, draws_by_name) < fit_config.gt_min_rise:
         record.pinned = "no rise"
         record.note += "; " + predict.PINNED_NOTES["no rise"]
-    return predict._with_flops(record, td, fit_config)
+    return predict.with_flops(record, td, fit_config)
 
 
 def posterior_rise(spec: law_.LawSpec, data, draws: dict[str, np.ndarray], max_draws: int = 2000) -> float:

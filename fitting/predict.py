@@ -13,12 +13,12 @@ Public API
 ``predict_task(folder, task, config, progress=None)``
 ``predict_all(folder, config, tasks=None, progress=False) -> list[TaskPrediction]``
 
-Methods: ``config.method == "mle"`` runs here. ``"bayes"`` is dispatched lazily to
-``fitting.bayes`` (another module; it must provide
-``predict_data(data, config, *, ground_truth=None, progress=None, simulated=False)`` returning a
-``TaskPrediction`` with ``method="bayes"``, and may provide
-``predict_all(folder, config, tasks=None, progress=False)`` for a pooled multi-task fit, which
-``predict_all`` then uses instead of the per-task loop). Percentile keys are shared, so the
+Methods: ``config.method == "mle"`` runs here. Another method is an entry of
+:data:`METHOD_HOOKS` (``"bayes"``: :mod:`fitting.bayes`), imported when used: its
+``predict_data(data, config, *, ground_truth=None, progress=None, simulated=False)`` returns a
+``TaskPrediction`` with ``method`` set, and its ``predict_all(folder, config, tasks=None,
+progress=False)`` may pool tasks (the hierarchical model). A method module builds its records
+with :func:`empty_record` and :func:`with_flops`; this module never imports it by name. Percentile keys are shared, so the
 tables of both methods line up.
 
 Errors: ``predict_data`` raises ``FitError`` when the data cannot be fitted (fewer than 3
@@ -44,6 +44,8 @@ note``. Numbers that do not exist are ``null``, never NaN.
 
 from __future__ import annotations
 
+import importlib
+
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,7 +59,11 @@ from fitting.fit import MIN_RISE, EmergenceLawFit, GroundTruth, TaskData, fit_gr
 from fitting.schema import ResultsFolder
 from fitting.uncertainty import PERCENTILES, Progress, bootstrap, profile_interval
 
-METHODS = ("mle", "bayes")
+# Prediction methods other than the maximum likelihood of this module: name -> the
+# "module:function" pair (one task, all tasks) with the signatures of predict_data and
+# predict_all, imported when used (PyMC is an extra). A new method is one entry.
+METHOD_HOOKS = {"bayes": ("fitting.bayes:predict_data", "fitting.bayes:predict_all")}
+METHODS = ("mle", *METHOD_HOOKS)
 
 
 @dataclass(frozen=True)
@@ -212,26 +218,23 @@ PINNED_NOTES = {
 def predict_data(data: TaskData, config: FitConfig = FitConfig(), *, ground_truth: GroundTruth | None = None,
                  progress: Progress | None = None, simulated: bool = False) -> TaskPrediction:
     """Fit, bootstrap and convert one task's data (see module docstring)."""
-    if config.method == "bayes":
-        from fitting import bayes  # lazy: PyMC is an extra
-
-        if not hasattr(bayes, "predict_data"):
-            raise FitError("method 'bayes' is not available: fitting.bayes has no predict_data; use --method mle")
-        return bayes.predict_data(data, config, ground_truth=ground_truth, progress=progress, simulated=simulated)
+    if config.method != "mle":
+        return method_hook(config.method, 0)(data, config, ground_truth=ground_truth, progress=progress,
+                                              simulated=simulated)
     check_task(data, config)
     if ground_truth is None:
         ground_truth = fit_ground_truth(data, config.likelihood, config.gt_alpha, config.gt_min_rise, config.spec)
-    record = _empty_record(data, config, ground_truth, simulated)
+    record = empty_record(data, config, ground_truth, simulated)
     if not data.has_finetune:
         record.note = ("few-shot results only: the emergence law needs finetune results, so no "
                        "prediction (the ground-truth elbow and the compute law still work)")
-        return _with_flops(record, data, config)
+        return with_flops(record, data, config)
     model = EmergenceLawFit(config.spec, config.likelihood, n_starts=config.n_starts, seed=config.seed).fit(data)
     record.converged, record.message = model.converged_, model.message_
     record.params, record.loglik = model.params_, model.loglik_
     if not model.converged_:
         record.note = "maximum-likelihood fit did not converge: no prediction"
-        return _with_flops(record, data, config)
+        return with_flops(record, data, config)
     record.emergence_loss = model.emergence_loss_
     record.pinned = pinned_edge(config.spec, data, config.likelihood, model.theta_, config.gt_min_rise)
     if record.pinned:
@@ -246,7 +249,7 @@ def predict_data(data: TaskData, config: FitConfig = FitConfig(), *, ground_trut
         record.n_boot, record.n_boot_failed, record.samples = boot.n_boot, boot.n_failed, boot.emergence_loss
     if config.profile:
         _add_profile(record, data, model, prof)
-    return _with_flops(record, data, config)
+    return with_flops(record, data, config)
 
 
 def _outside(prof, pct: dict[int, float]) -> bool:
@@ -303,7 +306,7 @@ def check_task(data: TaskData, config: FitConfig) -> None:
                        "use --likelihood gaussian")
 
 
-def _empty_record(data: TaskData, config: FitConfig, gt: GroundTruth, simulated: bool) -> TaskPrediction:
+def empty_record(data: TaskData, config: FitConfig, gt: GroundTruth, simulated: bool) -> TaskPrediction:
     return TaskPrediction(
         task=data.task, method=config.method, law=config.law_name, likelihood=config.likelihood,
         emergence_loss=None, emergence_loss_pct={}, ground_truth=gt, emergence_flops=None,
@@ -314,7 +317,7 @@ def _empty_record(data: TaskData, config: FitConfig, gt: GroundTruth, simulated:
     )
 
 
-def _with_flops(record: TaskPrediction, data: TaskData, config: FitConfig) -> TaskPrediction:
+def with_flops(record: TaskPrediction, data: TaskData, config: FitConfig) -> TaskPrediction:
     """Fill the FLOPs fields (prediction and ground truth) from the compute law."""
     try:
         law = compute.choose_law(data.ckpt_loss, data.ckpt_flops, data.families, config.compute_law)
@@ -350,9 +353,9 @@ def predict_task(folder: ResultsFolder, task: str, config: FitConfig = FitConfig
     except FitError as err:
         check_task(data, config)  # configuration errors still stop the run
         gt = fit_ground_truth(data, config.likelihood, config.gt_alpha, config.gt_min_rise, config.spec)
-        record = _empty_record(data, config, gt, is_simulated(folder))
+        record = empty_record(data, config, gt, is_simulated(folder))
         record.note = f"no prediction: {err}"
-        return _with_flops(record, data, config)
+        return with_flops(record, data, config)
 
 
 def predict_all(folder: ResultsFolder, config: FitConfig = FitConfig(), tasks: list[str] | None = None,
@@ -361,11 +364,8 @@ def predict_all(folder: ResultsFolder, config: FitConfig = FitConfig(), tasks: l
     tasks = folder.tasks if tasks is None else list(tasks)
     for task in tasks:  # validate every task before any work (and before progress bars)
         check_task(TaskData.from_folder(folder, task, config.metric), config)
-    if config.method == "bayes":
-        from fitting import bayes
-
-        if hasattr(bayes, "predict_all"):
-            return bayes.predict_all(folder, config, tasks=tasks, progress=progress)
+    if config.method != "mle":
+        return method_hook(config.method, 1)(folder, config, tasks=tasks, progress=progress)
     if not progress:
         return [predict_task(folder, t, config) for t in tasks]
     return _with_progress(folder, config, tasks)
@@ -384,6 +384,12 @@ def _with_progress(folder: ResultsFolder, config: FitConfig, tasks: list[str]) -
                                     progress=lambda done, total, tid=tid: bar.update(tid, completed=done)))
             bar.update(tid, completed=max(config.n_boot, 1))
     return out
+
+
+def method_hook(method: str, which: int):
+    """The function of ``method`` for one task (``which=0``) or all tasks (1)."""
+    module, name = METHOD_HOOKS[method][which].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def is_simulated(folder: ResultsFolder) -> bool:

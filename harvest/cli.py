@@ -47,7 +47,7 @@ def sweep_command(
 ) -> None:
     """Finetune every checkpoint on every data level and subset, evaluate, write finetune rows."""
     from harvest.executors import parse_shard
-    from harvest.sweep import check_report, run_sweep, summarize
+    from harvest.driver import check_report, run_sweep, summarize
 
     report = run_sweep(spec, out, executor=executor, address=address,
                        shard=parse_shard(shard) if shard else None, keep_adapters=keep_adapters,
@@ -63,7 +63,7 @@ def merge_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Merged results folder.")],
 ) -> None:
     """Merge the parts of sweep shards into one results folder and write its tables."""
-    from harvest.sweep import merge_sweep, summarize
+    from harvest.driver import merge_sweep, summarize
 
     report = merge_sweep(spec, out, list(sources))
     typer.echo(summarize(report, out))

@@ -11,9 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from emergence.atomic import write_json
+from harvest.engines import ENGINE_LIBRARIES
 
 MANIFEST_FILE = "manifest.json"
-LIBRARIES = ("emergence", "torch", "transformers", "peft", "datasets", "tokenizers", "polars", "pyarrow", "vllm")
+# This package, every engine's libraries (harvest.engines.ENGINE_LIBRARIES: a new engine's are
+# recorded without a second list here), and what the harvest reads and writes with.
+LIBRARIES = tuple(dict.fromkeys(("emergence", *(lib for libs in ENGINE_LIBRARIES.values() for lib in libs),
+                                 "transformers", "peft", "datasets", "tokenizers", "polars", "pyarrow")))
 
 
 def library_versions() -> dict[str, str | None]:

@@ -46,11 +46,11 @@ from pathlib import Path
 from typing import Any
 
 from emergence.errors import SpecError
-from harvest.engines import engine_class
+from harvest.engines import ENGINE_CLASSES, engine_class
 from harvest.engines.base import ModelRef
 
 TOP_LEVEL_KEYS = {"seed", "engine", "held_out", "checkpoints", "tasks", "sweep"}
-ENGINE_NAMES = ("hf", "vllm")
+ENGINE_NAMES = tuple(ENGINE_CLASSES)  # the engine registry (harvest.engines)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import pytest
 
 from emergence.errors import SpecError
 from harvest.spec import TaskSpec
-from harvest.tasks import TASKS, TaskData, get_task
+from harvest.tasks import TASK_CLASSES, TaskData, get_task, task_class
 from harvest.tasks.base import FEWSHOT_DELIMITER
 from harvest.tasks.fewshot import build_context, build_items, draw_shots
 from harvest.tasks.gsm8k import extract_answer
@@ -63,7 +63,7 @@ def test_prompt_formats_are_the_documented_ones():
     cola = get_task("cola", TaskData(path=str(FIXTURES / "cola")))
     assert cola.doc_to_text(cola.docs("validation")[0]) == (
         "My brother likes green apples.\nQuestion: Does this sentence make sense?\nAnswer:")
-    assert len({cls.format_hash() for cls in TASKS.values()}) == len(TASKS)
+    assert len({task_class(name).format_hash() for name in TASK_CLASSES}) == len(TASK_CLASSES)
 
 
 def test_context_is_the_lm_eval_concatenation():

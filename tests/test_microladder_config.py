@@ -87,13 +87,16 @@ def test_a_clustered_language_reaches_the_harvest_spec(tmp_path):
     assert all("shared_head" not in t["options"] for t in plain["tasks"])
 
 
-def test_the_ladder_tasks_import_first_and_register_themselves():
-    """Importing the ladder's tasks before the registry used to fail (a circular from-import)."""
+def test_the_ladder_tasks_import_first_and_are_registered():
+    """Importing the ladder's tasks before the registry used to fail (a circular from-import);
+    the registry's entries for them are the classes of harvest.microladder.tasks."""
     import subprocess
     import sys
 
-    code = ("from harvest.microladder.tasks import LANGUAGE_TASKS\nfrom harvest.tasks import TASKS\n"
-            "assert LANGUAGE_TASKS == {'ml_topic', 'ml_topic_short'} and LANGUAGE_TASKS <= set(TASKS)")
+    code = ("from harvest.microladder.tasks import LANGUAGE_TASKS, MICROLADDER_TASKS\n"
+            "from harvest.tasks import TASK_CLASSES, task_class\n"
+            "assert LANGUAGE_TASKS == {'ml_topic', 'ml_topic_short'} and LANGUAGE_TASKS <= set(TASK_CLASSES)\n"
+            "assert all(task_class(c.name) is c for c in MICROLADDER_TASKS)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr

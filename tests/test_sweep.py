@@ -72,7 +72,7 @@ def spec_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def local_out(spec_path) -> Path:
-    from harvest.sweep import run_sweep
+    from harvest.driver import run_sweep
 
     out = spec_path.parent / "local"
     report = run_sweep(spec_path, out, show_progress=False)
@@ -130,7 +130,7 @@ def test_finetuning_changes_the_scores(local_out):
 
 
 def test_rerun_resumes_everything_and_changes_nothing(spec_path, local_out):
-    from harvest.sweep import run_sweep
+    from harvest.driver import run_sweep
 
     before = tables(local_out)
     report = run_sweep(spec_path, local_out, show_progress=False)
@@ -141,7 +141,7 @@ def test_rerun_resumes_everything_and_changes_nothing(spec_path, local_out):
 
 def test_full_finetuning_cell_saves_weights_and_counts_every_parameter(spec_path, local_out, tmp_path):
     from harvest.executors import copy_parts
-    from harvest.sweep import run_sweep
+    from harvest.driver import run_sweep
 
     full = build_sweep_spec(spec_path.parent, 'checkpoints = ["step12"]\nkeep_adapters = true\n', "full.toml")
     text = full.read_text().replace("n_train = [4, 12, 32]", "n_train = [12]").replace("[0, 1]", "[0]")
@@ -165,7 +165,7 @@ def test_full_finetuning_cell_saves_weights_and_counts_every_parameter(spec_path
 
 
 def test_two_shards_are_disjoint_and_merge_to_the_same_tables(spec_path, local_out):
-    from harvest.sweep import merge_sweep, run_sweep
+    from harvest.driver import merge_sweep, run_sweep
 
     root = spec_path.parent
     reports = [run_sweep(spec_path, root / f"shard{i}", shard=(i, 2), keep_adapters=(i == 0), show_progress=False)
@@ -182,7 +182,7 @@ def test_two_shards_are_disjoint_and_merge_to_the_same_tables(spec_path, local_o
 
 def test_merge_of_one_shard_says_what_is_missing(spec_path, tmp_path):
     from harvest.executors import copy_parts
-    from harvest.sweep import merge_sweep
+    from harvest.driver import merge_sweep
 
     shard0 = spec_path.parent / "shard0"
     if not shard0.is_dir():
@@ -206,7 +206,7 @@ def ray_cluster():
 
 @pytest.mark.ray
 def test_ray_sweep_gives_the_same_tables(spec_path, local_out, ray_cluster):
-    from harvest.sweep import run_sweep
+    from harvest.driver import run_sweep
 
     out = spec_path.parent / "ray"
     report = run_sweep(spec_path, out, executor="ray", show_progress=False)
@@ -219,7 +219,8 @@ def test_ray_retries_a_failing_cell_then_records_its_error(spec_path, local_out,
     import json
 
     from harvest.executors import copy_parts
-    from harvest.sweep import SweepError, check_report, run_sweep
+    from harvest.sweep import SweepError
+    from harvest.driver import check_report, run_sweep
 
     # One cell whose recipe names a module the model does not have: fails on every attempt.
     bad = build_sweep_spec(spec_path.parent, 'retries = 1\ncheckpoints = ["step0"]\n', "bad.toml")
@@ -240,7 +241,7 @@ def test_ray_retries_a_failing_cell_then_records_its_error(spec_path, local_out,
 
 
 def test_sigkill_in_the_middle_resumes_without_duplicates(spec_path, local_out):
-    from harvest.sweep import run_sweep
+    from harvest.driver import run_sweep
 
     out = spec_path.parent / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -327,7 +328,8 @@ def test_keep_going_records_a_checkpoint_that_will_not_load_and_sweeps_the_rest(
 def test_keep_going_records_a_failing_cell_and_scores_the_others(spec_path, local_out, tmp_path, monkeypatch):
     import harvest.executors as executors
     from harvest.executors import copy_parts
-    from harvest.sweep import SweepError, check_report, run_sweep
+    from harvest.sweep import SweepError
+    from harvest.driver import check_report, run_sweep
 
     real = executors.train_cell
 

@@ -4,6 +4,7 @@
 (lm-eval, pythia, obsscaling, gadre); see docs/importers.md for what maps to which column.
 """
 
-from fitting.importers.registry import FORMATS, Imported, ImportOptions, import_results
+from fitting.importers.base import Imported, ImportOptions
+from fitting.importers.registry import FORMATS, import_results
 
 __all__ = ["FORMATS", "Imported", "ImportOptions", "import_results"]

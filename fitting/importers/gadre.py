@@ -23,7 +23,7 @@ from pathlib import Path
 import polars as pl
 
 from emergence.errors import SourceError
-from fitting.importers.registry import Imported, ImportOptions
+from fitting.importers.base import Imported, ImportOptions
 from fitting.importers.sources import (
     as_count, as_proportion, check_int64, check_proportion, csv_line, get_key, numeric_column, read_csv, read_json,
 )

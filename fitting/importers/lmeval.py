@@ -32,7 +32,7 @@ import numpy as np
 import polars as pl
 
 from emergence.errors import SourceError
-from fitting.importers.registry import Imported, ImportOptions
+from fitting.importers.base import Imported, ImportOptions
 from fitting.importers.sources import as_count, as_proportion, get_key, iter_jsonl, read_json
 from fitting.importers.tasks import TaskInfo, known_chance
 

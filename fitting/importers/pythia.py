@@ -27,7 +27,7 @@ from pathlib import Path
 import polars as pl
 
 from emergence.errors import SourceError
-from fitting.importers.registry import Imported, ImportOptions
+from fitting.importers.base import Imported, ImportOptions
 from fitting.importers.sources import check_proportion, csv_line, numeric_column, read_csv
 from fitting.importers.tasks import TaskInfo, known_chance
 

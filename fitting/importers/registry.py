@@ -11,19 +11,19 @@ writes a validated folder with :func:`fitting.schema.write_results`.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+import importlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import polars as pl
 
 from emergence.errors import ContractError, SourceError
 from emergence.paths import check_out_dir, refuse_to_replace
 from fitting import schema
+from fitting.importers.base import Imported, Importer, ImportOptions
 from fitting.importers.losses import chinchilla_loss, CHINCHILLA_SOURCE
 from fitting.importers.sources import big_number
-from fitting.importers.tables import read_checkpoint_table, read_task_table
-from fitting.importers.tasks import TaskInfo
+from fitting.importers.tables import read_checkpoint_table
 
 IMPORTER_VERSION = "1"
 REQUIRED = ("family", "params", "tokens", "pretrain_loss")
@@ -33,53 +33,14 @@ FEW_SHOT_ONLY_NOTE = (
     "needs finetune results at several data levels"
 )
 
-# A loss proxy: checkpoints table -> (loss per row, nullable; one-line description).
-LossProxy = Callable[[pl.DataFrame], tuple[pl.Series, str]]
-
-
-@dataclass(frozen=True)
-class ImportOptions:
-    """Everything an import may be told beyond the source path (one object, passed whole)."""
-
-    checkpoints: Path | None = None  # user checkpoint table (CSV/TOML)
-    tasks: Path | None = None  # user task table: task, n_items, chance
-    loss_proxy: str | None = None  # name of a documented proxy, opt-in only
-    loss_column: str | None = None  # gadre: which validation loss is pretrain_loss
-    num_fewshot: int | None = None  # pythia: which shot count to import
-    metric: str | None = None  # the source metric to import (acc, acc_norm, exact_match, ...)
-    only_tasks: tuple[str, ...] = ()  # import only these tasks
-    keep_subtasks: bool = False  # pythia: keep the 57 MMLU subjects instead of one "mmlu"
-    family: str | None = None  # default family for checkpoints the source gives none
-    params: int | None = None  # single-checkpoint defaults (lm-eval)
-    tokens: int | None = None
-    pretrain_loss: float | None = None
-    overwrite: bool = False
-
-    def user_tasks(self) -> dict[str, TaskInfo]:
-        return read_task_table(self.tasks) if self.tasks else {}
-
-
-@dataclass
-class Imported:
-    """One importer's output before completion (see module docstring)."""
-
-    checkpoints: pl.DataFrame
-    results: pl.DataFrame
-    items: pl.DataFrame | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    loss_proxies: dict[str, LossProxy] = field(default_factory=dict)
-
-
-Importer = Callable[[Path, ImportOptions], Imported]
-
-
-def _registry() -> dict[str, Importer]:
-    from fitting.importers import gadre, lmeval, obsscaling, pythia
-
-    return {"lm-eval": lmeval.read, "pythia": pythia.read, "obsscaling": obsscaling.read, "gadre": gadre.read}
-
-
-FORMATS = ("lm-eval", "pythia", "obsscaling", "gadre")
+# Format name -> "module:function", imported when used (one entry per importer).
+IMPORTERS = {
+    "lm-eval": "fitting.importers.lmeval:read",
+    "pythia": "fitting.importers.pythia:read",
+    "obsscaling": "fitting.importers.obsscaling:read",
+    "gadre": "fitting.importers.gadre:read",
+}
+FORMATS = tuple(IMPORTERS)
 
 
 def import_results(fmt: str, path: str | Path, out: str | Path, options: ImportOptions = ImportOptions()) -> schema.ResultsFolder:
@@ -96,19 +57,16 @@ def import_results(fmt: str, path: str | Path, out: str | Path, options: ImportO
     checkpoints = complete_checkpoints(imported, options, fmt)
     metadata = _metadata(fmt, path, imported, options)
     metadata["pretrain_loss_sources"] = dict(checkpoints["pretrain_loss_source"].value_counts().iter_rows())
-    folder = schema.write_results(out, checkpoints, imported.results, imported.items, metadata)
-    if imported.items is None and options.overwrite:  # an item table left by the replaced import
-        (out / schema.ITEMS_FILE).unlink(missing_ok=True)
-    return folder
+    return schema.write_results(out, checkpoints, imported.results, imported.items, metadata)
 
 
 def _lookup(fmt: str) -> Importer:
-    importers = _registry()
-    if fmt not in importers:
+    if fmt not in IMPORTERS:
         near = difflib.get_close_matches(fmt, FORMATS, n=1)
         hint = f"; did you mean {near[0]!r}?" if near else ""
         raise ContractError(f"unknown import format {fmt!r} (known: {', '.join(FORMATS)}){hint}")
-    return importers[fmt]
+    module, name = IMPORTERS[fmt].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def _check_out(out: Path, overwrite: bool) -> None:

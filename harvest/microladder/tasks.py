@@ -24,7 +24,6 @@ from typing import ClassVar
 import numpy as np
 
 from harvest.microladder.corpus import check_shared_head, episode
-from harvest.tasks import register_task
 from harvest.tasks.base import TARGET_DELIMITER, Doc, MultipleChoiceTask
 
 SPLITS = {"train": 0, "test": 1}
@@ -141,6 +140,3 @@ class TopicShort(_TopicTask):
 MICROLADDER_TASKS = (Copy, Recall, Arith, Reverse, Topic, TopicShort)
 # The tasks whose episodes are in the background language: they take its ``shared_head``.
 LANGUAGE_TASKS = frozenset(t.name for t in MICROLADDER_TASKS if issubclass(t, _TopicTask))
-
-for _cls in MICROLADDER_TASKS:
-    register_task(_cls)

@@ -16,23 +16,12 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Any, ClassVar
+
+from harvest.tasks.data import Doc, TaskData, read_split
 
 TARGET_DELIMITER = " "
 FEWSHOT_DELIMITER = "\n\n"
-
-Doc = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class TaskData:
-    """Where a task reads its rows: a local folder/file (the hub's columns) or a hub dataset."""
-
-    path: str | None = None
-    dataset: str | None = None
-    config: str | None = None
-
 
 class Task(ABC):
     """A benchmark: rows in the hub's format, a prompt format, and how an answer is scored."""
@@ -59,8 +48,6 @@ class Task(ABC):
     # --- rows
     def docs(self, split: str) -> list[Doc]:
         """All rows of a split, in file order."""
-        from harvest.tasks.data import read_split
-
         return read_split(self.name, split, self.data, self.hub_dataset, self.hub_config)
 
     def doc_id(self, doc: Doc, split: str, index: int) -> str:

@@ -8,11 +8,23 @@ parquet; csv suits flat tables such as CoLA. Hub datasets are read with ``datase
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from emergence.errors import SpecError
-from harvest.tasks.base import Doc, TaskData
+
+Doc = dict[str, Any]  # one row, in the hub dataset's columns
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """Where a task reads its rows: a local folder/file (the hub's columns) or a hub dataset."""
+
+    path: str | None = None
+    dataset: str | None = None
+    config: str | None = None
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 

@@ -56,7 +56,7 @@ def finetune_items(folder: Path) -> pl.DataFrame:
 def test_vllm_sweep_scores_all_adapters_in_one_engine_and_matches_hf(root, monkeypatch):
     import harvest.engines
     import harvest.evaluate  # binds the real load_engine: base units are not counted below
-    from harvest.sweep import run_sweep
+    from harvest.driver import run_sweep
 
     loads = []
     real = harvest.engines.load_engine
