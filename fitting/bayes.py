@@ -80,7 +80,7 @@ PERCENTILES = (5, 10, 25, 50, 75, 90, 95)
 SIGMA_LOG_SD = 0.5  # between-task sds ~ LogNormal(log scale, 0.5): 95% within x/2.7 of scale
 EPS = 1e-6  # probabilities are clipped to [EPS, 1 - EPS] (a saturated curve has p = 1)
 TASK_VARS = ("A", "B", "k", "alpha", "C", "delta", "emergence_loss")
-BAYES_FORMS = ("log_power", "power", "no_delta", "softplus")  # LAW_FORMS the model supports
+BAYES_FORMS = tuple(n for n, s in law_.LAW_FORMS.items() if not s.ceiling)  # the model has no ceiling
 
 
 def _import_pymc():
@@ -126,10 +126,8 @@ class Priors:
 
     @classmethod
     def for_law(cls, spec: law_.LawSpec) -> "Priors":
-        """Defaults per elbow form: the power law D^α needs a small α (D spans 1e0..1e4)."""
-        if spec.elbow == "power":
-            return cls(log_alpha_mu=(float(np.log(0.3)), 0.3))
-        return cls()
+        """Defaults per elbow form (the prior on log α is the form's: ``law.ELBOW_SHAPES``)."""
+        return cls(log_alpha_mu=spec.elbow_shape.log_alpha_prior)
 
 
 def default_sampler() -> str:
@@ -317,7 +315,7 @@ def elbow_basis(level_values: np.ndarray, form: str) -> tuple[np.ndarray, np.nda
     x = log D (log power law) or D (power law); x_ref = the geometric mean of the finetuning
     levels' x. Precomputed in numpy so the gradient never meets 0**α at D = 1 (log 1 = 0).
     """
-    x = np.log(level_values) if form == "log_power" else np.asarray(level_values, float)
+    x = np.asarray(law_.elbow_x(level_values, form), float)
     x_ref = float(np.exp(np.mean(np.log(x[1:])))) if len(x) > 1 else 1.0
     mask = (x > 0).astype(float)
     return np.log(np.where(x > 0, x, 1.0) / x_ref), mask, x_ref
@@ -388,9 +386,7 @@ def delta_logit_sd(chance: np.ndarray, delta_sd: float) -> np.ndarray:
 
 
 def _hinge(pt, x, spec: law_.LawSpec):
-    if spec.hinge == "relu":
-        return pt.maximum(x, 0.0)
-    return spec.temperature * pt.softplus(x / spec.temperature)
+    return spec.hinge_shape.value(x, spec.temperature, pt)
 
 
 def _subset_jitter(pm, pt, data: BayesData, config: BayesConfig):

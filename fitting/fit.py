@@ -301,10 +301,8 @@ def _law_eval(spec: law_.LawSpec, theta: np.ndarray, rows: _Rows, jacobian: bool
 
 
 def _hinge_and_slope(x, spec: law_.LawSpec, slope: bool = True):
-    if spec.hinge == "relu":
-        return np.maximum(x, 0.0), (x > 0).astype(float) if slope else None
-    tau = spec.temperature
-    return tau * np.logaddexp(0.0, x / tau), special.expit(x / tau) if slope else None
+    shape, tau = spec.hinge_shape, spec.temperature
+    return shape.value(x, tau, law_.NUMPY_OPS), shape.slope(x, tau) if slope else None
 
 
 # --------------------------------------------------------------------------- likelihood
@@ -542,7 +540,7 @@ def bounds(spec: law_.LawSpec, data: TaskData, likelihood: str) -> tuple[np.ndar
     box = dict(
         A=(1e-6, 100.0 / max(v_hi - v_lo, 1e-12) if likelihood == "gaussian" else 100.0),
         B=(v_lo, v_hi), k=(0.0, 10.0),
-        alpha=(0.02, 4.0) if spec.elbow == "log_power" else (0.001, 2.0),
+        alpha=spec.elbow_shape.alpha_bounds,
         C=(max(0.0, lo_l - ELBOW_REACH), hi_l + ELBOW_REACH), delta=(v_lo - v_hi, v_hi - v_lo), U=(v_lo, v_hi),
     )
     lo, hi = zip(*(box[n] for n in spec.param_names))
@@ -604,7 +602,8 @@ def starts(spec: law_.LawSpec, data: TaskData, n_starts: int, seed: int) -> np.n
     d_max = float(max(data.data_levels or [spec.d0 + 1.0]))
     unit = stats.qmc.LatinHypercube(d=5, seed=seed).random(max(n_starts - 1, 1))
     a, shift, alpha, c = unit[:, 0], unit[:, 1] * span, unit[:, 2], lo_l - 0.5 * span + unit[:, 3] * 1.5 * span
-    alpha = 0.3 + 1.7 * alpha if spec.elbow == "log_power" else 0.05 + 0.7 * alpha
+    a_lo, a_hi = spec.elbow_shape.alpha_starts
+    alpha = a_lo + (a_hi - a_lo) * alpha
     x_max, x0 = law_.elbow_x(d_max, spec.elbow), law_.elbow_x(spec.d0, spec.elbow)
     k = shift / np.maximum(x_max**alpha - x0**alpha, 1e-6)  # the elbow moves by `shift` from D0 to d_max
     slope = (top - base + 1e-3) / span * np.exp(np.log(0.5) + a * np.log(8.0))
@@ -650,7 +649,7 @@ def staged_start(spec: law_.LawSpec, data: TaskData) -> np.ndarray | None:
     if len(es) < 2:
         return None
     xs, es = np.array(xs, float), np.array(es)
-    alphas = np.linspace(0.05, 2.5, 50) if spec.elbow == "log_power" else np.linspace(0.01, 1.0, 50)
+    alphas = np.linspace(*spec.elbow_shape.alpha_grid, 50)
     x0 = float(law_.elbow_x(spec.d0, spec.elbow))
     best = None
     for al in alphas:

@@ -31,12 +31,56 @@ evaluate a thousand bootstrap parameter sets at once.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from types import SimpleNamespace
+from typing import Any, Callable
 
 import numpy as np
+from scipy import special
 
-ElbowForm = Literal["log_power", "power"]
-Hinge = Literal["relu", "softplus"]
+
+@dataclass(frozen=True)
+class ElbowShape:
+    """How the elbow moves with D: E(D) = k (x(D)^α − x(D_0)^α) + C. One entry of
+    :data:`ELBOW_SHAPES` carries everything the fit, its starts and the Bayesian prior need."""
+
+    name: str
+    x: Callable[[np.ndarray], np.ndarray]  # D -> x(D)
+    alpha_bounds: tuple[float, float]  # the maximum-likelihood search box of α
+    alpha_starts: tuple[float, float]  # the range the multi-start draws α from
+    alpha_grid: tuple[float, float]  # the staged start's grid of α (50 points)
+    log_alpha_prior: tuple[float, float]  # Bayesian (mean, sd) of the population's log α
+
+
+@dataclass(frozen=True)
+class HingeShape:
+    """h(x) and h'(x) of the elbow, with temperature τ (ignored by the ReLU). ``value`` takes
+    the array namespace: numpy here, pytensor in the Bayesian model (``maximum``, ``softplus``)."""
+
+    name: str
+    value: Callable[[Any, float, Any], Any]  # (x, τ, ops) -> h(x)
+    slope: Callable[[np.ndarray, float], np.ndarray]  # (x, τ) -> h'(x) (ReLU: 0 at the kink)
+
+
+# D spans 1..1e4: the log power law's α sits near 1, the power law's D^α needs a small α.
+ELBOW_SHAPES: dict[str, ElbowShape] = {
+    "log_power": ElbowShape("log_power", np.log, (0.02, 4.0), (0.3, 2.0), (0.05, 2.5), (0.0, 0.3)),
+    "power": ElbowShape("power", lambda d: d, (0.001, 2.0), (0.05, 0.75), (0.01, 1.0), (float(np.log(0.3)), 0.3)),
+}
+HINGE_SHAPES: dict[str, HingeShape] = {
+    "relu": HingeShape("relu", lambda x, tau, ops: ops.maximum(x, 0.0), lambda x, tau: (x > 0).astype(float)),
+    "softplus": HingeShape("softplus", lambda x, tau, ops: tau * ops.softplus(x / tau),
+                           lambda x, tau: special.expit(x / tau)),
+}
+NUMPY_OPS = SimpleNamespace(maximum=np.maximum, softplus=lambda z: np.logaddexp(0.0, z))
+
+ElbowForm = str  # a key of ELBOW_SHAPES
+Hinge = str  # a key of HINGE_SHAPES
+
+
+def _shape(table: dict, name: str, what: str):
+    if name not in table:
+        raise ValueError(f"{what} must be one of {', '.join(map(repr, table))}, got {name!r}")
+    return table[name]
 
 
 @dataclass(frozen=True)
@@ -51,14 +95,20 @@ class LawSpec:
     d0: float = 1.0  # low-data extrapolation limit D_0 that stands for "few-shot"
 
     def __post_init__(self) -> None:
-        if self.elbow not in ("log_power", "power"):
-            raise ValueError(f"elbow must be 'log_power' or 'power', got {self.elbow!r}")
-        if self.hinge not in ("relu", "softplus"):
-            raise ValueError(f"hinge must be 'relu' or 'softplus', got {self.hinge!r}")
+        _shape(ELBOW_SHAPES, self.elbow, "elbow")
+        _shape(HINGE_SHAPES, self.hinge, "hinge")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be positive, got {self.temperature!r}")
         if not self.d0 >= 1:
             raise ValueError(f"d0 must be >= 1 (log D must not be negative), got {self.d0!r}")
+
+    @property
+    def elbow_shape(self) -> ElbowShape:
+        return ELBOW_SHAPES[self.elbow]
+
+    @property
+    def hinge_shape(self) -> HingeShape:
+        return HINGE_SHAPES[self.hinge]
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -104,8 +154,7 @@ LAW_FORMS: dict[str, LawSpec] = {
 
 def elbow_x(d, form: ElbowForm = "log_power"):
     """The elbow law's argument x(D): log D (log power law) or D (power law)."""
-    d = np.asarray(d, dtype=float)
-    return np.log(d) if form == "log_power" else d
+    return _shape(ELBOW_SHAPES, form, "elbow").x(np.asarray(d, dtype=float))
 
 
 def elbow(n_train, k, alpha, C, form: ElbowForm = "log_power", d0: float = 1.0):
@@ -116,9 +165,7 @@ def elbow(n_train, k, alpha, C, form: ElbowForm = "log_power", d0: float = 1.0):
 
 def hinge(x, kind: Hinge = "relu", temperature: float = 0.02):
     """h(x): ReLU, or its softplus smoothing with temperature τ (same asymptotes)."""
-    if kind == "relu":
-        return np.maximum(x, 0.0)
-    return temperature * np.logaddexp(0.0, np.asarray(x) / temperature)
+    return _shape(HINGE_SHAPES, kind, "hinge").value(np.asarray(x), temperature, NUMPY_OPS)
 
 
 def relu_curve(loss, A, B, E, hinge_kind: Hinge = "relu", temperature: float = 0.02):

@@ -113,3 +113,33 @@ def test_binomial_terms_gradient_and_no_reward_outside_unit_interval():
         binomial_terms(np.array([0.0]), np.array([0.0]), np.array([100.0]))[0]
     assert binomial_terms(np.array([1.2]), np.array([100.0]), np.array([100.0]))[0] > \
         binomial_terms(np.array([1.0]), np.array([100.0]), np.array([100.0]))[0]
+
+
+def test_an_unknown_form_is_an_error_never_a_fallback():
+    from fitting import law as law_
+
+    with pytest.raises(ValueError, match="elbow must be one of"):
+        law_.elbow_x([1.0, 10.0], "cubic")
+    with pytest.raises(ValueError, match="elbow must be one of"):
+        law_.LawSpec(elbow="cubic")
+    with pytest.raises(ValueError, match="hinge must be one of"):
+        law_.hinge([0.0], "sigmoid")
+
+
+def test_a_new_elbow_shape_is_one_registry_entry(monkeypatch):
+    """A form added to ELBOW_SHAPES alone is evaluated, fitted and given a Bayesian prior."""
+    import numpy as np
+
+    from fitting import law as law_
+    from fitting.bayes import Priors
+    from fitting.fit import EmergenceLawFit, TaskData
+    from fitting.simulate import simulate
+
+    sqrt = law_.ElbowShape("sqrt_d", np.sqrt, (0.01, 3.0), (0.1, 1.5), (0.05, 2.0), (0.0, 0.5))
+    monkeypatch.setitem(law_.ELBOW_SHAPES, "sqrt_d", sqrt)
+    spec = law_.LawSpec(elbow="sqrt_d")
+    assert np.allclose(law_.elbow_x([4.0, 9.0], "sqrt_d"), [2.0, 3.0])
+    data = TaskData.from_folder(simulate(seed=3), "sim_mmlu")
+    fit = EmergenceLawFit(spec).fit(data)
+    assert fit.converged_ and np.isfinite(fit.emergence_loss_)
+    assert Priors.for_law(spec).log_alpha_mu == (0.0, 0.5)
