@@ -14,15 +14,25 @@ app = typer.Typer(help="Measure checkpoints: pretraining loss, few-shot and fine
 @app.command("eval")
 def eval_command(
     spec: Annotated[Path, typer.Argument(help="Harvest spec (TOML): checkpoints, held-out text, tasks, engine.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Results folder (created; a rerun resumes it).")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Results folder (created; a rerun resumes it).")] = None,
     keep_going: Annotated[bool, typer.Option("--keep-going", "-k", help="Measure the other checkpoints when one "
                                                                        "fails, then exit 2 naming it.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars on stderr.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would run and its estimated cost "
+                                                          "(counts, tokens, FLOPs, GPU-hours) from the spec alone; "
+                                                          "load no model, write nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --dry-run: print it as JSON.")] = False,
+    tflops: Annotated[float, typer.Option("--tflops", min=1e-9, help="With --dry-run: assumed effective TFLOP/s "
+                                                                     "per GPU for GPU-hours.")] = 200.0,
 ) -> None:
     """Measure pretraining loss and few-shot accuracy of every checkpoint into RESULTS_DIR."""
-    from harvest.evaluate import run_harvest
     from harvest.spec import load_spec
 
+    if _dry_run(spec, dry_run, as_json, tflops, sweep=False):
+        return
+    from harvest.evaluate import run_harvest
+
+    out = _require_out(out)
     manifest = run_harvest(load_spec(spec), out, show_progress=not quiet, keep_going=keep_going)
     tables = manifest["tables"]
     typer.echo(f"wrote {out}: {tables['checkpoints']} checkpoints, {tables['results']} results, "
@@ -32,7 +42,7 @@ def eval_command(
 @app.command("sweep")
 def sweep_command(
     spec: Annotated[Path, typer.Argument(help="Harvest spec (TOML) with a sweep table (docs/sweep.md).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Results folder (created; a rerun resumes it).")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Results folder (created; a rerun resumes it).")] = None,
     executor: Annotated[str, typer.Option(help="Where cells run: local (in order) or ray.")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address (e.g. auto or host:6379); "
                                                      "none starts a local Ray.")] = None,
@@ -44,8 +54,17 @@ def sweep_command(
                                                                        "checkpoint and go on (exit 2 at the end); "
                                                                        "Ray always does.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars on stderr.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would run and its estimated cost "
+                                                          "(counts, tokens, FLOPs, GPU-hours) from the spec alone; "
+                                                          "load no model, write nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --dry-run: print it as JSON.")] = False,
+    tflops: Annotated[float, typer.Option("--tflops", min=1e-9, help="With --dry-run: assumed effective TFLOP/s "
+                                                                     "per GPU for GPU-hours.")] = 200.0,
 ) -> None:
     """Finetune every checkpoint on every data level and subset, evaluate, write finetune rows."""
+    if _dry_run(spec, dry_run, as_json, tflops, sweep=True):
+        return
+    out = _require_out(out)
     from harvest.executors import parse_shard
     from harvest.driver import check_report, run_sweep, summarize
 
@@ -54,6 +73,25 @@ def sweep_command(
                        show_progress=not quiet, keep_going=keep_going)
     typer.echo(summarize(report, out))
     check_report(report, out)
+
+
+def _dry_run(spec: Path, dry_run: bool, as_json: bool, tflops: float, *, sweep: bool) -> bool:
+    """Print the dry run when asked (returns whether it did); --json alone is refused."""
+    if not dry_run:
+        if as_json:
+            raise typer.BadParameter("--json goes with --dry-run", param_hint="--json")
+        return False
+    from harvest.dryrun import dry_run_text
+    from harvest.spec import load_spec
+
+    typer.echo(dry_run_text(load_spec(spec), sweep=sweep, tflops=tflops, as_json=as_json))
+    return True
+
+
+def _require_out(out: Path | None) -> Path:
+    if out is None:
+        raise typer.BadParameter("is required (or give --dry-run)", param_hint="--out")
+    return out
 
 
 @app.command("merge")

@@ -22,6 +22,18 @@ backward pass skips the base weights' gradients, so the true cost is nearer
 ``(4 * params + 2 * adapter_params) * tokens``; we keep ``6 N D`` so finetuning cost compares
 directly with the pretraining FLOPs of the data contract.
 
+LoRA targets default to PEFT's ``"all-linear"``: every linear (or GPT-2 ``Conv1D``) layer but
+the output head, whatever the architecture calls them (Llama's ``q_proj``..., GPT-NeoX's
+``query_key_value``..., GPT-2's ``c_attn``...). Explicit ``target_modules`` are checked against
+the checkpoint's architecture when the spec is read (:func:`check_targets`), before any work.
+
+Precision: ``finetune(..., dtype="bfloat16")`` (what the sweep passes when the engine's dtype
+resolves to bfloat16, on a GPU) is mixed precision: the trainable weights are float32 (master
+weights: full finetuning loads the checkpoint in float32; LoRA adapters are float32 over a
+bfloat16 frozen base) and forward passes run under ``torch.autocast(device, torch.bfloat16)``.
+Weights are never updated in bfloat16: a 1e-5 step to a 0.02 weight is below bfloat16's
+resolution there (8 bits of mantissa) and would be lost.
+
 Tokenisation is the engines' (:func:`harvest.engines.hf.encode_pair`, lm-eval's rule): target
 tokens are ``encode(prompt + target)[len(encode(prompt)):]`` and the model is fed
 ``encode(prompt) + target tokens``, exactly what scoring feeds. Sequences longer than
@@ -46,6 +58,8 @@ if TYPE_CHECKING:  # torch is imported inside functions: this module is cheap to
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 METHODS = ("lora", "full")
+ALL_LINEAR = "all-linear"  # PEFT: every linear layer but the output head
+MIXED_DTYPES = ("bfloat16", "float16")  # compute dtypes finetune() runs under autocast
 # Peak learning rates used when the recipe leaves ``lr`` unset (float32 AdamW).
 DEFAULT_LR = {"lora": 1e-3, "full": 3e-4}
 
@@ -58,7 +72,7 @@ class Recipe:
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    target_modules: str | tuple[str, ...] = "all-linear"  # PEFT's shorthand, or module names
     lr: float | None = None  # None: DEFAULT_LR[method]
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
@@ -113,7 +127,8 @@ def _validate_recipe(r: Recipe) -> None:
         ("lora_rank", lambda v: whole(v) and v >= 1, "an integer >= 1"),
         ("lora_alpha", lambda v: num(v) and v > 0, "positive"),
         ("lora_dropout", lambda v: num(v) and 0 <= v < 1, "in [0, 1)"),
-        ("target_modules", lambda v: len(v) > 0 and all(isinstance(m, str) for m in v), "a non-empty list of module names"),
+        ("target_modules", lambda v: v == ALL_LINEAR or (isinstance(v, tuple) and len(v) > 0 and all(isinstance(m, str) for m in v)),
+         f"{ALL_LINEAR!r} or a non-empty list of module names"),
         ("lr", lambda v: v is None or (num(v) and v > 0), "positive"),
         ("weight_decay", lambda v: num(v) and v >= 0, "non-negative"),
         ("betas", lambda v: len(v) == 2 and all(num(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1)"),
@@ -239,15 +254,78 @@ def prepare_model(model, recipe: Recipe, seed: int):
         return model
     from peft import LoraConfig, get_peft_model
 
+    targets = recipe.target_modules
     config = LoraConfig(
         r=recipe.lora_rank, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
-        target_modules=list(recipe.target_modules), task_type="CAUSAL_LM",
+        target_modules=targets if isinstance(targets, str) else list(targets), task_type="CAUSAL_LM",
     )
     torch.manual_seed(seed)  # LoRA A matrices are initialised randomly
     try:
         return get_peft_model(model, config)
     except ValueError as err:  # e.g. a target module the architecture does not have
-        raise SpecError(f"[sweep.recipe] target_modules {list(recipe.target_modules)}: {err}") from None
+        raise SpecError(f"[sweep.recipe] target_modules {recipe.target_modules!r}: {err}") from None
+
+
+def linear_module_names(model) -> list[str]:
+    """Full names of the layers LoRA can wrap as linear: ``nn.Linear`` and GPT-2's ``Conv1D``."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    return [name for name, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))]
+
+
+def unmatched_targets(targets: Sequence[str], linear_names: Sequence[str]) -> list[str]:
+    """Targets matching no linear layer, by PEFT's rule: a name equal to the target or ending
+    in ``"." + target``."""
+    return [t for t in targets if not any(n == t or n.endswith("." + t) for n in linear_names)]
+
+
+def skeleton_linear_names(ref) -> list[str] | None:
+    """Linear layer names of ``ref``'s architecture, from its ``config.json`` alone: the model is
+    built on the ``meta`` device (no weights read or allocated). None when the config cannot be
+    read here (a hub checkpoint not in the local cache, say): the check is left to training."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from harvest.engines.hf import _offline
+
+    try:
+        config = AutoConfig.from_pretrained(ref.path, revision=ref.revision, trust_remote_code=ref.trust_remote_code,
+                                            local_files_only=_offline() or Path(ref.path).is_dir())
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=ref.trust_remote_code)
+    except Exception:  # noqa: BLE001 - no config here, or an architecture transformers lacks
+        return None
+    return linear_module_names(model)
+
+
+def check_targets(recipe: Recipe, refs: dict[str, Any], where: str = "[sweep.recipe]") -> None:
+    """Refuse explicit LoRA ``target_modules`` that match no linear layer of a checkpoint's
+    architecture (one line naming the key and the layer names that exist); ``refs`` maps a
+    checkpoint name to its ModelRef. Architectures are read once each, from config.json."""
+    if recipe.method != "lora" or isinstance(recipe.target_modules, str):
+        return
+    seen: dict[tuple, list[str] | None] = {}
+    for name, ref in refs.items():
+        key = _config_identity(ref)
+        if key not in seen:
+            seen[key] = skeleton_linear_names(ref)
+        linear = seen[key]
+        if linear is None:
+            continue
+        missing = unmatched_targets(recipe.target_modules, linear)
+        if missing:
+            exist = sorted({n.rsplit(".", 1)[-1] for n in linear})
+            raise SpecError(f"{where}.target_modules: {', '.join(missing)} match(es) no linear layer of checkpoint "
+                            f"{name!r} (its linear layers: {', '.join(exist)}; or use {ALL_LINEAR!r})")
+
+
+def _config_identity(ref) -> tuple:
+    """What decides an architecture: the config.json's text when local, else the hub location."""
+    config = Path(ref.path) / "config.json"
+    if config.is_file():
+        return ("local", config.read_text(encoding="utf-8", errors="replace"))
+    return ("hub", ref.path, ref.revision)
 
 
 def make_optimizer(model, recipe: Recipe):
@@ -294,11 +372,15 @@ def finetune(
     recipe: Recipe = Recipe(),
     seed: int = 0,
     progress=None,
+    dtype: str | None = None,
 ) -> FinetuneResult:
     """Finetune ``model`` in place on ``examples``; returns it (LoRA-wrapped for ``lora``).
 
     ``seed`` (added to ``recipe.seed``) fixes the data order and the adapter's initialisation.
     ``progress`` is an optional callable ``(step, steps, loss)`` for progress bars.
+    ``dtype`` ``"bfloat16"``/``"float16"``: mixed precision (module docstring): trainable weights
+    are made float32 and forward passes run under autocast in that dtype; None or ``"float32"``:
+    the model's own dtypes.
     """
     if not examples:
         raise SpecError("finetune: no training examples")
@@ -306,6 +388,7 @@ def finetune(
     data = encode_examples(tokenizer, examples, recipe.max_length)
     model = prepare_model(model, recipe, seed)
     device = next(model.parameters()).device
+    autocast = _autocast(model, device, dtype)
     model.train()
     optimizer = make_optimizer(model, recipe)
     batch, steps = batch_size_for(recipe, len(data)), steps_for(recipe, len(data))
@@ -315,7 +398,8 @@ def finetune(
     start = time.perf_counter()
     for step, idx in enumerate(batch_order(len(data), batch, steps, seed)):
         inputs = {k: v.to(device) for k, v in collate([data[i] for i in idx], pad_id).items()}
-        loss = model(**inputs).loss  # mean over the batch's target tokens (nats)
+        with autocast:
+            loss = model(**inputs).loss  # mean over the batch's target tokens (nats)
         loss.backward()
         _update(model, optimizer, recipe, lr_at(step, steps, recipe))
         tokens += int(inputs["attention_mask"].sum())
@@ -330,6 +414,23 @@ def finetune(
         tokens=tokens, target_tokens=target_tokens, params=total, trainable_params=trainable,
         flops=6.0 * total * tokens, seconds=time.perf_counter() - start, losses=losses,
     )
+
+
+def _autocast(model, device, dtype: str | None):
+    """The forward passes' context: autocast in ``dtype`` (mixed precision), with every
+    trainable weight float32 first; a no-op context for None/float32."""
+    import contextlib
+
+    import torch
+
+    if dtype in (None, "float32"):
+        return contextlib.nullcontext()
+    if dtype not in MIXED_DTYPES:
+        raise SpecError(f"finetune: dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()  # master weights: updates accumulate in float32
+    return torch.autocast(device.type, dtype=getattr(torch, dtype))
 
 
 def _update(model, optimizer, recipe: Recipe, lr: float) -> None:

@@ -39,7 +39,8 @@ def write_manifest(folder: Path, spec, plans, log, results) -> dict[str, Any]:
                  "units_computed": log.units})
     manifest = {
         "spec": str(Path(spec.source).resolve()) if spec.source != "<memory>" else spec.source, "spec_hash": spec.spec_hash, "seed": spec.seed,
-        "engine": {"name": spec.engine.name, "options": spec.engine.options, "dtype": spec.engine.dtype},
+        "engine": {"name": spec.engine.name, "options": spec.engine.options, "dtype": spec.engine.dtype,
+                   "dtype_setting": spec.engine.dtype_setting, "device": spec.engine.device},
         "versions": library_versions(), "host": platform.node(),
         "tasks": {p.spec.name: {**p.identity(), "n_items": len(p.items)} for p in plans},
         "checkpoints": [c.name for c in spec.checkpoints],

@@ -6,7 +6,8 @@ Example (every key is documented in ``docs/harvest.md``)::
 
     [engine]
     name = "hf"                       # "hf" (default) or "vllm"
-    dtype = "float32"                 # passed to the checkpoint loader
+    dtype = "auto"                    # auto (default), float32, float16 or bfloat16
+    device = "auto"                   # hf engine: auto (default), cpu, cuda or cuda:N
     trust_remote_code = false         # never true unless you trust the checkpoint's code
     batch_size = 16                   # any other key is an engine option
 
@@ -30,6 +31,15 @@ Example (every key is documented in ``docs/harvest.md``)::
     shots = 5
     limit = 500                       # first N items of the eval split
     seed = 1234                       # few-shot sampling seed (lm-eval's default)
+
+Defaults fit the machine that reads the spec: ``device = "auto"`` is CUDA when
+``torch.cuda.is_available()``, else the CPU; ``dtype = "auto"`` is bfloat16 on a CUDA device that
+supports it (``torch.cuda.is_bf16_supported()``), else float32. Both resolve when the spec is
+loaded, before any unit key is hashed (keys hold the resolved dtype, so a CPU run's keys are
+those of an explicit ``dtype = "float32"``); the manifest records the setting and what it
+resolved to. Finetuning in bfloat16 is mixed precision: float32 trainable weights (master
+weights), bfloat16 forward passes under ``torch.autocast`` (see :mod:`harvest.finetune`). A Ray
+sweep resolves on the driver: on a CPU-only head node give ``device``/``dtype`` explicitly.
 
 Relative paths resolve against the spec file's folder, never the working directory.
 A ``[sweep]`` table is kept raw (``HarvestSpec.sweep``) for the finetuning sweep to parse.
@@ -104,9 +114,11 @@ class TaskSpec:
 @dataclass(frozen=True)
 class EngineSpec:
     name: str = "hf"
-    dtype: str = "float32"
+    dtype: str = "float32"  # resolved (never "auto"): what the checkpoints load in, and in unit keys
     trust_remote_code: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"  # resolved from options["device"] (default "auto")
+    dtype_setting: str = "auto"  # as the spec gave it
 
 
 @dataclass(frozen=True)
@@ -281,14 +293,16 @@ def _parse_task(t: dict, i: int, where: _Where, base: Path) -> TaskSpec:
 
 
 def _parse_engine(t: Any, where: _Where) -> EngineSpec:
+    from harvest.engines.base import DEVICE_SETTINGS, check_device, resolve_device, resolve_dtype
+
     if t is None:
-        return EngineSpec()
+        t = {}
     if not isinstance(t, dict):
         raise where.error("engine", "must be a table ([engine])")
     name = _get(t, "name", where, "engine.", str, default="hf")
     if name not in ENGINE_NAMES:
         raise where.error("engine.name", f"unknown engine {name!r} (choose from {', '.join(ENGINE_NAMES)})")
-    dtype = _get(t, "dtype", where, "engine.", str, default="float32")
+    dtype = _get(t, "dtype", where, "engine.", str, default="auto")
     if dtype not in ("float32", "float16", "bfloat16", "auto"):
         raise where.error("engine.dtype", f"must be float32, float16, bfloat16 or auto, got {dtype!r}")
     trust = _get(t, "trust_remote_code", where, "engine.", bool, default=False)
@@ -297,7 +311,11 @@ def _parse_engine(t: Any, where: _Where) -> EngineSpec:
         engine_class(name).check_options(options)
     except SpecError as err:
         raise where.error("engine", str(err)) from None
-    return EngineSpec(name, dtype, trust, options)
+    device = options.get("device", "auto")
+    if not isinstance(device, str) or not check_device(device):
+        raise where.error("engine.device", f"must be {DEVICE_SETTINGS}, got {device!r}")
+    device = resolve_device(device)
+    return EngineSpec(name, resolve_dtype(dtype, device), trust, options, device, dtype)
 
 
 # --------------------------------------------------------------------------- entry points

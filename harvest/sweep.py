@@ -53,7 +53,7 @@ import polars as pl
 
 from emergence.errors import EmergenceError, SpecError
 from fitting.schema import FINETUNE
-from harvest.finetune import Recipe  # also silences peft's known deprecation noise
+from harvest.finetune import Recipe, check_targets  # also silences peft's known deprecation noise
 from harvest.spec import CheckpointSpec, HarvestSpec, TaskSpec
 from harvest.store import Store
 
@@ -126,6 +126,8 @@ def parse_sweep(spec: HarvestSpec) -> SweepConfig:
     )
     if config.retries < 0 or (config.eval_shots is not None and config.eval_shots < 0):
         raise SpecError(f"{where}: retries and eval_shots must be >= 0")
+    check_targets(config.recipe, {c.name: c.ref for c in spec.checkpoints
+                                  if config.checkpoints is None or c.name in config.checkpoints}, f"{where}.recipe")
     return config
 
 
@@ -274,9 +276,15 @@ class Phases:
 
 
 def device_for(plan: SweepPlan) -> str:
-    import torch
+    """The engine's device, resolved when the spec was read (``device = "auto"``: CUDA if any)."""
+    return plan.spec.engine.device
 
-    return plan.spec.engine.options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+def training_ref(plan: SweepPlan, checkpoint: str):
+    """The checkpoint as training loads it: full finetuning in float32 (its weights are the
+    trainable master weights), LoRA in the engine's dtype (a frozen base under float32 adapters)."""
+    ref = plan.checkpoint(checkpoint).ref
+    return replace(ref, dtype="float32") if plan.config.recipe.method == "full" else ref
 
 
 class BaseModels:
@@ -293,7 +301,7 @@ class BaseModels:
         from harvest.engines.hf import load_model
 
         if self.name != checkpoint:
-            self.model, self.tokenizer = load_model(plan.checkpoint(checkpoint).ref, "cpu")
+            self.model, self.tokenizer = load_model(training_ref(plan, checkpoint), "cpu")
             self.name = checkpoint
         return copy.deepcopy(self.model).to(device_for(plan)), self.tokenizer
 
@@ -314,11 +322,12 @@ def train_cell(plan: SweepPlan, cell: Cell, phases: Phases, bases: BaseModels | 
     examples = draw_subset(plan.pools[cell.task], cell.n_train, cell.subset_seed, plan.config.nested)
     with phases("load"):
         if bases is None:
-            model, tok = load_model(plan.checkpoint(cell.checkpoint).ref, device_for(plan))
+            model, tok = load_model(training_ref(plan, cell.checkpoint), device_for(plan))
         else:
             model, tok = bases.copy(plan, cell.checkpoint)
     with phases("finetune"):
-        result = finetune(model, tok, examples, plan.config.recipe, seed=cell.subset_seed)
+        result = finetune(model, tok, examples, plan.config.recipe, seed=cell.subset_seed,
+                          dtype=plan.spec.engine.dtype)
     with phases("save"):
         save_finetuned(result, tok, folder)
     return read_stats(folder)

@@ -84,6 +84,46 @@ def build_tiny_llama(folder: str | Path, *, hidden: int = 64, layers: int = 2, h
     return folder
 
 
+ARCHITECTURES = ("llama", "gpt_neox", "gpt2", "qwen2", "olmo2")
+
+
+def tiny_config(arch: str, tok, *, hidden: int = 32, layers: int = 2, heads: int = 2,
+                max_positions: int = 256, init_std: float = 0.1):
+    """A tiny config of ``arch`` (one of :data:`ARCHITECTURES`) for ``tok``'s vocabulary."""
+    from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, Olmo2Config, Qwen2Config
+
+    ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    vocab = len(tok)
+    if arch == "gpt2":
+        return GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=max_positions,
+                          initializer_range=init_std, **ids)
+    if arch == "gpt_neox":
+        return GPTNeoXConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                             intermediate_size=2 * hidden, max_position_embeddings=max_positions,
+                             initializer_range=init_std, tie_word_embeddings=False, **ids)
+    classes = {"llama": LlamaConfig, "qwen2": Qwen2Config, "olmo2": Olmo2Config}
+    if arch not in classes:
+        raise ValueError(f"unknown architecture {arch!r} (known: {', '.join(ARCHITECTURES)})")
+    return classes[arch](vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=max_positions,
+                         initializer_range=init_std, tie_word_embeddings=False, **ids)
+
+
+def build_tiny_model(folder: str | Path, arch: str = "llama", *, seed: int = 0, **sizes) -> Path:
+    """Save a seeded tiny causal LM of architecture ``arch`` (Llama, GPT-NeoX/Pythia, GPT-2,
+    Qwen2, OLMo-2) with :func:`build_tokenizer`'s tokenizer in ``folder``; returns it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(folder, 256)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, tok, **sizes))
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
 def _train(model, tok, steps: int, seed: int) -> None:
     """A few AdamW steps on the corpus so next-token predictions are peaked."""
     import torch

@@ -184,3 +184,83 @@ def test_saved_adapter_is_safetensors_and_reloads_to_the_same_logits(tmp_path):
     batch = collate(encode_examples(tok, EXAMPLES[:4], 64), 0)
     with torch.no_grad():
         assert torch.allclose(reloaded(**batch).logits, result.model(**batch).logits, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- targets and precision
+
+
+def test_lora_targets_default_to_all_linear_layers_and_stay_configurable():
+    assert Recipe().target_modules == "all-linear"
+    assert Recipe.from_dict({"target_modules": "all-linear", "lora_rank": 2}).lora_rank == 2
+    with pytest.raises(SpecError, match="'target_modules' must be 'all-linear' or a non-empty list"):
+        Recipe.from_dict({"target_modules": "q_proj"})
+    tok, model = tiny_tokenizer(), tiny_model()
+    result = finetune(model, tok, EXAMPLES[:8], Recipe(steps=2, batch_size=4), seed=0)
+    wrapped = {n.rsplit(".", 1)[-1] for n, m in result.model.named_modules() if hasattr(m, "lora_A")}
+    assert wrapped == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}  # not lm_head
+
+
+def _record_autocast(model):
+    seen = []
+    model.register_forward_pre_hook(lambda mod, args: seen.append(torch.is_autocast_enabled("cpu")))
+    return seen
+
+
+def test_bfloat16_finetuning_keeps_float32_master_weights_under_autocast():
+    """A 1e-5 step to a ~0.2 weight is below bfloat16's resolution there: pure-bf16 updates lose
+    it; mixed precision keeps float32 weights (updated) and runs forwards under autocast."""
+    tok = tiny_tokenizer()
+    model = tiny_model().to(torch.bfloat16)
+    before = {k: v.float().clone() for k, v in model.state_dict().items()}
+    seen = _record_autocast(model)
+    result = finetune(model, tok, EXAMPLES[:8], Recipe(method="full", lr=1e-5, steps=2, batch_size=4,
+                                                       warmup_fraction=0.0, grad_clip=0.0), seed=0, dtype="bfloat16")
+    assert seen and all(seen)  # every forward ran under autocast
+    weights = dict(result.model.named_parameters())
+    assert all(p.dtype == torch.float32 for p in weights.values())
+    w0 = before["model.layers.0.mlp.up_proj.weight"]
+    big = w0.abs() > 0.05  # where bfloat16's spacing (>= 2**-12) dwarfs two 1e-5 steps
+    moved = (weights["model.layers.0.mlp.up_proj.weight"].detach() - w0)[big]
+    assert moved.abs().min() > 0  # every small update survived ...
+    assert torch.equal((w0[big] + moved).to(torch.bfloat16).float(), w0[big])  # ... which bf16 weights round away
+
+
+def test_bfloat16_lora_trains_float32_adapters_on_a_bfloat16_base():
+    tok = tiny_tokenizer()
+    model = tiny_model().to(torch.bfloat16)
+    seen = _record_autocast(model)
+    result = finetune(model, tok, EXAMPLES[:8], Recipe(steps=2, batch_size=4), seed=0, dtype="bfloat16")
+    assert seen and all(seen)
+    params = list(result.model.named_parameters())
+    assert all(p.dtype == torch.float32 for n, p in params if p.requires_grad)
+    assert all(p.dtype == torch.bfloat16 for n, p in params if not p.requires_grad and "layers" in n)
+    assert all(math.isfinite(x) for x in result.losses)
+
+
+def test_float32_finetuning_runs_without_autocast():
+    tok, model = tiny_tokenizer(), tiny_model()
+    seen = _record_autocast(model)
+    finetune(model, tok, EXAMPLES[:8], Recipe(steps=2, batch_size=4), seed=0, dtype="float32")
+    assert seen and not any(seen)
+
+
+def test_explicit_targets_are_checked_against_the_architecture_without_loading_weights(tmp_path, monkeypatch):
+    import harvest.engines.hf as hf
+    from harvest.engines.base import ModelRef
+    from harvest.finetune import check_targets
+    from harvest.testing import build_tiny_model
+
+    llama, neox = build_tiny_model(tmp_path / "llama", "llama"), build_tiny_model(tmp_path / "neox", "gpt_neox")
+    monkeypatch.setattr(hf, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    refs = {"l": ModelRef(str(llama)), "n": ModelRef(str(neox))}
+    check_targets(Recipe(), refs)  # all-linear: nothing to check
+    check_targets(Recipe(target_modules=("q_proj", "v_proj")), {"l": refs["l"]})
+    check_targets(Recipe(target_modules=("query_key_value",)), {"n": refs["n"]})
+    with pytest.raises(SpecError) as info:
+        check_targets(Recipe(target_modules=("q_proj", "v_proj")), refs, "spec.toml: sweep.recipe")
+    text = str(info.value)
+    assert text.startswith("spec.toml: sweep.recipe.target_modules: q_proj, v_proj") and "'n'" in text
+    assert "query_key_value" in text and "dense_4h_to_h" in text and "\n" not in text
+    with pytest.raises(SpecError, match="no_such_proj"):
+        check_targets(Recipe(target_modules=("no_such_proj",)), {"l": refs["l"]})
+    check_targets(Recipe(method="full", target_modules=("no_such_proj",)), refs)  # full: targets unused

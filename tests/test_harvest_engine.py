@@ -342,3 +342,18 @@ def test_pickle_only_checkpoint_is_refused(tiny, tmp_path):
     torch.save(AutoModelForCausalLM.from_pretrained(tiny).state_dict(), folder / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="cannot load .*safetensors"):
         HFEngine(ModelRef(str(folder)))
+
+
+def test_the_engine_device_and_dtype_default_to_auto(tiny, monkeypatch):
+    import inspect
+
+    from harvest.engines.base import resolve_device, resolve_dtype
+
+    assert inspect.signature(HFEngine).parameters["device"].default == "auto"
+    e = HFEngine(ModelRef(str(tiny), dtype="auto"))  # on this CPU-only machine: cpu, float32
+    assert e.device == "cpu" and e.ref.dtype == "float32" and next(e.model.parameters()).dtype == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_device("auto") == "cuda" and resolve_device("cuda:1") == "cuda:1" and resolve_device("cpu") == "cpu"
+    assert resolve_dtype("auto", "cuda:1") == "bfloat16" and resolve_dtype("auto", "cpu") == "float32"
+    assert resolve_dtype("float16", "cuda") == "float16"

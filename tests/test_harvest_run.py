@@ -94,6 +94,9 @@ def test_tables_follow_the_contract(tmp_path, models):
     assert folder.items.filter(pl.col("task") == "gsm8k")["choice_logprobs"].null_count() == 8
     assert manifest["spec_hash"] == spec.spec_hash and manifest["versions"]["torch"]
     assert manifest["tasks"]["synthetic_copy"]["seed"] == 1234
+    # the defaults' resolution on this CPU-only machine, next to the spec's setting
+    assert manifest["engine"]["device"] == "cpu" and manifest["engine"]["dtype"] == "float32"
+    assert manifest["engine"]["dtype_setting"] == "auto"
     assert any("items_per_s" in u for u in manifest["runs"][-1]["units_computed"])
     meta = folder.metadata
     assert meta["spec_hash"] == spec.spec_hash and meta["contract_version"]

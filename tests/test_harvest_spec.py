@@ -137,3 +137,45 @@ def test_held_out_documents_from_files(tmp_path):
     assert len(txt) == 1 and txt[0].startswith(open(FIXTURES / "heldout.txt").read()[:20])
     with pytest.raises(SpecError, match="held_out.column: 'body' not in"):
         read_documents(HeldOutSpec(path=str(tmp_path / "h.jsonl"), column="body"))
+
+
+# --------------------------------------------------------------------------- device and dtype defaults
+
+
+def _machine(monkeypatch, cuda: bool, bf16: bool = True) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+
+
+@pytest.mark.parametrize("cuda, bf16, engine, device, dtype", [
+    (False, False, "", "cpu", "float32"),  # CPU: float32, as before
+    (True, True, "", "cuda", "bfloat16"),  # a GPU box: bfloat16 on CUDA
+    (True, False, "", "cuda", "float32"),  # an older GPU without bfloat16
+    (True, True, 'device = "cpu"', "cpu", "float32"),  # an explicit device still works
+    (True, True, 'device = "cuda:3"', "cuda:3", "bfloat16"),
+    (True, True, 'dtype = "float16"', "cuda", "float16"),  # an explicit dtype is kept
+    (False, False, 'dtype = "auto"', "cpu", "float32"),
+])
+def test_engine_device_and_dtype_default_to_the_machine(tmp_path, monkeypatch, cuda, bf16, engine, device, dtype):
+    _machine(monkeypatch, cuda, bf16)
+    spec = load_spec(write(tmp_path, GOOD.replace('name = "hf"', f'name = "hf"\n{engine}')))
+    assert (spec.engine.device, spec.engine.dtype) == (device, dtype)
+    assert all(c.ref.dtype == dtype for c in spec.checkpoints)  # what loads and what keys hold
+    assert spec.engine.dtype_setting == ("float16" if "float16" in engine else "auto")
+
+
+def test_auto_dtype_on_a_cpu_keeps_the_float32_unit_keys(tmp_path, monkeypatch):
+    from harvest.evaluate import checkpoint_identity
+
+    _machine(monkeypatch, cuda=False)
+    keys = [[checkpoint_identity(c) for c in load_spec(write(tmp_path, GOOD.replace(
+        'name = "hf"', f'name = "hf"\n{extra}'))).checkpoints] for extra in ("", 'dtype = "auto"', 'dtype = "float32"')]
+    assert keys[0] == keys[1] == keys[2]
+    assert keys[0][0]["dtype"] == "float32"
+
+
+def test_a_bad_device_is_one_line_naming_the_key(tmp_path):
+    with pytest.raises(SpecError, match=r"engine.device: must be auto, cpu, cuda or cuda:N, got 'gpu0'"):
+        load_spec(write(tmp_path, GOOD.replace('name = "hf"', 'name = "hf"\ndevice = "gpu0"')))

@@ -222,19 +222,38 @@ def test_ray_retries_a_failing_cell_then_records_its_error(spec_path, local_out,
     from harvest.sweep import SweepError
     from harvest.driver import check_report, run_sweep
 
-    # One cell whose recipe names a module the model does not have: fails on every attempt.
+    # One cell whose adapter cannot be saved (its folder's parent is a file): fails on every
+    # attempt. (A bad target_modules no longer gets this far: the spec refuses it.)
     bad = build_sweep_spec(spec_path.parent, 'retries = 1\ncheckpoints = ["step0"]\n', "bad.toml")
     text = bad.read_text().replace("n_train = [4, 12, 32]", "n_train = [4]").replace("[0, 1]", "[0]")
-    bad.write_text(text.replace("max_steps = 8", 'max_steps = 8\ntarget_modules = ["no_such_proj"]'))
-    copy_parts(local_out, tmp_path)  # the base units (loss, few-shot) are already measured
+    bad.write_text(text)
+    from harvest.evaluate import EVAL_KIND, LOSS_KIND
+
+    copy_parts(local_out, tmp_path, (EVAL_KIND, LOSS_KIND))  # the base units are already measured
+    (tmp_path / "adapters").write_text("not a folder")
     report = run_sweep(bad, tmp_path, executor="ray", show_progress=False)
     assert report.computed == 0 and len(report.failed) == 1
-    assert report.failed[0]["attempts"] == 2 and "no_such_proj" in report.failed[0]["error"]
+    assert report.failed[0]["attempts"] == 2 and "adapters" in report.failed[0]["error"]
     logged = json.loads((tmp_path / "sweep-ray.json").read_text())["runs"][-1]["failed"]
     assert logged[0]["key"] == report.failed[0]["key"]
     assert report.tables is not None  # the sweep went on to write what it has
     with pytest.raises(SweepError, match="1 cell"):
         check_report(report, tmp_path)
+
+
+def test_lora_targets_the_architecture_lacks_are_refused_before_any_work(spec_path, monkeypatch):
+    import harvest.engines.hf as hf
+    from harvest.driver import run_sweep
+
+    monkeypatch.setattr(hf, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    bad = spec_path.parent / "bad-targets.toml"
+    bad.write_text(spec_path.read_text().replace("max_steps = 8", 'max_steps = 8\ntarget_modules = ["no_such_proj"]'))
+    out = spec_path.parent / "bad-targets"
+    with pytest.raises(SpecError) as info:
+        run_sweep(bad, out, show_progress=False)
+    text = str(info.value)
+    assert "bad-targets.toml: sweep.recipe.target_modules: no_such_proj" in text and "q_proj" in text
+    assert "\n" not in text and not (out / "parts").exists()
 
 
 # --------------------------------------------------------------------------- kill and resume

@@ -42,6 +42,39 @@ class ModelRef:
     dtype: str = "float32"
 
 
+DEVICE_SETTINGS = "auto, cpu, cuda or cuda:N"
+
+
+def check_device(device: str) -> bool:
+    """Whether ``device`` is a setting :func:`resolve_device` accepts (auto, cpu, cuda, cuda:N, mps)."""
+    if device in ("auto", "cpu", "cuda", "mps"):
+        return True
+    head, _, index = device.partition(":")
+    return head == "cuda" and index.isdigit()
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``"auto"``: ``"cuda"`` when ``torch.cuda.is_available()``, else ``"cpu"``; any other
+    setting is returned as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """``"auto"``: ``"bfloat16"`` on a CUDA device that supports it (``torch.cuda.is_bf16_supported()``),
+    else ``"float32"`` (CPU, or an older GPU); an explicit dtype is returned as given."""
+    if dtype != "auto":
+        return dtype
+    if not str(device).startswith("cuda"):
+        return "float32"
+    import torch
+
+    return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+
+
 @dataclass(frozen=True)
 class ChoiceRequest:
     """Score each continuation given one shared context (multiple choice)."""

@@ -26,6 +26,7 @@ import hashlib
 import inspect
 import os
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -220,9 +221,14 @@ class HFEngine:
         if unknown:
             raise SpecError(f"engine 'hf': unknown option(s) {', '.join(unknown)} (allowed: {', '.join(cls.OPTIONS)})")
 
-    def __init__(self, ref: ModelRef, *, batch_size: int = 16, device: str = "cpu",
+    def __init__(self, ref: ModelRef, *, batch_size: int = 16, device: str = "auto",
                  max_length: int | None = None, **unknown: Any):
+        from harvest.engines.base import resolve_device, resolve_dtype
+
         self.check_options(unknown)
+        device = resolve_device(device)  # "auto": CUDA when available, else the CPU
+        if ref.dtype == "auto":  # bfloat16 on a CUDA device that supports it, else float32
+            ref = replace(ref, dtype=resolve_dtype(ref.dtype, device))
         self.ref, self.device, self.batch_size = ref, device, int(batch_size)
         if str(device).startswith("cpu"):
             keep_freed_memory()

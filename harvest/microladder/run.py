@@ -34,6 +34,10 @@ from harvest.microladder.pretrain import SIZES, TrainConfig
 
 HELDOUT_SEEDS = {"background": 20_000, "mixed": 20_001}
 
+# LoRA targets of the ladder's sweep when its recipe names none: the attention projections the
+# shipped run used (harvest.finetune's default is "all-linear").
+LADDER_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
 
 class LadderError(EmergenceError):
     """A micro-ladder stage failed (its log file is named in the message)."""
@@ -179,7 +183,10 @@ def write_spec(out: Path, rows: list[dict], cfg: LadderConfig) -> Path:
         names = json.dumps(sweep_checkpoints(rows, cfg.sweep_every))
         lines += ["[sweep]", f"n_train = {list(cfg.data_levels)}", f"subset_seeds = {list(cfg.subset_seeds)}",
                   "nested = true", "eval_shots = 0", f"checkpoints = {names}", "", "[sweep.recipe]"]
-        lines += [f"{k} = {json.dumps(v)}" for k, v in cfg.recipe.items()]
+        recipe = dict(cfg.recipe)
+        if recipe.get("method", "lora") == "lora":  # the ladder's adapters are on attention (not
+            recipe.setdefault("target_modules", list(LADDER_LORA_TARGETS))  # the recipe's all-linear)
+        lines += [f"{k} = {json.dumps(v)}" for k, v in recipe.items()]
     path = out / "harvest.toml"
     return write_text(path, "\n".join(lines) + "\n")
 

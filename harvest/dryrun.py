@@ -1,0 +1,220 @@
+"""``--dry-run``: what a harvest or sweep would do and cost, from the spec alone (no model loaded).
+
+Counts: checkpoints, tasks, evaluation units (pretraining loss and few-shot, one per checkpoint
+and task), finetune cells (sweep) and model loads (the local executor's: one per checkpoint for
+its base units; a sweep adds one training load per checkpoint and, for scoring, one engine per
+checkpoint with LoRA or per cell with full finetuning; Ray loads twice per cell).
+
+Estimates, each stated as such: tokens are characters / ``CHARS_PER_TOKEN`` (no tokenizer is
+loaded), from task data that is cheap to read (a local ``data`` path, or a task that needs no
+download: synthetic and micro-ladder tasks); a task whose rows are on the hub is "unknown" and
+counted as zero in the totals. Evaluation tokens per item: its context plus every choice (what
+the HF engine runs), or the prompt plus ``max_new_tokens`` for generation; pretraining loss: the
+held-out text (a local file). Training tokens per cell: steps x batch x the mean example length
+of the train split. Parameters: counted on a ``meta``-device skeleton built from the
+checkpoint's ``config.json`` when it is local, else the spec's ``params``. FLOPs:
+``2 * params * tokens`` to evaluate, ``6 * params * tokens`` to train; GPU-hours = FLOPs /
+(``tflops`` x 1e12) / 3600, at the stated effective throughput.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from harvest.spec import CheckpointSpec, HarvestSpec, TaskSpec
+
+CHARS_PER_TOKEN = 4.0
+DEFAULT_TFLOPS = 200.0
+
+
+def checkpoint_params(c: CheckpointSpec) -> tuple[int, str]:
+    """(parameters, where the number came from): a meta skeleton of a local config.json, else the spec."""
+    config = Path(c.ref.path) / "config.json"
+    if config.is_file():
+        try:
+            import torch
+            from transformers import AutoConfig, AutoModelForCausalLM
+
+            cfg = AutoConfig.from_pretrained(str(config.parent), trust_remote_code=c.ref.trust_remote_code)
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=c.ref.trust_remote_code)
+            return sum(p.numel() for p in model.parameters()), "config.json"
+        except Exception:  # noqa: BLE001 - fall back on the spec's number
+            pass
+    return c.params, "spec"
+
+
+def _cheap(ts: TaskSpec) -> bool:
+    """Whether the task's rows can be read without a download."""
+    from harvest.tasks import task_class
+
+    return ts.data is not None or (ts.dataset is None and task_class(ts.task).hub_dataset is None)
+
+
+def _task_plan(ts: TaskSpec):
+    """The task's plan (items built, as the run builds them) when its data is cheap, else None."""
+    from harvest.evaluate import plan_task
+
+    if not _cheap(ts):
+        return None
+    try:
+        return plan_task(ts)
+    except Exception:  # noqa: BLE001 - unreadable here: unknown
+        return None
+
+
+def item_tokens(plan) -> int:
+    """Estimated tokens one evaluation of ``plan`` runs (see the module docstring)."""
+    chars = 0
+    for item in plan.items:
+        if item.continuations is None:
+            chars += len(item.context) + CHARS_PER_TOKEN * getattr(plan.task, "max_new_tokens", 256)
+        else:
+            chars += len(item.context) + sum(len(c) for c in item.continuations)
+    return round(chars / CHARS_PER_TOKEN)
+
+
+def held_out_tokens(spec: HarvestSpec) -> int | None:
+    if spec.held_out is None or spec.held_out.path is None:
+        return None
+    from harvest.loss import read_documents
+
+    try:
+        return round(sum(len(d) for d in read_documents(spec.held_out)) / CHARS_PER_TOKEN)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def dry_run(spec: HarvestSpec, *, sweep: bool = False, tflops: float = DEFAULT_TFLOPS) -> dict[str, Any]:
+    """The plan and cost estimate of ``emergence harvest eval`` (or ``sweep``) for ``spec``."""
+    params = {c.name: checkpoint_params(c) for c in spec.checkpoints}
+    plans = {ts.name: _task_plan(ts) for ts in spec.tasks}
+    task_tokens = {name: (item_tokens(p) if p is not None else None) for name, p in plans.items()}
+    loss_tokens = held_out_tokens(spec)
+    loss_ckpts = [c for c in spec.checkpoints if c.pretrain_loss is None]
+    eval_flops = 0.0
+    for c in spec.checkpoints:
+        n = params[c.name][0]
+        eval_flops += sum(2.0 * n * (t or 0) for t in task_tokens.values())
+        if c.pretrain_loss is None:
+            eval_flops += 2.0 * n * (loss_tokens or 0)
+    unknown = [name for name, t in task_tokens.items() if t is None]
+    if loss_ckpts and loss_tokens is None:
+        unknown.append("held_out")
+    out: dict[str, Any] = {
+        "spec": spec.source,
+        "command": "sweep" if sweep else "eval",
+        "engine": {"name": spec.engine.name, "device": spec.engine.device, "dtype": spec.engine.dtype,
+                   "dtype_setting": spec.engine.dtype_setting},
+        "checkpoints": len(spec.checkpoints),
+        "tasks": len(spec.tasks),
+        "evaluation_units": {"few_shot": len(spec.checkpoints) * len(spec.tasks), "pretraining_loss": len(loss_ckpts),
+                             "total": len(spec.checkpoints) * len(spec.tasks) + len(loss_ckpts)},
+        "model_loads": len(spec.checkpoints),
+        "params": {name: {"params": n, "from": src} for name, (n, src) in params.items()},
+        "eval_tokens_per_checkpoint": {**{name: (t if t is not None else "unknown") for name, t in task_tokens.items()},
+                                       "held_out": loss_tokens if loss_tokens is not None else
+                                       ("unknown" if loss_ckpts else 0)},
+        "items": {name: (len(p.items) if p is not None else "unknown") for name, p in plans.items()},
+        "unknown": unknown,
+        "eval_flops": eval_flops,
+    }
+    train_flops = 0.0
+    if sweep:
+        out.update(_sweep_estimate(spec, params, task_tokens))
+        train_flops = out["finetune"]["train_flops"]
+        eval_flops += out["finetune"]["eval_flops"]
+        out["eval_flops"] = eval_flops
+    total = eval_flops + train_flops
+    out["total_flops"] = total
+    out["assumptions"] = {"tflops_effective": tflops, "chars_per_token": CHARS_PER_TOKEN,
+                          "flops": "2*params*tokens (eval), 6*params*tokens (train)"}
+    out["gpu_hours"] = total / (tflops * 1e12) / 3600.0
+    return out
+
+
+def _sweep_estimate(spec: HarvestSpec, params, task_tokens) -> dict[str, Any]:
+    import math
+
+    from harvest.finetune import batch_size_for, steps_for
+    from harvest.sweep import _eval_task_spec, parse_sweep
+
+    config = parse_sweep(spec)
+    tasks = [t for t in spec.tasks if config.tasks is None or t.name in config.tasks]
+    ckpts = [c for c in spec.checkpoints if config.checkpoints is None or c.name in config.checkpoints]
+    cells = 0
+    train_flops = eval_flops = 0.0
+    per_task: dict[str, Any] = {}
+    unknown: list[str] = []
+    for ts in tasks:
+        plan = _task_plan(_eval_task_spec(ts, config))
+        pool = None
+        if plan is not None:
+            try:
+                pool = plan.task.train_examples(config.train_split)
+            except Exception:  # noqa: BLE001
+                pool = None
+        if pool is None:
+            levels = list(config.levels) if config.levels is not None else None
+            unknown.append(ts.name)
+        else:
+            levels = config.levels_for(len(pool), ts.name)
+        n_cells = None if levels is None else len(levels) * len(config.subset_seeds)
+        mean_tokens = (sum(len(p) + len(t) for p, t in pool) / len(pool) / CHARS_PER_TOKEN) if pool else None
+        eval_tok = item_tokens(plan) if plan is not None else None
+        train_tok = None
+        if levels is not None and mean_tokens is not None:
+            train_tok = sum(steps_for(config.recipe, n) * batch_size_for(config.recipe, n) * mean_tokens
+                            for n in levels) * len(config.subset_seeds)
+        per_task[ts.name] = {"levels": levels if levels is not None else "unknown",
+                             "cells_per_checkpoint": n_cells if n_cells is not None else "unknown",
+                             "train_tokens_per_checkpoint": round(train_tok) if train_tok is not None else "unknown",
+                             "eval_tokens_per_cell": eval_tok if eval_tok is not None else "unknown"}
+        for c in ckpts:
+            n = params[c.name][0]
+            cells += n_cells or 0
+            train_flops += 6.0 * n * (train_tok or 0)
+            eval_flops += 2.0 * n * (eval_tok or 0) * (n_cells or 0)
+    lora = config.recipe.method == "lora"
+    loads = len(ckpts) + (len(ckpts) if lora else cells)  # training base per checkpoint + scoring engines
+    return {"finetune": {"cells": cells, "method": config.recipe.method, "target_modules": config.recipe.target_modules,
+                         "tasks": per_task, "train_flops": train_flops, "eval_flops": eval_flops,
+                         "unknown": unknown},
+            "model_loads": len(spec.checkpoints) + loads,
+            "model_loads_ray": len(spec.checkpoints) + 2 * cells}
+
+
+def format_dry_run(d: dict[str, Any]) -> str:
+    """The dry run as a few lines for the terminal."""
+    lines = [f"dry run of 'emergence harvest {d['command']}' for {d['spec']} (no model loaded)",
+             f"  engine: {d['engine']['name']} on {d['engine']['device']}, dtype {d['engine']['dtype']} "
+             f"(setting {d['engine']['dtype_setting']})",
+             f"  checkpoints: {d['checkpoints']}   tasks: {d['tasks']}",
+             f"  evaluation units: {d['evaluation_units']['total']} ({d['evaluation_units']['few_shot']} few-shot, "
+             f"{d['evaluation_units']['pretraining_loss']} pretraining loss)"]
+    if "finetune" in d:
+        f = d["finetune"]
+        lines.append(f"  finetune cells: {f['cells']} ({f['method']}, targets {f['target_modules']})"
+                     + (f"; unknown for {', '.join(f['unknown'])}" if f["unknown"] else ""))
+        lines.append(f"  model loads: {d['model_loads']} (local executor), {d['model_loads_ray']} (ray)")
+    else:
+        lines.append(f"  model loads: {d['model_loads']}")
+    for name, p in d["params"].items():
+        lines.append(f"  params {name}: {p['params']:,} (from {p['from']})")
+    toks = ", ".join(f"{k} {v if isinstance(v, str) else f'{v:,}'}" for k, v in d["eval_tokens_per_checkpoint"].items())
+    lines.append(f"  estimated evaluation tokens per checkpoint: {toks}")
+    if d["unknown"]:
+        lines.append(f"  unknown (data not local, counted as 0): {', '.join(d['unknown'])}")
+    a = d["assumptions"]
+    lines.append(f"  estimated FLOPs: {d['total_flops']:.3g} (eval {d['eval_flops']:.3g}"
+                 + (f", train {d['finetune']['train_flops']:.3g}" if "finetune" in d else "") + ")")
+    lines.append(f"  estimated GPU-hours: {d['gpu_hours']:.3g} at an assumed {a['tflops_effective']:g} TFLOP/s effective "
+                 f"({a['flops']}; {a['chars_per_token']:g} characters per token)")
+    return "\n".join(lines)
+
+
+def dry_run_text(spec: HarvestSpec, *, sweep: bool, tflops: float, as_json: bool) -> str:
+    d = dry_run(spec, sweep=sweep, tflops=tflops)
+    return json.dumps(d, indent=2, default=list) if as_json else format_dry_run(d)
