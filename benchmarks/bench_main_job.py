@@ -6,6 +6,10 @@ what compares across runs).
     OMP_NUM_THREADS=1 python benchmarks/bench_main_job.py [datasets_cache/microladder]
         [--n-boot 200] [--workers 2] [--stages fit,backtest,report] [--code DIR]
 
+Every run gets a fresh, empty backtest cache (``EMERGENCE_CACHE_DIR``, fitting.backtest_cache), as
+in a fresh clone: ``backtest`` fills it and ``report`` reuses it; ``--cache DIR`` uses DIR instead
+(a second run with the same DIR shows the warm-cache times).
+
 ``--code DIR`` runs another checkout's code (``PYTHONPATH=DIR``, e.g. the code before a change,
 ``git archive HEAD | tar -x -C /tmp/base``), with this interpreter.
 """
@@ -49,19 +53,22 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--stages", default="fit,backtest,report")
     parser.add_argument("--code", default=None, help="checkout whose code to run (PYTHONPATH)")
+    parser.add_argument("--cache", default=None, help="backtest cache folder (default: a fresh empty one)")
     args = parser.parse_args()
     repo = Path(__file__).resolve().parents[1]
     code = Path(args.code).resolve() if args.code else repo
     folder = str(Path(args.folder).resolve())
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
-               PYTHONPATH=str(code))
+               PYTHONPATH=str(code),
+               EMERGENCE_CACHE_DIR=args.cache or tempfile.mkdtemp(prefix="bench_cache_"))
     out = tempfile.mkdtemp(prefix="bench_report_")
     stages = {
         "fit": ["fit", folder, "--json"],
         "backtest": ["backtest", folder, "--n-boot", str(args.n_boot), "--workers", str(args.workers), "--json"],
         "report": ["report", folder, "--out", out, "--n-boot", str(args.n_boot), "--workers", str(args.workers)],
     }
-    print(f"code: {code}   folder: {folder}   n_boot={args.n_boot} workers={args.workers}")
+    print(f"code: {code}   folder: {folder}   n_boot={args.n_boot} workers={args.workers}   "
+          f"cache: {env['EMERGENCE_CACHE_DIR']}   cores: {os.cpu_count()}")
     total_wall = total_cpu = 0.0
     for name in args.stages.split(","):
         load = os.getloadavg()

@@ -55,8 +55,10 @@ import numpy as np
 
 from emergence.errors import DiagnosticsError, EmergenceError, FitError
 from fitting.fit import GroundTruth, TaskData, fit_ground_truth
+from fitting.backtest_cache import BacktestCache, FitFailure
 from fitting.predict import FitConfig, TaskPrediction, _clean, check_task, is_simulated, predict_data
 from fitting.schema import ResultsFolder
+
 
 Tick = Callable[[str], None]  # progress callback: called once per finished fit with a label
 
@@ -101,15 +103,10 @@ class BacktestConfig:
             raise EmergenceError(f"min_checkpoints must be >= 3 (a hinge needs 3 points), got {self.min_checkpoints}")
         if self.workers < 1:
             raise EmergenceError(f"workers must be >= 1, got {self.workers}")
-        if self.fit.method == "bayes":
-            _require_bayes()
+        if self.fit.method == "bayes":  # a missing extra is one line now, not after the first fits
+            from fitting.bayes import _import_pymc
 
-
-def _require_bayes() -> None:
-    from fitting import bayes  # PyMC is imported lazily inside it
-
-    if not hasattr(bayes, "predict_data"):
-        raise EmergenceError("method 'bayes' is not available yet: fitting.bayes has no predict_data; use --method mle")
+            _import_pymc()
 
 
 # --------------------------------------------------------------------------- results
@@ -399,16 +396,7 @@ class _Job:
     simulated: bool
 
 
-@dataclass(frozen=True)
-class _Failure:
-    """A fit that gave no prediction. ``stop``: the data no longer allow a fit (FitError), so
-    smaller cutoffs will not either; otherwise the fit itself failed (a failed cutoff)."""
-
-    message: str
-    stop: bool
-
-
-Outcome = TaskPrediction | _Failure
+Outcome = TaskPrediction | FitFailure
 
 
 def _run_job(job: _Job) -> Outcome:
@@ -416,11 +404,11 @@ def _run_job(job: _Job) -> Outcome:
     try:
         return predict_data(job.data, job.config, ground_truth=job.ground_truth, simulated=job.simulated)
     except FitError as err:
-        return _Failure(f"no fit: {err}", stop=True)
+        return FitFailure(f"no fit: {err}", stop=True)
     except DiagnosticsError as err:  # method bayes: the MCMC gate refused this cutoff's answer
-        return _Failure(f"diagnostics failed: {err}", stop=False)
+        return FitFailure(f"diagnostics failed: {err}", stop=False)
     except np.linalg.LinAlgError as err:  # a numerically singular fit: a failed cutoff, not a crash
-        return _Failure(f"fit failed numerically: {err}", stop=False)
+        return FitFailure(f"fit failed numerically: {err}", stop=False)
 
 
 def run_jobs(jobs: Sequence[_Job], workers: int, tick: Tick | None = None) -> list[Outcome]:
@@ -495,9 +483,9 @@ def assemble(plan: _TaskPlan, outputs: list[Outcome], config: BacktestConfig,
     cut_out, abl_out = outputs[: len(plan.cuts)], outputs[len(plan.cuts):]
     cutoffs = []
     for cut, out in zip(plan.cuts, cut_out):
-        if isinstance(out, _Failure) and out.stop:  # the data no longer allow a fit: the list ends here
+        if isinstance(out, FitFailure) and out.stop:  # the data no longer allow a fit: the list ends here
             break
-        cutoffs.append(_failed_cutoff(cut, out.message, elbow) if isinstance(out, _Failure)
+        cutoffs.append(_failed_cutoff(cut, out.message, elbow) if isinstance(out, FitFailure)
                        else score_cutoff(cut, out, elbow, config.tolerance))
     name, flops = post_emergence(plan.data, elbow)
     ablations = [_score_ablation(row, plan.ablation_data[row[0]], out, elbow, config.tolerance)
@@ -523,7 +511,7 @@ def _failed_cutoff(cut: CutoffResult, message: str, truth: float | None) -> Cuto
 def _score_ablation(row, data: TaskData, out: Outcome, truth: float | None, tolerance: float) -> AblationResult:
     name, kind, k = row
     res = AblationResult(name, kind, k, data.n_checkpoints, data.data_levels)
-    if isinstance(out, _Failure):
+    if isinstance(out, FitFailure):
         res.note, res.success = out.message, None if truth is None else False
         return res
     res.converged, res.emergence_loss = bool(out.converged), out.emergence_loss
@@ -541,15 +529,33 @@ def _score_ablation(row, data: TaskData, out: Outcome, truth: float | None, tole
 
 
 def backtest(folder: ResultsFolder, config: BacktestConfig = BacktestConfig(),
-             tasks: Iterable[str] | None = None, progress: bool = False) -> list[TaskBacktest]:
-    """Backtest every task (or ``tasks``) of a results folder; progress bar on stderr."""
+             tasks: Iterable[str] | None = None, progress: bool = False,
+             cache: "BacktestCache | None" = None) -> list[TaskBacktest]:
+    """Backtest every task (or ``tasks``) of a results folder; progress bar on stderr.
+
+    ``cache`` (a :class:`fitting.backtest_cache.BacktestCache`): fits found there are reused, the
+    others run and are stored; with ``progress`` a line on stderr says how many were reused."""
     tasks = folder.tasks if tasks is None else list(tasks)
     datas = [TaskData.from_folder(folder, t, config.fit.metric) for t in tasks]  # validate names first
     simulated = is_simulated(folder)
     plans = [plan_task(d, config, simulated) for d in datas]
     jobs = [job for plan in plans for job in plan.jobs]
-    with _progress(progress, len(jobs)) as tick:
-        outputs = run_jobs(jobs, config.workers, tick)
+    outputs: list[Outcome | None] = [None] * len(jobs)
+    if cache is not None:
+        outputs = [cache.get(job) for job in jobs]
+    todo = [i for i, out in enumerate(outputs) if out is None]
+    with _progress(progress, len(todo)) as tick:
+        computed = run_jobs([jobs[i] for i in todo], config.workers, tick)
+    for i, out in zip(todo, computed):
+        outputs[i] = out
+        if cache is not None:
+            cache.put(jobs[i], out)
+    if cache is not None and progress:
+        import sys
+
+        reused = len(jobs) - len(todo)
+        print(f"backtest cache: reused {reused} of {len(jobs)} fits, computed {len(todo)} ({cache.root})",
+              file=sys.stderr)
     results, start = [], 0
     for plan in plans:
         results.append(assemble(plan, outputs[start:start + len(plan.jobs)], config, simulated))

@@ -33,6 +33,8 @@ Chains = Annotated[int, typer.Option(help="bayes: MCMC chains per fit")]
 Draws = Annotated[int, typer.Option(help="bayes: posterior draws per chain")]
 Tune = Annotated[int, typer.Option(help="bayes: tuning steps per chain")]
 Profile = Annotated[bool, typer.Option(help="also the 90% profile-likelihood interval of each fit (mle)")]
+NoCache = Annotated[bool, typer.Option("--no-cache", help="recompute every fit: neither read nor write the "
+                                       "backtest cache ($EMERGENCE_CACHE_DIR, else ~/.cache/emergence)")]
 
 
 class StageTimer:
@@ -82,6 +84,15 @@ def _config(*, law="log_power", d0=1.0, n_boot=1000, seed=0, method="mle", metri
                           workers=workers, ablations=ablations, cutoffs=cutoffs)
 
 
+def _cache(no_cache: bool):
+    """The backtest cache (fitting.backtest_cache), or None with --no-cache."""
+    if no_cache:
+        return None
+    from fitting.backtest_cache import BacktestCache
+
+    return BacktestCache()
+
+
 def _ablations(drop_smallest, drop_largest, last_k, base):
     from fitting.backtest import AblationSpec
 
@@ -97,6 +108,7 @@ def backtest_command(
     ablations: Annotated[bool, typer.Option("--ablations", help="also run the Table-2 ablations")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON list on stdout")] = False,
     profile: Profile = True, chains: Chains = 4, draws: Draws = 1000, tune: Tune = 1000,
+    no_cache: NoCache = False,
 ) -> None:
     """Hold out the most expensive checkpoints, refit, predict: how far ahead (in FLOPs) does it work?"""
     from fitting.backtest import AblationSpec, backtest, backtests_json
@@ -108,7 +120,7 @@ def backtest_command(
                      profile=profile)
     folder = load_results(results_dir)
     with StageTimer("backtest") as timer:
-        results = backtest(folder, config, tasks=task or None, progress=True)
+        results = backtest(folder, config, tasks=task or None, progress=True, cache=_cache(no_cache))
         timer.what = f"{len(results)} task{'s' * (len(results) != 1)}"
     if as_json:
         typer.echo(json.dumps(backtests_json(results), indent=2))
@@ -149,6 +161,7 @@ def report_command(
     min_checkpoints: MinCkpt = 3, workers: Workers = 1,
     ablations: Annotated[bool, typer.Option(help="include the Table-2 ablations")] = True,
     profile: Profile = True, chains: Chains = 4, draws: Draws = 1000, tune: Tune = 1000,
+    no_cache: NoCache = False,
 ) -> None:
     """Write an HTML page and a Markdown file with the fits, the backtest and the ablations."""
     from fitting.backtest import AblationSpec
@@ -159,7 +172,8 @@ def report_command(
                      ablations=AblationSpec() if ablations else None, chains=chains, draws=draws, tune=tune,
                      profile=profile)
     with StageTimer("report") as timer:
-        paths = write_report(results_dir, out, config, tasks=task or None, progress=True)
+        paths = write_report(results_dir, out, config, tasks=task or None, progress=True,
+                             cache=_cache(no_cache))
         timer.what = f"{len(paths.figures)} figures"
     typer.echo(f"wrote {paths.html} and {paths.markdown} ({len(paths.figures)} figures)")
 
@@ -167,7 +181,8 @@ def report_command(
 # --------------------------------------------------------------------------- printing
 
 
-def _fmt(x, spec: str = ".3f") -> str:
+def fmt(x, spec: str = ".3f") -> str:
+    """A number for a table cell ("-" for None)."""
     return "-" if x is None else format(x, spec)
 
 
@@ -193,9 +208,9 @@ def _print_backtests(results, simulated: bool) -> None:
         summary.add_column(name, justify="left" if name in ("task", "first post-emergence") else "right")
     for r in results:
         (cov, n), (pcov, pn) = r.coverage, r.coverage_profile
-        summary.add_row(r.task, _fmt(r.ground_truth_loss) if r.emerged else "never emerged",
-                        r.post_emergence_checkpoint or "-", _fmt(r.flop_multiplier, ".2f"),
-                        _fmt(r.flop_multiplier_strict, ".2f"), _fmt(r.flop_multiplier_unpinned, ".2f"),
+        summary.add_row(r.task, fmt(r.ground_truth_loss) if r.emerged else "never emerged",
+                        r.post_emergence_checkpoint or "-", fmt(r.flop_multiplier, ".2f"),
+                        fmt(r.flop_multiplier_strict, ".2f"), fmt(r.flop_multiplier_unpinned, ".2f"),
                         f"{cov}/{n}" if n else "-",
                         f"{pcov}/{pn}" if pn else "-")
     console.print(summary)
@@ -221,7 +236,7 @@ def _cutoff_table(r):
         table.add_column(name, justify="left" if name in ("most capable", "pinned") else "right", no_wrap=True)
     for c in r.cutoffs:
         table.add_row(f"{c.max_flops:.2e}", str(c.n_checkpoints), c.most_capable + ("" if c.pre_emergence is not False else " *"),
-                      _fmt(c.emergence_loss), _fmt(c.p05), _fmt(c.p95), _fmt(c.error, "+.3f"),
+                      fmt(c.emergence_loss), fmt(c.p05), fmt(c.p95), fmt(c.error, "+.3f"),
                       _mark(c.success), _mark(c.covered), c.pinned or "")
     return table
 

@@ -74,11 +74,11 @@ import numpy as np
 from emergence.atomic import atomic_path
 from emergence.errors import DiagnosticsError, FitError, MissingExtraError
 from fitting import law as law_
+from fitting.fit import EPS  # probabilities are clipped to [EPS, 1 - EPS] (a saturated curve has p = 1)
 from fitting.schema import ResultsFolder
+from fitting.uncertainty import PERCENTILES
 
-PERCENTILES = (5, 10, 25, 50, 75, 90, 95)
 SIGMA_LOG_SD = 0.5  # between-task sds ~ LogNormal(log scale, 0.5): 95% within x/2.7 of scale
-EPS = 1e-6  # probabilities are clipped to [EPS, 1 - EPS] (a saturated curve has p = 1)
 TASK_VARS = ("A", "B", "k", "alpha", "C", "delta", "emergence_loss")
 BAYES_FORMS = tuple(n for n, s in law_.LAW_FORMS.items() if not s.ceiling)  # the model has no ceiling
 
@@ -848,13 +848,6 @@ def posterior_rise(spec: law_.LawSpec, data, draws: dict[str, np.ndarray], max_d
     return float(np.median(fitted_rise(spec, data, theta)))
 
 
-def _ground_truth(td, fit_config):
-    from fitting.fit import fit_ground_truth
-
-    return fit_ground_truth(td, fit_config.likelihood, fit_config.gt_alpha, fit_config.gt_min_rise,
-                            fit_config.spec)
-
-
 def predict_data(data, config, *, ground_truth=None, progress=None, simulated: bool = False):
     """The ``fitting.predict`` hook for one task (no pooling partner: the backtest's refits)."""
     return _predict([data], config, {data.task: ground_truth}, bool(progress), simulated)[0]
@@ -874,7 +867,7 @@ def _predict(task_data: Sequence, fit_config, truths: dict, progress: bool, simu
     from fitting import predict
 
     config = config_from(fit_config)
-    truths = {td.task: truths.get(td.task) or _ground_truth(td, fit_config) for td in task_data}
+    truths = {td.task: truths.get(td.task) or fit_config.ground_truth(td) for td in task_data}
     pooled = [td for td in task_data if td.has_finetune]
     fit = fit_tasks(pooled, config, progress) if pooled else None
     if fit is not None:

@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from fitting.backtest_cli import StageTimer, fmt as _fmt
+
 
 def register(app: typer.Typer) -> None:
     """Add the fitting commands to the top-level app."""
@@ -62,8 +64,6 @@ def fit_command(
                                        allow_bad_diagnostics=allow_bad_diagnostics, save_posterior=save_posterior)
     config = FitConfig(law=law, d0=d0, likelihood=likelihood, n_boot=n_boot, seed=seed, method=method,
                        items=items, metric=metric, bayes=bayes_config)
-    from fitting.backtest_cli import StageTimer
-
     folder = load_results(results_dir)
     with StageTimer("fit") as timer:
         predictions = predict_all(folder, config, tasks=task or None, progress=True)
@@ -175,10 +175,6 @@ def import_command(
     typer.echo(f"pretrain_loss: {', '.join(f'{n} from {s}' for s, n in folder.metadata['pretrain_loss_sources'].items())}")
     typer.echo("few-shot results only: `emergence fit` gives the ground-truth elbow; predicting emergence "
                "before it happens needs finetune results (see docs/importers.md)")
-
-
-def _fmt(x, spec: str = ".3f") -> str:
-    return "-" if x is None else format(x, spec)
 
 
 def _fmt_profile(prof) -> str:

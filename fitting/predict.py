@@ -109,6 +109,10 @@ class FitConfig:
         spec = law_.LAW_FORMS[self.law] if isinstance(self.law, str) else self.law
         return spec if self.d0 is None else spec.with_(d0=float(self.d0))
 
+    def ground_truth(self, data: TaskData) -> GroundTruth:
+        """The few-shot ground-truth elbow of ``data`` under these settings."""
+        return fit_ground_truth(data, self.likelihood, self.gt_alpha, self.gt_min_rise, self.spec)
+
     @property
     def law_name(self) -> str:
         if not isinstance(self.law, str):
@@ -223,7 +227,7 @@ def predict_data(data: TaskData, config: FitConfig = FitConfig(), *, ground_trut
                                               simulated=simulated)
     check_task(data, config)
     if ground_truth is None:
-        ground_truth = fit_ground_truth(data, config.likelihood, config.gt_alpha, config.gt_min_rise, config.spec)
+        ground_truth = config.ground_truth(data)
     record = empty_record(data, config, ground_truth, simulated)
     if not data.has_finetune:
         record.note = ("few-shot results only: the emergence law needs finetune results, so no "
@@ -352,7 +356,7 @@ def predict_task(folder: ResultsFolder, task: str, config: FitConfig = FitConfig
         return predict_data(data, config, progress=progress, simulated=is_simulated(folder))
     except FitError as err:
         check_task(data, config)  # configuration errors still stop the run
-        gt = fit_ground_truth(data, config.likelihood, config.gt_alpha, config.gt_min_rise, config.spec)
+        gt = config.ground_truth(data)
         record = empty_record(data, config, gt, is_simulated(folder))
         record.note = f"no prediction: {err}"
         return with_flops(record, data, config)

@@ -468,9 +468,12 @@ def render_report(folder: ResultsFolder, results: Sequence[TaskBacktest], config
 
 def write_report(results_dir: str | os.PathLike, out: str | os.PathLike,
                  config: BacktestConfig = BacktestConfig(), tasks: Sequence[str] | None = None,
-                 progress: bool = False) -> ReportPaths:
-    """Load a results folder, backtest it (with ablations when configured), write the report."""
+                 progress: bool = False, cache=None) -> ReportPaths:
+    """Load a results folder, backtest it (with ablations when configured), write the report.
+
+    ``cache``: a :class:`fitting.backtest_cache.BacktestCache` (fits ``emergence backtest``
+    already made are reused)."""
     check_out_dir(out, files=REPORT_FILES, dirs=("figures",))  # before minutes of fitting, not after
     folder = load_results(results_dir)
-    results = backtest(folder, config, tasks=tasks, progress=progress)
+    results = backtest(folder, config, tasks=tasks, progress=progress, cache=cache)
     return render_report(folder, results, config, out, source=str(results_dir))

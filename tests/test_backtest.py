@@ -224,7 +224,7 @@ def test_cli_json_on_stdout_progress_on_stderr(tmp_path):
 
 
 def test_a_failed_fit_marks_its_cutoff_and_running_out_of_data_ends_the_list():
-    from fitting.backtest import _Failure, assemble, plan_task, predict_data
+    from fitting.backtest import FitFailure, assemble, plan_task, predict_data
 
     folder = _folder([COLA], seed=5)
     data = TaskData.from_folder(folder, COLA.name)
@@ -232,7 +232,7 @@ def test_a_failed_fit_marks_its_cutoff_and_running_out_of_data_ends_the_list():
     plan = plan_task(data, config, simulated=True)
     assert len(plan.cuts) == 4 and len(plan.jobs) == 4
     pred = predict_data(data, config.fit, ground_truth=plan.truth)
-    outputs = [pred, _Failure("diagnostics failed: r_hat", stop=False), pred, _Failure("no fit: too few", stop=True)]
+    outputs = [pred, FitFailure("diagnostics failed: r_hat", stop=False), pred, FitFailure("no fit: too few", stop=True)]
     r = assemble(plan, outputs, config, simulated=True)
     assert [c.n_checkpoints for c in r.cutoffs] == [12, 11, 10]  # the list ends at the unfittable cutoff
     failed = r.cutoffs[1]
