@@ -141,10 +141,11 @@ def main(argv=None) -> int:
     ap.add_argument("--start", type=int, default=0, help="first dataset index (seeds start..start+n-1)")
     ap.add_argument("--out", help="also write the per-dataset rows here (JSON)")
     ap.add_argument("--low-rank", action="store_true", help="experiment: nutpie low-rank mass matrix (not a default)")
+    ap.add_argument("--tune", type=int, help="experiment: tuning steps per chain instead of the default")
     args = ap.parse_args(argv)
     n = 2 if args.quick else args.n
     gens = [g for g in args.generators.split(",") if g]
-    defaults = cli_defaults()
+    defaults = cli_defaults() | ({"tune": args.tune} if args.tune else {})
     print(f"defaults of `emergence fit --method bayes`: {defaults}; load average at start "
           f"{tuple(round(x, 2) for x in os.getloadavg())}; {os.cpu_count()} CPUs", flush=True)
     make = {"law": law_dataset, "saturating_easy": saturating_easy_dataset, "saturating": saturating_dataset}
