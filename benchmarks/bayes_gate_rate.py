@@ -89,7 +89,7 @@ def cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def fit_one(folder, d0: float, defaults: dict, low_rank: bool = False) -> dict:
+def fit_one(folder, d0: float, defaults: dict, diagonal: bool = False) -> dict:
     from fitting import bayes
     from fitting.fit import TaskData
     from fitting.predict import FitConfig
@@ -97,8 +97,8 @@ def fit_one(folder, d0: float, defaults: dict, low_rank: bool = False) -> dict:
     cfg = bayes.config_from_cli(chains=defaults["chains"], draws=defaults["draws"], tune=defaults["tune"],
                                 sampler=defaults["sampler"], seed=defaults["seed"])
     cfg = dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, progressbar=False))  # output only
-    if low_rank:  # experiment, not a default: nutpie's low-rank mass matrix adaptation
-        cfg = dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, low_rank=True))
+    if diagonal:  # experiment, not the default: nutpie's diagonal mass matrix (the default is low-rank)
+        cfg = dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, low_rank=False))
     cfg = bayes.config_from(FitConfig(law=defaults["law"], d0=d0, method="bayes", bayes=cfg))
     tds = [TaskData.from_folder(folder, t) for t in folder.tasks]
     t0, c0 = time.perf_counter(), cpu_seconds()
@@ -140,7 +140,8 @@ def main(argv=None) -> int:
     ap.add_argument("--generators", default=",".join(GENERATORS), help="comma-separated: law, saturating_easy, saturating (over-dispersed)")
     ap.add_argument("--start", type=int, default=0, help="first dataset index (seeds start..start+n-1)")
     ap.add_argument("--out", help="also write the per-dataset rows here (JSON)")
-    ap.add_argument("--low-rank", action="store_true", help="experiment: nutpie low-rank mass matrix (not a default)")
+    ap.add_argument("--diagonal", action="store_true",
+                    help="experiment: nutpie's diagonal mass matrix instead of the default low-rank one")
     ap.add_argument("--tune", type=int, help="experiment: tuning steps per chain instead of the default")
     args = ap.parse_args(argv)
     n = 2 if args.quick else args.n
@@ -153,7 +154,7 @@ def main(argv=None) -> int:
     for gen in gens:
         for i in range(args.start, args.start + n):
             folder, d0 = make[gen](i)
-            row = dict(generator=gen, index=i, d0=d0, **fit_one(folder, d0, defaults, args.low_rank))
+            row = dict(generator=gen, index=i, d0=d0, **fit_one(folder, d0, defaults, args.diagonal))
             rows.append(row)
             print(f"[{len(rows)}/{n * len(gens)}] {gen} #{i} d0={d0:g}: gate {'PASS' if row['gate_ok'] else 'FAIL'}"
                   f" divergences {row['divergences']} failed {row['failed_checks'] or '-'} "
@@ -173,7 +174,7 @@ def main(argv=None) -> int:
               f"median wall {np.median([r['wall_s'] for r in sel]):.1f} s, median CPU {np.median([r['cpu_s'] for r in sel]):.1f} s; "
               f"datasets with divergences {sum(r['divergences'] > 0 for r in sel)}")
     print(f"load average at end {tuple(round(x, 2) for x in os.getloadavg())}; sampler {rows[0]['sampler']}, "
-          f"target_accept {rows[0]['target_accept']}" + ("; low-rank mass matrix (NOT the default)" if args.low_rank else ""))
+          f"target_accept {rows[0]['target_accept']}" + ("; diagonal mass matrix (NOT the default)" if args.diagonal else "; low-rank mass matrix"))
     goal = [r for r in rows if r["generator"] in GENERATORS]
     k = sum(r["gate_ok"] for r in goal)
     if goal:

@@ -43,7 +43,7 @@ def fit_command(
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON list on stdout")] = False,
     chains: Annotated[int, typer.Option(help="bayes: MCMC chains")] = 4,
     draws: Annotated[int, typer.Option(help="bayes: posterior draws per chain")] = 1000,
-    tune: Annotated[int, typer.Option(help="bayes: tuning steps per chain")] = 1000,
+    tune: Annotated[int, typer.Option(help="bayes: tuning steps per chain")] = 2000,
     sampler: Annotated[str, typer.Option(help="bayes: auto (nutpie when installed, else pymc), pymc (NUTS) or nutpie")] = "auto",
     non_centered: Annotated[bool, typer.Option("--non-centered", help="bayes: non-centred hierarchy")] = False,
     subset_effect: Annotated[bool, typer.Option("--subset-effect", help="bayes: elbow jitter per finetuning subset")] = False,
@@ -89,7 +89,7 @@ def compare_laws_command(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON on stdout")] = False,
     method: Annotated[str, typer.Option(help="mle (held-out log-likelihood) or bayes (PSIS-LOO of the pooled posterior)")] = "mle",
     draws: Annotated[int, typer.Option(help="bayes: posterior draws per chain")] = 1000,
-    tune: Annotated[int, typer.Option(help="bayes: tuning steps per chain")] = 1000,
+    tune: Annotated[int, typer.Option(help="bayes: tuning steps per chain")] = 2000,
     sampler: Annotated[str, typer.Option(help="bayes: auto (nutpie when installed, else pymc), pymc (NUTS) or nutpie")] = "auto",
     seed: Annotated[int, typer.Option(help="bayes: sampler seed")] = 0,
 ) -> None:
