@@ -1,5 +1,5 @@
 """The shipped micro-ladder (datasets_cache/microladder) still says what docs/microladder.md and
-the README say of it: recomputed here from its tables, not read from its JSON alone.
+docs/findings.md say of it: recomputed here from its tables, not read from its JSON alone.
 
 If a regenerated ladder changes these, the docs' numbers are stale: update both together.
 """
