@@ -10,6 +10,14 @@ import typer
 app = typer.Typer(help="Measure checkpoints: pretraining loss, few-shot and finetuned accuracy.",
                   no_args_is_help=True)
 
+# The dry-run options of `harvest eval` and `harvest sweep`.
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print what would run and its estimated cost (counts, "
+                                                        "tokens, FLOPs, GPU-hours) from the spec alone; load no "
+                                                        "model, write nothing.")]
+AsJson = Annotated[bool, typer.Option("--json", help="With --dry-run: print it as JSON.")]
+TFlops = Annotated[float, typer.Option("--tflops", min=1e-9, help="With --dry-run: assumed effective TFLOP/s per "
+                                                                 "GPU for GPU-hours.")]
+
 
 @app.command("eval")
 def eval_command(
@@ -18,12 +26,9 @@ def eval_command(
     keep_going: Annotated[bool, typer.Option("--keep-going", "-k", help="Measure the other checkpoints when one "
                                                                        "fails, then exit 2 naming it.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars on stderr.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would run and its estimated cost "
-                                                          "(counts, tokens, FLOPs, GPU-hours) from the spec alone; "
-                                                          "load no model, write nothing.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="With --dry-run: print it as JSON.")] = False,
-    tflops: Annotated[float, typer.Option("--tflops", min=1e-9, help="With --dry-run: assumed effective TFLOP/s "
-                                                                     "per GPU for GPU-hours.")] = 200.0,
+    dry_run: DryRun = False,
+    as_json: AsJson = False,
+    tflops: TFlops = 200.0,
 ) -> None:
     """Measure pretraining loss and few-shot accuracy of every checkpoint into RESULTS_DIR."""
     from harvest.spec import load_spec
@@ -54,12 +59,9 @@ def sweep_command(
                                                                        "checkpoint and go on (exit 2 at the end); "
                                                                        "Ray always does.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars on stderr.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would run and its estimated cost "
-                                                          "(counts, tokens, FLOPs, GPU-hours) from the spec alone; "
-                                                          "load no model, write nothing.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="With --dry-run: print it as JSON.")] = False,
-    tflops: Annotated[float, typer.Option("--tflops", min=1e-9, help="With --dry-run: assumed effective TFLOP/s "
-                                                                     "per GPU for GPU-hours.")] = 200.0,
+    dry_run: DryRun = False,
+    as_json: AsJson = False,
+    tflops: TFlops = 200.0,
 ) -> None:
     """Finetune every checkpoint on every data level and subset, evaluate, write finetune rows."""
     if _dry_run(spec, dry_run, as_json, tflops, sweep=True):
