@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import functools
 import json
 import os
 import shutil
@@ -90,10 +91,16 @@ def write_json(path: str | os.PathLike, data: Any, indent: int = 1) -> Path:
 # --------------------------------------------------------------------------- whole folders
 
 
+@functools.lru_cache(maxsize=1)
+def _renameat2():
+    """libc's ``renameat2`` (Linux, glibc >= 2.28), or None; looked up once per process."""
+    libc_name = ctypes.util.find_library("c")  # runs ldconfig: not on every write
+    return getattr(ctypes.CDLL(libc_name, use_errno=True), "renameat2", None) if libc_name else None
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Swap the names ``a`` and ``b`` in one atomic step; False where the OS cannot."""
-    libc_name = ctypes.util.find_library("c")
-    renameat2 = getattr(ctypes.CDLL(libc_name, use_errno=True), "renameat2", None) if libc_name else None
+    renameat2 = _renameat2()
     if renameat2 is None:
         return False
     at_fdcwd, rename_exchange = -100, 2
