@@ -183,3 +183,17 @@ def _prod(shape) -> int:
     for s in shape:
         out *= int(s)
     return out
+
+
+def direct_logprob(model, tok, context: str, continuation: str) -> float:
+    """lm-eval's computation of log p(continuation | context): one forward of context +
+    continuation, no sharing, no batching (the reference the engines are tested against)."""
+    import torch
+
+    from harvest.engines.hf import encode_pair
+
+    ctx, cont = encode_pair(tok, context, continuation)
+    with torch.no_grad():
+        logits = model(torch.tensor([ctx + cont])[:, :-1]).logits[0].float()
+    lp = torch.log_softmax(logits, -1)
+    return sum(float(lp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))

@@ -11,9 +11,9 @@ torch = pytest.importorskip("torch")
 pytestmark = [pytest.mark.harvest, pytest.mark.filterwarnings("ignore::FutureWarning")]
 
 from harvest.engines.base import ChoiceRequest, ModelRef  # noqa: E402
-from harvest.engines.hf import HFEngine, encode_pair  # noqa: E402
+from harvest.engines.hf import HFEngine  # noqa: E402
 from harvest.finetune import Recipe, finetune, linear_module_names, save_finetuned  # noqa: E402
-from harvest.testing import ARCHITECTURES, build_tiny_model  # noqa: E402
+from harvest.testing import ARCHITECTURES, build_tiny_model, direct_logprob  # noqa: E402
 
 TOL = 1e-4
 REQUESTS = [ChoiceRequest("Question: What is 3 + 4?\nAnswer:", (" 7", " 8", " 12 apples")),
@@ -24,14 +24,6 @@ EXAMPLES = [(f"Question: What is {a} + {b}?\nAnswer:", f" {a + b}") for a in ran
 @pytest.fixture(autouse=True)
 def one_thread():
     torch.set_num_threads(1)
-
-
-def direct_logprob(model, tok, context: str, continuation: str) -> float:
-    ctx, cont = encode_pair(tok, context, continuation)
-    with torch.no_grad():
-        logits = model(torch.tensor([ctx + cont])[:, :-1]).logits[0].float()
-    lp = torch.log_softmax(logits, -1)
-    return sum(float(lp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

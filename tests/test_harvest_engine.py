@@ -18,7 +18,7 @@ from harvest.engines.base import ChoiceRequest, GenerateRequest, ModelRef  # noq
 from harvest.engines.hf import (HFEngine, encode_choices, encode_pair, keep_freed_memory,  # noqa: E402
                                 shared_prefix_groups, worth_sharing)
 from harvest.loss import measure_loss  # noqa: E402
-from harvest.testing import build_tiny_llama  # noqa: E402
+from harvest.testing import build_tiny_llama, direct_logprob  # noqa: E402
 
 TOL = 1e-4  # nats: float32 rounding of differently batched matmuls
 
@@ -39,15 +39,6 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def engine(tiny):
     return HFEngine(ModelRef(str(tiny)), batch_size=3)
-
-
-def direct_logprob(model, tok, context: str, continuation: str) -> float:
-    """lm-eval's computation: one forward of context + continuation, no sharing, no batching."""
-    ctx, cont = encode_pair(tok, context, continuation)
-    with torch.no_grad():
-        logits = model(torch.tensor([ctx + cont])[:, :-1]).logits[0].float()
-    lp = torch.log_softmax(logits, -1)
-    return sum(float(lp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
 
 
 def test_shared_prefix_scores_equal_one_forward_per_choice(engine):
