@@ -91,7 +91,7 @@ def cpu_seconds() -> float:
 
 def fit_one(folder, d0: float, defaults: dict, diagonal: bool = False) -> dict:
     from fitting import bayes
-    from fitting.fit import TaskData
+    from fitting.data import TaskData
     from fitting.predict import FitConfig
 
     cfg = bayes.config_from_cli(chains=defaults["chains"], draws=defaults["draws"], tune=defaults["tune"],

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_fit import naive_bootstrap, naive_multistart  # noqa: E402  (the fitting benchmark's baseline)
 
 from fitting.backtest import BacktestConfig, backtest  # noqa: E402
-from fitting.fit import TaskData  # noqa: E402
+from fitting.data import TaskData  # noqa: E402
 from fitting.predict import FitConfig  # noqa: E402
 from fitting.simulate import Design, simulate  # noqa: E402
 

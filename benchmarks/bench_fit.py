@@ -28,7 +28,9 @@ import numpy as np
 from scipy import optimize
 
 from fitting import law
-from fitting.fit import EmergenceLawFit, TaskData, bounds, starts
+from fitting.data import TaskData
+from fitting.fit import EmergenceLawFit
+from fitting.optimise import bounds, starts
 from fitting.predict import FitConfig, predict_all
 from fitting.simulate import Design, simulate
 from fitting.uncertainty import bootstrap

@@ -21,7 +21,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from fitting.fit import TaskData, fit_ground_truth
+from fitting.data import TaskData
+
+from fitting.ground_truth import fit_ground_truth
 from fitting.predict import FitConfig, predict_data
 from fitting.simulate import Design, simulate
 

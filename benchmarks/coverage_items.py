@@ -18,7 +18,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from fitting.fit import EmergenceLawFit, TaskData
+from fitting.data import TaskData
+
+from fitting.fit import EmergenceLawFit
 from fitting.simulate import DEFAULT_TASKS, Design, simulate
 from fitting.uncertainty import bootstrap
 

@@ -22,7 +22,9 @@ import numpy as np
 from scipy import optimize
 
 from fitting.backtest import cutoff_values
-from fitting.fit import EmergenceLawFit, TaskData, fit_ground_truth
+from fitting.data import TaskData
+from fitting.fit import EmergenceLawFit
+from fitting.ground_truth import fit_ground_truth
 from fitting.schema import load_results
 
 

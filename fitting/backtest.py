@@ -3,7 +3,7 @@
 Protocol (Snell et al. 2024, Sec. 6; ``docs/backtest.md``), per task:
 
 1. **Ground truth**: the few-shot elbow fitted to every checkpoint
-   (:func:`fitting.fit.fit_ground_truth`); null when few-shot performance never left chance.
+   (:func:`fitting.ground_truth.fit_ground_truth`); null when few-shot performance never left chance.
 2. **Cutoffs**: every distinct checkpoint FLOPs value, from the largest (all checkpoints) down
    to the smallest that keeps at least ``min_checkpoints`` checkpoints and still allows a fit
    (the first cutoff whose fit raises :class:`~emergence.errors.FitError` for lack of data ends
@@ -54,7 +54,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from emergence.errors import DiagnosticsError, EmergenceError, FitError
-from fitting.fit import GroundTruth, TaskData, fit_ground_truth
+from fitting.data import TaskData
+from fitting.ground_truth import fit_ground_truth, GroundTruth
 from fitting.backtest_cache import BacktestCache, FitFailure
 from fitting.predict import FitConfig, TaskPrediction, _clean, check_task, is_simulated, predict_data
 from fitting.schema import ResultsFolder

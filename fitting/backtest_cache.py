@@ -11,7 +11,7 @@ everything the outcome depends on:
 - the ground truth it is scored against (fitted once on all the task's checkpoints) and whether
   the folder is simulated;
 - the whole ``FitConfig`` (law, D0, likelihood, n_boot, seed, starts, profile, ...);
-- the code: the package version, the bytes of ``fitting/*.py`` and the numpy/scipy versions
+- the code: the package version, the bytes of ``fitting/**/*.py`` and the numpy/scipy versions
   (another version of the optimiser gives other last digits).
 
 Where: ``$EMERGENCE_CACHE_DIR``, else ``$XDG_CACHE_HOME/emergence``, else ``~/.cache/emergence``;
@@ -62,7 +62,7 @@ def default_dir() -> Path:
 
 
 def code_fingerprint() -> str:
-    """Package version, numpy/scipy versions and the bytes of ``fitting/*.py``."""
+    """Package version, numpy/scipy versions and the bytes of ``fitting/**/*.py``."""
     global _CODE_FINGERPRINT
     if _CODE_FINGERPRINT is None:
         import scipy
@@ -71,8 +71,8 @@ def code_fingerprint() -> str:
 
         h = hashlib.sha256()
         h.update(f"{FORMAT} {emergence.__version__} numpy {np.__version__} scipy {scipy.__version__}".encode())
-        for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
-            h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        for path in sorted(Path(__file__).resolve().parent.rglob("*.py")):
+            h.update(path.relative_to(Path(__file__).resolve().parent).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
         _CODE_FINGERPRINT = h.hexdigest()
     return _CODE_FINGERPRINT
 
@@ -172,7 +172,7 @@ def encode(outcome) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def decode(meta: dict, arrays) -> Any:
-    from fitting.fit import GroundTruth
+    from fitting.ground_truth import GroundTruth
     from fitting.predict import TaskPrediction
     from fitting.uncertainty import ProfileInterval
 

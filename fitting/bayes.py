@@ -75,7 +75,7 @@ import numpy as np
 from emergence.atomic import atomic_path
 from emergence.errors import DiagnosticsError, FitError, MissingExtraError
 from fitting import law as law_
-from fitting.fit import EPS  # probabilities are clipped to [EPS, 1 - EPS] (a saturated curve has p = 1)
+from fitting.likelihood import EPS  # probabilities are clipped to [EPS, 1 - EPS] (a saturated curve has p = 1)
 from fitting.schema import ResultsFolder
 from fitting.uncertainty import PERCENTILES
 
@@ -232,11 +232,11 @@ class BayesData:
     correct: np.ndarray  # (N,) int items correct
     n_items: np.ndarray  # (N,) int
     chance: np.ndarray  # (n_tasks,)
-    sources: tuple = ()  # the per-task fitting.fit.TaskData it was built from
+    sources: tuple = ()  # the per-task fitting.data.TaskData it was built from
 
     @classmethod
     def from_tasks(cls, sources: Sequence, d0: float = 1.0) -> "BayesData":
-        """Stack several tasks' ``fitting.fit.TaskData`` (one hierarchical fit)."""
+        """Stack several tasks' ``fitting.data.TaskData`` (one hierarchical fit)."""
         return _from_tasks(sources, d0)
 
     @property
@@ -264,7 +264,7 @@ class BayesData:
 def bayes_data(folder: ResultsFolder, tasks: Sequence[str] | None = None, d0: float = 1.0,
                metric: str | None = None) -> BayesData:
     """Item counts per evaluation for ``tasks`` (all tasks when None), validated for the model."""
-    from fitting.fit import TaskData
+    from fitting.data import TaskData
 
     names = list(tasks) if tasks else folder.tasks
     return BayesData.from_tasks([TaskData.from_folder(folder, t, metric) for t in names], d0)
@@ -856,7 +856,7 @@ def predict_data(data, config, *, ground_truth=None, progress=None, simulated: b
 
 def predict_all(folder: ResultsFolder, config, tasks: Sequence[str] | None = None, progress: bool = False):
     """The ``fitting.predict`` hook: one hierarchical fit pooling every task that has finetune data."""
-    from fitting.fit import TaskData
+    from fitting.data import TaskData
     from fitting.predict import is_simulated
 
     names = list(tasks) if tasks else folder.tasks

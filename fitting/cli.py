@@ -94,7 +94,7 @@ def compare_laws_command(
     seed: Annotated[int, typer.Option(help="bayes: sampler seed")] = 0,
 ) -> None:
     """Which law form does the data support? Leave-one-checkpoint-out held-out log-likelihood."""
-    from fitting.fit import compare_laws_folder
+    from fitting.compare import compare_laws_folder
     from fitting.schema import load_results
 
     if method == "bayes":

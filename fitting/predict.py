@@ -55,7 +55,9 @@ import numpy as np
 from emergence.errors import FitError
 from fitting import compute
 from fitting import law as law_
-from fitting.fit import MIN_RISE, EmergenceLawFit, GroundTruth, TaskData, fit_ground_truth, pinned_edge
+from fitting.data import TaskData
+from fitting.fit import EmergenceLawFit, MIN_RISE, pinned_edge
+from fitting.ground_truth import fit_ground_truth, GroundTruth
 from fitting.schema import ResultsFolder
 from fitting.uncertainty import PERCENTILES, Progress, bootstrap, profile_interval
 

@@ -31,7 +31,7 @@ from emergence.paths import check_out_dir
 from fitting import figures as fig_
 from fitting import law as law_
 from fitting.backtest import BacktestConfig, TaskBacktest, ablation_table, backtest
-from fitting.fit import TaskData
+from fitting.data import TaskData
 from fitting.schema import ResultsFolder, load_results
 
 # --------------------------------------------------------------------------- content model

@@ -17,7 +17,7 @@ Resampling scheme (the units that are correlated, then the items):
    keeps the observed counts (checkpoints and subsets only). Measured coverage of each scheme:
    docs/law.md (``benchmarks/coverage_items.py``).
 
-Every resample is refitted by the batched Levenberg-Marquardt loop of :mod:`fitting.fit`,
+Every resample is refitted by the batched Levenberg-Marquardt loop of :mod:`fitting.optimise`,
 warm-started at the MLE, all resamples of a chunk in one numpy batch (no Python loop per
 resample). Resamples that do not converge are retried from the MLE's multi-start points; those
 that still fail are counted in ``n_failed`` and left out of the percentiles. With
@@ -41,7 +41,9 @@ from scipy import stats
 
 from emergence.errors import FitError
 from fitting import law as law_
-from fitting.fit import EmergenceLawFit, TaskData, lm_batch, make_problem, starts
+from fitting.data import TaskData
+from fitting.fit import EmergenceLawFit
+from fitting.optimise import lm_batch, make_problem, starts
 
 PERCENTILES = (5, 10, 25, 50, 75, 90, 95)
 ItemResampling = Literal["observed", "fitted", "none"]

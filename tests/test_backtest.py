@@ -14,7 +14,7 @@ from scipy import stats
 from emergence.errors import EmergenceError, FitError
 from fitting.backtest import (AblationSpec, BacktestConfig, CutoffResult, TaskBacktest, ablation_table,
                               apply_variant, backtest, cutoff_values)
-from fitting.fit import TaskData
+from fitting.data import TaskData
 from fitting.predict import FitConfig
 from fitting.simulate import Design, TaskTruth, simulate
 

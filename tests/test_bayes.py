@@ -20,7 +20,7 @@ az = pytest.importorskip("arviz")
 from emergence.errors import DiagnosticsError, FitError  # noqa: E402
 from fitting import bayes  # noqa: E402
 from fitting import law as law_  # noqa: E402
-from fitting.fit import TaskData  # noqa: E402
+from fitting.data import TaskData  # noqa: E402
 from fitting.simulate import DEFAULT_TASKS, Design, simulate  # noqa: E402
 
 pytestmark = pytest.mark.bayes

@@ -8,7 +8,7 @@ import pytest
 from emergence.errors import FitError
 from fitting.compute import sample_laws, choose_law, convert, fit_compute_law
 from fitting.predict import FitConfig, predict_data
-from fitting.fit import TaskData
+from fitting.data import TaskData
 from fitting.simulate import CHINCHILLA, Design, simulate, simulate_checkpoints
 
 

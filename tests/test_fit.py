@@ -9,7 +9,10 @@ import pytest
 
 from emergence.errors import FitError
 from fitting import law
-from fitting.fit import EmergenceLawFit, TaskData, compare_laws, curve_elbow, elbow_extrapolation, fit_ground_truth
+from fitting.compare import compare_laws, elbow_extrapolation
+from fitting.data import TaskData
+from fitting.fit import EmergenceLawFit
+from fitting.ground_truth import curve_elbow, fit_ground_truth
 from fitting.predict import FitConfig, predict_data
 from fitting.simulate import DEFAULT_TASKS, Design, TaskTruth, simulate
 
@@ -175,7 +178,7 @@ def test_left_out_curves_elbows_are_predicted_by_the_generating_law(low_noise, t
 def test_elbow_extrapolation_prefers_the_generating_form(seed):
     """Power-law elbows over four decades of D: the power form extrapolates the left-out elbows
     better than the log-power form, on every seed (measured RMSE 0.007-0.016 against 0.031-0.040)."""
-    from fitting.fit import LawComparison
+    from fitting.compare import LawComparison
 
     truth = TaskTruth("p", chance=0.25, A=1.0, k=0.027, alpha=0.35, C=2.30, spec=law.LawSpec(elbow="power"))
     design = replace(Design(), tasks=(truth,), data_levels=(2, 8, 64, 512, 4096), n_items=5000, subset_sd=0.0)
@@ -189,7 +192,7 @@ def test_elbow_extrapolation_prefers_the_generating_form(seed):
 def test_a_left_out_elbow_the_rest_cannot_locate_is_unlocated_not_a_number():
     """Nothing rises anywhere: a fit to the other curves is "no rise", so whatever its C is, it
     is not a prediction of the left-out elbow."""
-    from fitting.fit import LawComparison
+    from fitting.compare import LawComparison
 
     flat = TaskTruth("flat", chance=0.25, A=0.5, k=0.001, alpha=1.0, C=1.0)  # elbows far below the data
     data = TaskData.from_folder(simulate(replace(Design(), tasks=(flat,)), seed=0), "flat")
@@ -219,7 +222,7 @@ def test_singular_gauss_newton_step_is_damped_not_a_crash():
     """Regression (sim_gsm8k, 6 checkpoints raised LinAlgError): a NaN curvature, zeroed by
     nan_to_num, made the damped system singular and np.linalg.solve raised for the whole batch.
     Now that member gets a least-squares (or zero) step and the others are unaffected."""
-    from fitting.fit import _damped_step
+    from fitting.optimise import _damped_step
 
     class Box:
         lower, upper = np.full(2, -10.0), np.full(2, 10.0)
@@ -233,7 +236,7 @@ def test_singular_gauss_newton_step_is_damped_not_a_crash():
 
 def test_lm_batch_survives_a_member_with_nan_jacobian(default_data, monkeypatch):
     """One batch member whose Jacobian is NaN (at every iteration) does not stop the others."""
-    from fitting import fit as fit_mod
+    from fitting import optimise as fit_mod
 
     data = TaskData.from_folder(default_data, "sim_gsm8k")
     model = EmergenceLawFit(n_starts=4).fit(data)
@@ -294,7 +297,8 @@ def test_predictions_the_few_shot_results_hold_are_marked_pinned_and_located_one
 
 
 def test_a_few_shot_elbow_on_its_search_box_is_pinned_there(default_data):
-    from fitting.fit import bounds, pinned_edge
+    from fitting.fit import pinned_edge
+    from fitting.optimise import bounds
 
     data = TaskData.from_folder(default_data, "sim_mmlu")
     model = EmergenceLawFit(n_starts=8).fit(data)
@@ -347,7 +351,7 @@ def test_the_prediction_stays_in_its_search_box_for_any_d0(d0):
     """The search box bounds C, which is the prediction for every D0 (fitting.law). An invariant
     on simulated data (these fits stayed in the box before the anchor too); the regression test
     of the 813-nat fit is tests/test_shipped_microladder.py::test_a_larger_d0_keeps_the_prediction_inside_the_search_box."""
-    from fitting.fit import bounds
+    from fitting.optimise import bounds
 
     config = FitConfig(law=law.LawSpec(d0=d0), n_boot=0, profile=False)
     for seed in range(3):

@@ -14,7 +14,8 @@ import polars as pl
 import pytest
 
 from emergence import cli as emergence_cli
-from fitting.fit import TaskData, fit_ground_truth
+from fitting.data import TaskData
+from fitting.ground_truth import fit_ground_truth
 from fitting.importers import ImportOptions, import_results
 from fitting.importers.obsscaling import SCORE_COLUMNS
 from fitting.importers.tasks import KNOWN_TASKS

@@ -1,4 +1,4 @@
-"""The emergence law (fitting.law) and its analytic Jacobian (fitting.fit.performance_jacobian)."""
+"""The emergence law (fitting.law) and its analytic Jacobian (fitting.jacobian.performance_jacobian)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from fitting import law
-from fitting.fit import binomial_terms, performance_jacobian
+from fitting.jacobian import performance_jacobian
+from fitting.likelihood import binomial_terms
 
 RNG = np.random.default_rng(0)
 LOSS = np.linspace(2.2, 3.3, 9).repeat(3)
@@ -132,7 +133,8 @@ def test_a_new_elbow_shape_is_one_registry_entry(monkeypatch):
 
     from fitting import law as law_
     from fitting.bayes import Priors
-    from fitting.fit import EmergenceLawFit, TaskData
+    from fitting.data import TaskData
+    from fitting.fit import EmergenceLawFit
     from fitting.simulate import simulate
 
     sqrt = law_.ElbowShape("sqrt_d", np.sqrt, (0.01, 3.0), (0.1, 1.5), (0.05, 2.0), (0.0, 0.5))

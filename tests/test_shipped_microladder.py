@@ -13,7 +13,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from fitting.fit import EmergenceLawFit, TaskData, fit_ground_truth
+from fitting.data import TaskData
+
+from fitting.fit import EmergenceLawFit
+
+from fitting.ground_truth import fit_ground_truth
 from fitting.law import LAW_FORMS
 from fitting.schema import load_results
 from harvest.microladder.summary import curve_elbows
@@ -82,7 +86,7 @@ def test_a_larger_d0_keeps_the_prediction_inside_the_search_box(folder):
     matters below ~10x the 2 shots) predicted 813 nats before the law was anchored at D0; the
     box on C now bounds the prediction itself."""
     from fitting.backtest import AblationSpec, ablation_base, apply_variant
-    from fitting.fit import bounds
+    from fitting.optimise import bounds
     from fitting.law import LawSpec
     from fitting.predict import FitConfig, predict_data
 
@@ -100,7 +104,8 @@ def test_the_elbow_columns_rank_the_ceiling_form_last_where_the_likelihood_ranks
     """docs/microladder.md: held-out likelihood picks `ceiling`; leaving curves out shows it
     extrapolates elbows worst. The elbow part is recomputed here; the likelihood ranking (960
     fits) is read from compare_laws.json, whose elbow columns must equal the recomputation."""
-    from fitting.fit import LawComparison, curve_elbow, elbow_extrapolation
+    from fitting.compare import elbow_extrapolation, LawComparison
+    from fitting.ground_truth import curve_elbow
 
     shipped = json.loads((SHIPPED / "compare_laws.json").read_text())[task]
     assert shipped[0]["form"] == "ceiling"  # best held-out likelihood

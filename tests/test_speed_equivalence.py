@@ -12,9 +12,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fitting import fit as F
+from fitting import likelihood, optimise
 from fitting import law
-from fitting.fit import EPS, EmergenceLawFit, Problem, TaskData, bounds, lm_batch, make_problem
+from fitting.data import TaskData
+from fitting.fit import EmergenceLawFit
+from fitting.likelihood import EPS
+from fitting.optimise import Problem, bounds, lm_batch, make_problem
 from fitting.simulate import Design, simulate
 from fitting.uncertainty import resample_targets
 
@@ -75,7 +78,7 @@ def test_binomial_terms_equal_the_reference_inside_and_outside_the_unit_interval
     n = rng.integers(0, 50, 200).astype(float)
     y = np.minimum(rng.integers(0, 50, 200), n).astype(float)
     y[:20], y[20:40] = 0.0, n[20:40]  # all-wrong and all-right rows (the continuation's cases)
-    for got, want in zip(F.binomial_terms(p, y, n), reference_binomial_terms(p, y, n)):
+    for got, want in zip(likelihood.binomial_terms(p, y, n), reference_binomial_terms(p, y, n)):
         np.testing.assert_allclose(got, want, rtol=1e-13, atol=0)
 
 
@@ -111,7 +114,7 @@ def test_aggregated_bootstrap_targets_give_the_per_row_objective(data, likelihoo
     ref = np.array([reference_objective(model.spec, data, theta[b], y[b], n[b], likelihood)[0] for b in range(30)])
     np.testing.assert_allclose(agg.objective(theta), ref, rtol=1e-12)
     # a subproblem (the optimiser's active members) keeps each member's own targets
-    sub = F._subproblem(agg, np.array([3, 7, 11]))
+    sub = optimise._subproblem(agg, np.array([3, 7, 11]))
     np.testing.assert_allclose(sub.objective(theta[[3, 7, 11]]), ref[[3, 7, 11]], rtol=1e-12)
 
 
@@ -126,7 +129,7 @@ def test_stacked_trial_steps_equal_one_call_per_step(data, model):
 def test_fits_of_the_aggregated_problem_equal_fits_of_the_per_row_one(data, model, likelihood):
     y = data.successes.astype(float) if likelihood == "binomial" else data.value
     n = data.n_items.astype(float) if likelihood == "binomial" else np.ones(data.n_rows)
-    starts = F.starts(model.spec, data, 8, 0)
+    starts = optimise.starts(model.spec, data, 8, 0)
     t1, f1, ok1, _ = lm_batch(make_problem(model.spec, data, likelihood), starts, max_iter=300)
     t2, f2, ok2, _ = lm_batch(per_row_problem(model.spec, data, likelihood, y, n), starts, max_iter=300)
     best1, best2 = int(np.argmin(f1)), int(np.argmin(f2))

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from emergence.errors import FitError
-from fitting.fit import EmergenceLawFit, TaskData
+from fitting.data import TaskData
+from fitting.fit import EmergenceLawFit
 from fitting.simulate import DEFAULT_TASKS, Design, simulate
 from fitting.uncertainty import PERCENTILES, bootstrap, profile_interval, task_seed
 

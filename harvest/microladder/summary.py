@@ -7,7 +7,7 @@ data level ``D``):
   exceeds ``chance + margin``, checked on all checkpoints sorted by loss (no model, no fit),
   pooled and (few-shot) per model family;
 - ``curve_elbows``: the elbow of the hinge ``B + A·relu(E − L)`` fitted to that curve alone
-  (:func:`fitting.fit.fit_ground_truth`, the ground-truth fitter, binomial likelihood), with its
+  (:func:`fitting.ground_truth.fit_ground_truth`, the ground-truth fitter, binomial likelihood), with its
   likelihood-ratio verdict. If finetuning moves emergence to weaker models, ``E`` rises with ``D``;
 
 and ``family_fits``: the law's prediction and the few-shot ground truth per model family, beside
@@ -26,7 +26,11 @@ import argparse
 import numpy as np
 import polars as pl
 
-from fitting.fit import EmergenceLawFit, TaskData, curve_ground_truth, fit_ground_truth
+from fitting.data import TaskData
+
+from fitting.fit import EmergenceLawFit
+
+from fitting.ground_truth import curve_ground_truth, fit_ground_truth
 from fitting.law import LAW_FORMS
 from fitting.schema import ResultsFolder, load_results
 

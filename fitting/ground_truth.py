@@ -1,0 +1,125 @@
+"""The backtest's truth: the few-shot elbow fitted to all checkpoints, or null when few-shot
+performance has not left its base (likelihood-ratio test and a minimal rise)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+from scipy import stats
+
+from fitting import law as law_
+from fitting.data import TaskData
+from fitting.fit import MIN_RISE
+from fitting.likelihood import Likelihood, binomial_loglik
+from fitting.optimise import Problem, lm_batch, make_problem
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """The few-shot elbow fitted to all checkpoints (null when performance has not left B).
+
+    ``emerged`` is True when (1) a likelihood-ratio test of the hinge B + A·relu(E − L) against
+    a flat line rejects at ``alpha_level`` (LR referred to χ² with 2 df: conservative-ish for
+    the hinge's unidentified E under the null, see docs/law.md), (2) the fitted rise at the best
+    checkpoint, A·(E − L_min), is at least ``min_rise`` (absolute metric units), and (3) at
+    least two checkpoints lie past the elbow (one point cannot place it). ``elbow_loss`` is set
+    only when, in addition, (4) at least two checkpoints lie at or before the elbow: otherwise
+    performance was above base from the start, ``emerged`` is True but the elbow is an
+    extrapolation and ``elbow_loss`` stays None.
+    """
+
+    elbow_loss: float | None
+    emerged: bool
+    A: float
+    B: float
+    E: float
+    lr_stat: float
+    p_value: float
+    rise: float
+    n_past_elbow: int
+    reason: str
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def fit_ground_truth(data: TaskData, likelihood: Likelihood = "binomial", alpha_level: float = 1e-3,
+                     min_rise: float = MIN_RISE, spec: law_.LawSpec = law_.LawSpec()) -> GroundTruth:
+    """Fit the hinge to the few-shot rows of every checkpoint in ``data``."""
+    few = data.few_shot_only() if data.few_shot.any() else None
+    if few is None or few.n_rows < 3:
+        n = 0 if few is None else few.n_rows
+        return GroundTruth(None, False, np.nan, np.nan, np.nan, 0.0, 1.0, 0.0, 0,
+                           f"{n} few-shot rows; need >= 3")
+    if likelihood == "binomial" and not few.proportion:
+        likelihood = "gaussian"
+    gt_spec = law_.LawSpec(elbow="log_power", hinge=spec.hinge, temperature=spec.temperature,
+                           delta=False, ceiling=False, d0=1.0)  # E = C at D0 = 1
+    # the hinge as the law with k = 0: parameters (A, B, k, alpha, C); k and alpha pinned
+    problem = make_problem(gt_spec, few, likelihood)
+    lower, upper = problem.lower.copy(), problem.upper.copy()
+    lower[2] = upper[2] = 0.0
+    lower[3] = upper[3] = 1.0
+    problem = replace(problem, lower=lower, upper=upper)
+    grid = np.linspace(few.loss.min() - 0.05, few.loss.max() + 0.05, 24)
+    span = max(float(np.ptp(few.loss)), 0.05)
+    base = float(np.quantile(few.value, 0.25))
+    theta0 = np.stack([np.full_like(grid, (few.value.max() - base + 1e-3) / span),
+                       np.full_like(grid, base), np.zeros_like(grid), np.ones_like(grid), grid], -1)
+    theta, f, _, _ = lm_batch(problem, theta0)
+    best = theta[int(np.argmin(f))]
+    A, B, E = float(best[0]), float(best[1]), float(best[4])
+    ll_hinge = _loglik_rows(problem, best, few, likelihood)
+    ll_flat = _flat_loglik(few, likelihood)
+    lr = max(2.0 * (ll_hinge - ll_flat), 0.0)
+    p_value = float(stats.chi2.sf(lr, df=2))
+    rise = A * max(E - float(few.loss.min()), 0.0)
+    n_past, n_before = int(np.sum(few.ckpt_loss < E)), int(np.sum(few.ckpt_loss >= E))
+    if p_value >= alpha_level:
+        reason = f"few-shot performance has not left its base (likelihood-ratio p = {p_value:.2g})"
+    elif rise < min_rise:
+        reason = f"rise above base {rise:.3f} < {min_rise}"
+    elif n_past < 2:
+        reason = f"only {n_past} checkpoint past the elbow; need >= 2"
+    elif n_before < 2:
+        reason = (f"already above base at (nearly) every checkpoint: the elbow ({E:.3f}) lies before the "
+                  f"weakest checkpoint and is not located by the data ({n_before} before it; need >= 2)")
+    else:
+        reason = "emerged"
+    located = reason == "emerged"
+    emerged = located or reason.startswith("already above")
+    return GroundTruth(E if located else None, emerged, A, B, E, lr, p_value, rise, n_past, reason)
+
+
+def _loglik_rows(problem: Problem, theta: np.ndarray, data: TaskData, likelihood: str) -> float:
+    p = law_.performance(problem.spec, theta, data.loss, data.n_train, data.few_shot)
+    if likelihood == "binomial":
+        return float(binomial_loglik(p, data.successes.astype(float), data.n_items.astype(float)).sum())
+    rss = float(np.sum((p - data.value) ** 2))
+    return _gauss_profile(rss, data.n_rows)
+
+
+def _flat_loglik(data: TaskData, likelihood: str) -> float:
+    if likelihood == "binomial":
+        y, n = data.successes.astype(float), data.n_items.astype(float)
+        p = np.full(data.n_rows, y.sum() / n.sum())
+        return float(binomial_loglik(p, y, n).sum())
+    return _gauss_profile(float(np.sum((data.value - data.value.mean()) ** 2)), data.n_rows)
+
+
+def _gauss_profile(rss: float, n: int) -> float:
+    return -0.5 * n * (np.log(2 * np.pi * max(rss, 1e-300) / n) + 1)
+
+
+def curve_ground_truth(data: TaskData, level: int, likelihood: Likelihood = "binomial") -> GroundTruth:
+    """One curve's own hinge (``level`` 0: few-shot; else that data level, all subsets), fitted
+    to its rows alone by the ground-truth rule (``elbow_loss`` None unless located)."""
+    rows = data.few_shot if level == 0 else (~data.few_shot & (data.n_train == level))
+    curve = data.select_rows(rows)
+    return fit_ground_truth(replace(curve, few_shot=np.ones(curve.n_rows, dtype=bool)), likelihood)
+
+
+def curve_elbow(data: TaskData, level: int, likelihood: Likelihood = "binomial") -> float | None:
+    """The elbow of :func:`curve_ground_truth`: None when the curve has not left base inside the data."""
+    return curve_ground_truth(data, level, likelihood).elbow_loss
