@@ -223,13 +223,20 @@ def profile_interval(data: TaskData, model: EmergenceLawFit, level: float = 0.90
     grid = np.unique(np.clip(grid, problem.lower[c], problem.upper[c]))
     inits = np.vstack([model.theta_[None], starts(spec, data, n_starts, model.seed)])  # (S, P)
     theta, f = _pinned_fits(problem, c, grid, np.repeat(inits[None], len(grid), 0), model.max_iter)
+    changed = np.ones(len(grid), dtype=bool)
     for _ in range(n_sweeps):
-        neighbours = np.stack([np.roll(theta, 1, 0), np.roll(theta, -1, 0)], 1)  # (G, 2, P)
-        t2, f2 = _pinned_fits(problem, c, grid, neighbours, 60)  # neighbours start close
-        better = f2 < f - 1e-9
+        # a point is restarted only when a neighbour's solution changed in the last pass: from
+        # unchanged neighbours it would find what it found then (each batch member is fitted
+        # independently of the others), so skipping it changes nothing
+        todo = np.flatnonzero(np.roll(changed, 1) | np.roll(changed, -1))
+        neighbours = np.stack([np.roll(theta, 1, 0), np.roll(theta, -1, 0)], 1)[todo]  # (T, 2, P)
+        t2, f2 = _pinned_fits(problem, c, grid[todo], neighbours, 60)  # neighbours start close
+        better = f2 < f[todo] - 1e-9
         if not better.any():
             break
-        theta[better], f[better] = t2[better], f2[better]
+        changed[:] = False
+        changed[todo[better]] = True
+        theta[todo[better]], f[todo[better]] = t2[better], f2[better]
     f_best = min(float(f.min()), float(problem.objective(model.theta_[None])[0]))
     cut = stats.chi2.ppf(level, 1)
     grid, theta, f = _refine_ends(problem, c, grid, theta, f, _deviance(f, f_best, model, data) <= cut, model.max_iter)
