@@ -91,11 +91,12 @@ def cpu_seconds() -> float:
 
 def fit_one(folder, d0: float, defaults: dict, diagonal: bool = False) -> dict:
     from fitting import bayes
+    from fitting.cli_bayes import config_from_cli
     from fitting.data import TaskData
     from fitting.predict import FitConfig
 
-    cfg = bayes.config_from_cli(chains=defaults["chains"], draws=defaults["draws"], tune=defaults["tune"],
-                                sampler=defaults["sampler"], seed=defaults["seed"])
+    cfg = config_from_cli(chains=defaults["chains"], draws=defaults["draws"], tune=defaults["tune"],
+                          sampler=defaults["sampler"], seed=defaults["seed"])
     cfg = dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, progressbar=False))  # output only
     if diagonal:  # experiment, not the default: nutpie's diagonal mass matrix (the default is low-rank)
         cfg = dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, low_rank=False))

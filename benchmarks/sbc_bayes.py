@@ -10,7 +10,7 @@ Draw parameters and item counts from the model's own prior on a fixed small desi
 * the 90% central credible interval of each task's emergence loss covers the truth 80-97%.
 
 Every dataset has the same design, so the model is compiled once (nutpie: numba, once per
-process; ``fitting.bayes.compiled_nutpie_for``) and each dataset only swaps in its item counts
+process; ``fitting.bayes.sampling.compiled_nutpie_for``) and each dataset only swaps in its item counts
 and its own maximum-likelihood start. Chains run sequentially on 1 core (the machine is shared).
 
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/sbc_bayes.py --datasets 60 --out sbc.json

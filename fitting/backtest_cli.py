@@ -75,7 +75,7 @@ def _config(*, law="log_power", d0=1.0, n_boot=1000, seed=0, method="mle", metri
 
     bayes = None
     if method == "bayes":
-        from fitting.bayes import config_from_cli
+        from fitting.cli_bayes import config_from_cli
 
         bayes = config_from_cli(chains=chains, draws=draws, tune=tune, sampler="pymc", seed=seed)
     fit = FitConfig(law=law, d0=d0, n_boot=n_boot, seed=seed, method=method, metric=metric, bayes=bayes,

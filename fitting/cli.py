@@ -57,7 +57,7 @@ def fit_command(
 
     bayes_config = None
     if method == "bayes":
-        from fitting.bayes import config_from_cli
+        from fitting.cli_bayes import config_from_cli
 
         bayes_config = config_from_cli(chains=chains, draws=draws, tune=tune, sampler=sampler, seed=seed,
                                        centered=not non_centered, subset_effect=subset_effect,
@@ -71,7 +71,7 @@ def fit_command(
     if method == "bayes" and side_by_side:
         from dataclasses import replace
 
-        from fitting.bayes import print_table3, table3_rows
+        from fitting.cli_bayes import print_table3, table3_rows
 
         rows = table3_rows(predictions, predict_all(folder, replace(config, method="mle"), tasks=task or None, progress=True))
         return typer.echo(json.dumps(rows, indent=2)) if as_json else print_table3(rows, folder.metadata.get("simulated", False))
@@ -98,7 +98,7 @@ def compare_laws_command(
     from fitting.schema import load_results
 
     if method == "bayes":
-        from fitting.bayes import compare_laws_command_bayes
+        from fitting.cli_bayes import compare_laws_command_bayes
 
         return compare_laws_command_bayes(load_results(results_dir), task or None, form or None,
                                           draws=draws, tune=tune, sampler=sampler, seed=seed, as_json=as_json)

@@ -44,6 +44,20 @@ def small():
 # --------------------------------------------------------------------------- configuration and data
 
 
+def test_importing_the_package_leaves_pymc_unimported():
+    """PyMC, ArviZ and nutpie are an optional extra: only building or sampling a model imports them.
+    The predict hook and the CLI's helpers resolve from where the project names them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, fitting.bayes as b, fitting.cli_bayes as c; "
+            "from fitting.predict import METHOD_HOOKS; import importlib; "
+            "[getattr(importlib.import_module(s.split(':')[0]), s.split(':')[1]) for s in METHOD_HOOKS['bayes']]; "
+            "print(sorted(m for m in ('pymc', 'pytensor', 'arviz', 'nutpie') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_priors_are_typed_and_a_misspelt_key_fails():
     with pytest.raises(FitError, match="unknown prior 'log_g_sgima'"):
         bayes.Priors.from_dict({"log_g_sgima": 0.3})
