@@ -50,3 +50,10 @@ class MissingExtraError(EmergenceError):
         super().__init__(
             f"this command needs {package!r}; install it with: pip install 'emergence[{extra}]'"
         )
+
+
+def one_line(err: BaseException) -> str:
+    """``"TypeName: first line of the message"`` (at most 300 characters of it): a library's
+    exception as it goes inside one of our one-line errors."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {(text[0] if text else '')[:300]}"

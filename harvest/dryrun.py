@@ -136,8 +136,6 @@ def dry_run(spec: HarvestSpec, *, sweep: bool = False, tflops: float = DEFAULT_T
 
 
 def _sweep_estimate(spec: HarvestSpec, params, task_tokens) -> dict[str, Any]:
-    import math
-
     from harvest.finetune import batch_size_for, steps_for
     from harvest.sweep import _eval_task_spec, parse_sweep
 

@@ -34,6 +34,16 @@ bfloat16 frozen base) and forward passes run under ``torch.autocast(device, torc
 Weights are never updated in bfloat16: a 1e-5 step to a 0.02 weight is below bfloat16's
 resolution there (8 bits of mantissa) and would be lost.
 
+Memory (both execution settings, left out of the cell's content hash since they change memory
+and speed, not the update): ``micro_batch_size`` splits each optimiser step's batch into
+micro-batches whose gradients accumulate, each micro-batch's mean loss weighted by its share of
+the step's target tokens, so the update equals the whole batch's (within float rounding;
+``tests/test_finetune.py``). ``gradient_checkpointing`` (transformers' activation checkpointing,
+non-reentrant) keeps only each layer's input and recomputes the rest in the backward pass, about
+one extra forward pass of compute; ``"auto"`` (default) turns it on for full finetuning of a
+model over 1B parameters (``AUTO_CHECKPOINTING_PARAMS``), and on a GPU whenever
+:func:`training_memory` estimates the run without it would not fit the device's memory.
+
 Tokenisation is the engines' (:func:`harvest.engines.hf.encode_pair`, lm-eval's rule): target
 tokens are ``encode(prompt + target)[len(encode(prompt)):]`` and the model is fed
 ``encode(prompt) + target tokens``, exactly what scoring feeds. Sequences longer than
@@ -62,11 +72,18 @@ ALL_LINEAR = "all-linear"  # PEFT: every linear layer but the output head
 MIXED_DTYPES = ("bfloat16", "float16")  # compute dtypes finetune() runs under autocast
 # Peak learning rates used when the recipe leaves ``lr`` unset (float32 AdamW).
 DEFAULT_LR = {"lora": 1e-3, "full": 3e-4}
+EXECUTION_FIELDS = ("micro_batch_size", "gradient_checkpointing")  # not in the cell's hash
+# gradient_checkpointing = "auto": on for full finetuning of a model over this many parameters
+# (its weights, gradients and Adam moments take 16 bytes per parameter; activations are what is
+# left to save), and on for any model whose estimated training memory without it exceeds the GPU's.
+AUTO_CHECKPOINTING_PARAMS = 1_000_000_000
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """How to finetune one cell. Every field is recorded in the cell's content hash."""
+    """How to finetune one cell. Every field but the execution settings (``EXECUTION_FIELDS``:
+    micro-batching and gradient checkpointing, which change memory and speed, not the numbers) is
+    recorded in the cell's content hash."""
 
     method: str = "lora"  # "lora" (PEFT adapter) or "full" (all weights)
     lora_rank: int = 8
@@ -86,6 +103,10 @@ class Recipe:
     batch_size: int = 32
     max_length: int = 256  # tokens per example, prompt + target
     seed: int = 0  # added to the cell's subset seed: data order and LoRA init
+    # Execution settings: how a step is computed, not what it computes (same numbers within float
+    # rounding), so they are left out of the cell's content hash (:meth:`key_dict`).
+    micro_batch_size: int | None = None  # examples per forward/backward; None: the whole batch
+    gradient_checkpointing: bool | str = "auto"  # True, False or "auto" (:func:`use_checkpointing`)
 
     def __post_init__(self) -> None:
         _validate_recipe(self)
@@ -96,6 +117,10 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def key_dict(self) -> dict[str, Any]:
+        """The fields that determine a cell's numbers (what its content hash records)."""
+        return {k: v for k, v in asdict(self).items() if k not in EXECUTION_FIELDS}
 
     @classmethod
     def from_dict(cls, table: dict[str, Any], where: str = "[sweep.recipe]") -> Recipe:
@@ -142,6 +167,8 @@ def _validate_recipe(r: Recipe) -> None:
         ("batch_size", lambda v: whole(v) and v >= 1, "an integer >= 1"),
         ("max_length", lambda v: whole(v) and v >= 2, "an integer >= 2"),
         ("seed", lambda v: whole(v) and v >= 0, "an integer >= 0"),
+        ("micro_batch_size", lambda v: v is None or (whole(v) and v >= 1), "an integer >= 1"),
+        ("gradient_checkpointing", lambda v: isinstance(v, bool) or v == "auto", 'true, false or "auto"'),
     ]
     for name, check, want in checks:
         value = getattr(r, name)
@@ -194,7 +221,7 @@ class Encoded:
 
 def encode_examples(tokenizer, examples: Sequence[tuple[str, str]], max_length: int) -> list[Encoded]:
     """Tokenise (prompt, target) pairs the way the engines score them; keep the target."""
-    from harvest.engines.hf import encode_pair  # the engines' split of context and continuation
+    from harvest.engines.loading import encode_pair  # the engines' split of context and continuation
 
     out = []
     for prompt, target in examples:
@@ -221,6 +248,14 @@ def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         mask[row, :n] = 1
         labels[row, e.target_start:n] = ids[row, e.target_start:n]
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def micro_batches(idx: Sequence[int], micro: int | None) -> list[list[int]]:
+    """One step's batch cut into consecutive micro-batches of ``micro`` examples (the last may
+    be smaller); None: the whole batch at once."""
+    idx = list(idx)
+    size = len(idx) if micro is None else max(1, micro)
+    return [idx[i:i + size] for i in range(0, len(idx), size)]
 
 
 def batch_order(n_examples: int, batch: int, steps: int, seed: int) -> list[list[int]]:
@@ -287,7 +322,7 @@ def skeleton_linear_names(ref) -> list[str] | None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from harvest.engines.hf import _offline
+    from harvest.engines.loading import offline as _offline
 
     try:
         config = AutoConfig.from_pretrained(ref.path, revision=ref.revision, trust_remote_code=ref.trust_remote_code,
@@ -340,6 +375,86 @@ def make_optimizer(model, recipe: Recipe):
     return torch.optim.AdamW(groups, lr=recipe.peak_lr, betas=recipe.betas)
 
 
+# --------------------------------------------------------------------------- memory
+
+GB = 1e9
+ADAM_BYTES_PER_PARAM = 16  # float32 weight 4 + gradient 4 + Adam's two moments 8
+ACTIVATION_ELEMENTS = 20  # values kept for backward per hidden unit, token and layer (SDPA attention)
+LOGIT_BYTES = 8  # per logit beyond its own: the float32 copy the loss takes, and its gradient
+OVERHEAD_BYTES = 1.5 * GB  # CUDA context, cuBLAS workspaces, allocator slack
+ASSUMED_VOCAB = 50_000  # when no config.json is at hand
+ASPECT = 128  # hidden size / layers of typical 1B-13B models (Llama-2-7B: 4096 / 32)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the memory estimate needs of an architecture."""
+
+    params: int
+    hidden: int
+    layers: int
+    vocab: int
+    source: str  # "config.json", or "params" (hidden and layers estimated from the parameter count)
+
+
+def shape_of(config, params: int) -> Shape:
+    """From a transformers config (any causal LM: ``hidden_size``/``num_hidden_layers``/
+    ``vocab_size`` are mapped for GPT-2 too); from ``params`` alone when there is none."""
+    hidden = getattr(config, "hidden_size", None) if config is not None else None
+    layers = getattr(config, "num_hidden_layers", None) if config is not None else None
+    vocab = getattr(config, "vocab_size", None) if config is not None else None
+    if not (isinstance(hidden, int) and isinstance(layers, int)):
+        return shape_from_params(params)
+    return Shape(int(params), hidden, layers, int(vocab or ASSUMED_VOCAB), "config.json")
+
+
+def shape_from_params(params: int) -> Shape:
+    """A dense transformer of ``params`` parameters: ``params ~ 12 layers hidden^2`` with
+    ``hidden = ASPECT * layers`` (7B: hidden ~4200, 33 layers; 13B: ~5200, 41)."""
+    hidden = max(64, round((params * ASPECT / 12) ** (1 / 3)))
+    return Shape(int(params), hidden, max(1, round(hidden / ASPECT)), ASSUMED_VOCAB, "params")
+
+
+def lora_params(shape: Shape, rank: int) -> int:
+    """Adapter size with ``all-linear`` targets, Llama-like layers: attention's four projections
+    (hidden -> hidden) and the MLP's three (hidden <-> 8/3 hidden): ``rank x 19 hidden`` a layer."""
+    return int(shape.layers * rank * 19 * shape.hidden)
+
+
+def training_memory(shape: Shape, method: str, *, micro_batch: int, seq_len: int, mixed: bool,
+                    base_bytes: int = 2, checkpointing: bool = False, trainable: int | None = None,
+                    lora_rank: int = 8) -> dict[str, float]:
+    """Estimated peak GPU memory (bytes) of finetuning one model on one device, by part.
+
+    - full: ``16 B/param`` (float32 weights, gradients, Adam moments), plus under bf16 autocast
+      without checkpointing ``2 B/param`` of bfloat16 weight copies kept for the backward pass;
+    - LoRA: the frozen base at ``base_bytes`` per parameter (2 in bfloat16) plus 16 B per adapter
+      parameter (``trainable``, else :func:`lora_params`);
+    - activations: ``ACTIVATION_ELEMENTS x hidden`` values per token and layer (2 bytes each in
+      mixed precision, 4 in float32), for ``micro_batch x seq_len`` tokens; with checkpointing only
+      each layer's input is kept, plus one layer's activations while it is recomputed;
+    - logits: ``tokens x vocab`` values plus ``LOGIT_BYTES`` each (the loss's float32 copy and
+      its gradient); a fixed ``OVERHEAD_BYTES``.
+
+    An estimate to decide with (fits, does not fit), not an allocator trace: the activation
+    constant is nearer 17 for GPT-style MLPs and nearer 22 for Llama's gated MLP.
+    """
+    n = shape.params
+    act = 2 if mixed else 4
+    if method == "full":
+        weights = ADAM_BYTES_PER_PARAM * n + (2 * n if mixed and not checkpointing else 0)
+    else:
+        adapter = trainable if trainable is not None else lora_params(shape, lora_rank)
+        weights = base_bytes * n + ADAM_BYTES_PER_PARAM * adapter
+    tokens = micro_batch * seq_len
+    layer = ACTIVATION_ELEMENTS * shape.hidden * tokens * act
+    activations = (shape.layers * shape.hidden * tokens * act + layer) if checkpointing else shape.layers * layer
+    logits = tokens * shape.vocab * (act + LOGIT_BYTES)
+    parts = {"weights_and_optimizer": float(weights), "activations": float(activations), "logits": float(logits),
+             "overhead": float(OVERHEAD_BYTES)}
+    return {**parts, "total": sum(parts.values())}
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -359,6 +474,9 @@ class FinetuneResult:
     flops: float  # 6 * params * tokens (see the module docstring)
     seconds: float
     losses: list[float] = field(default_factory=list)  # mean target-token loss per step (nats)
+    micro_batch_size: int = 0  # examples per forward/backward (= batch_size without accumulation)
+    accumulation_steps: int = 1  # micro-batches per optimiser step
+    gradient_checkpointing: bool = False  # as resolved (the recipe may say "auto")
 
     @property
     def tokens_per_second(self) -> float:
@@ -386,34 +504,102 @@ def finetune(
         raise SpecError("finetune: no training examples")
     seed = recipe.seed + seed
     data = encode_examples(tokenizer, examples, recipe.max_length)
+    base_params = count_params(model)[0]
     model = prepare_model(model, recipe, seed)
     device = next(model.parameters()).device
     autocast = _autocast(model, device, dtype)
+    batch, steps = batch_size_for(recipe, len(data)), steps_for(recipe, len(data))
+    micro = min(recipe.micro_batch_size or batch, batch)
+    checkpointing = _checkpointing(model, recipe, base_params, device, dtype, micro,
+                                   max(len(e.ids) for e in data))
     model.train()
     optimizer = make_optimizer(model, recipe)
-    batch, steps = batch_size_for(recipe, len(data)), steps_for(recipe, len(data))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     tokens = target_tokens = 0
     losses: list[float] = []
     start = time.perf_counter()
-    for step, idx in enumerate(batch_order(len(data), batch, steps, seed)):
-        inputs = {k: v.to(device) for k, v in collate([data[i] for i in idx], pad_id).items()}
-        with autocast:
-            loss = model(**inputs).loss  # mean over the batch's target tokens (nats)
-        loss.backward()
-        _update(model, optimizer, recipe, lr_at(step, steps, recipe))
-        tokens += int(inputs["attention_mask"].sum())
-        target_tokens += int((inputs["labels"][:, 1:] != -100).sum())
-        losses.append(float(loss.detach()))
-        if progress is not None:
-            progress(step + 1, steps, losses[-1])
+    try:
+        for step, idx in enumerate(batch_order(len(data), batch, steps, seed)):
+            parts = [collate([data[i] for i in chunk], pad_id) for chunk in micro_batches(idx, micro)]
+            counts = [int((p["labels"][:, 1:] != -100).sum()) for p in parts]  # target tokens the loss averages
+            step_loss = 0.0
+            for part, count in zip(parts, counts):
+                inputs = {k: v.to(device) for k, v in part.items()}
+                with autocast:
+                    loss = model(**inputs, use_cache=False).loss  # mean over this micro-batch's target tokens
+                # Weighted by its share of the step's target tokens, the micro-batches' gradients add up
+                # to the whole batch's: accumulation changes memory, not the update.
+                share = count / max(1, sum(counts))
+                (loss * share).backward()
+                step_loss += float(loss.detach()) * share
+                tokens += int(part["attention_mask"].sum())
+            target_tokens += sum(counts)
+            _update(model, optimizer, recipe, lr_at(step, steps, recipe))
+            losses.append(step_loss)
+            if progress is not None:
+                progress(step + 1, steps, losses[-1])
+    finally:
+        if checkpointing:
+            _set_checkpointing(model, False)
     model.eval()
     total, trainable = count_params(model)
     return FinetuneResult(
         model=model, recipe=recipe, n_examples=len(data), steps=steps, batch_size=batch,
         tokens=tokens, target_tokens=target_tokens, params=total, trainable_params=trainable,
         flops=6.0 * total * tokens, seconds=time.perf_counter() - start, losses=losses,
+        micro_batch_size=micro, accumulation_steps=math.ceil(batch / micro), gradient_checkpointing=checkpointing,
     )
+
+
+def use_checkpointing(setting: bool | str, method: str, params: int, memory_without: float | None = None,
+                      device_memory: float | None = None) -> bool:
+    """Whether to checkpoint activations. ``"auto"``: on for full finetuning of a model over
+    ``AUTO_CHECKPOINTING_PARAMS`` (1B) parameters, and on whenever the estimated training memory
+    without it (``memory_without`` bytes, :func:`training_memory`) exceeds the device's
+    (``device_memory``; None on a CPU); off otherwise (it costs about one extra forward pass)."""
+    if isinstance(setting, bool):
+        return setting
+    if method == "full" and params > AUTO_CHECKPOINTING_PARAMS:
+        return True
+    return memory_without is not None and device_memory is not None and memory_without > device_memory
+
+
+def _checkpointing(model, recipe: Recipe, base_params: int, device, dtype: str | None, micro: int,
+                   seq_len: int) -> bool:
+    """Resolve ``recipe.gradient_checkpointing`` for this model and device, and switch it on."""
+    device_memory = need = None
+    if recipe.gradient_checkpointing == "auto" and device.type == "cuda":
+        import torch
+
+        device_memory = torch.cuda.get_device_properties(device).total_memory
+        shape = shape_of(getattr(model, "config", None), base_params)
+        base_bytes = max(p.element_size() for p in model.parameters())
+        need = training_memory(shape, recipe.method, micro_batch=micro, seq_len=seq_len,
+                               mixed=dtype in MIXED_DTYPES, base_bytes=base_bytes, checkpointing=False,
+                               trainable=count_params(model)[1])["total"]
+    on = use_checkpointing(recipe.gradient_checkpointing, recipe.method, base_params, need, device_memory)
+    if on:
+        _set_checkpointing(model, True, explicit=recipe.gradient_checkpointing is True)
+    return on
+
+
+def _set_checkpointing(model, enable: bool, explicit: bool = False) -> None:
+    """Activation checkpointing on or off (transformers' API, non-reentrant: works under LoRA
+    without inputs that require gradients)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if enable and not getattr(base, "supports_gradient_checkpointing", False):
+        if explicit:
+            raise SpecError(f"[sweep.recipe] gradient_checkpointing: {type(base).__name__} does not support it")
+        return
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x
+        if enable:
+            base.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            base.activation_checkpointing_disable()
+    elif enable:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.gradient_checkpointing_disable()
 
 
 def _autocast(model, device, dtype: str | None):
@@ -471,7 +657,8 @@ def save_finetuned(result: FinetuneResult, tokenizer, folder: str | Path) -> Pat
 def result_stats(result: FinetuneResult) -> dict[str, Any]:
     """The numbers of a finetuning run that outlive the model (costs, steps, losses)."""
     keys = ("n_examples", "steps", "batch_size", "tokens", "target_tokens", "params",
-            "trainable_params", "flops", "seconds")
+            "trainable_params", "flops", "seconds", "micro_batch_size", "accumulation_steps",
+            "gradient_checkpointing")
     stats = {k: getattr(result, k) for k in keys}
     return {**stats, "method": result.recipe.method, "final_loss": result.losses[-1] if result.losses else None}
 

@@ -250,7 +250,7 @@ def _cell(spec, config, ckpt, plan, pool_sha: str, n_train, seed) -> Cell:
 
     from harvest.evaluate import eval_unit_key
 
-    training = {"recipe": config.recipe.to_dict(), "nested": config.nested, "pool": pool_sha,
+    training = {"recipe": config.recipe.key_dict(), "nested": config.nested, "pool": pool_sha,
                 "sweep_version": SWEEP_VERSION, "peft": metadata.version("peft")}
     key = eval_unit_key(ckpt, plan, spec.engine, setting=FINETUNE, n_train=n_train, subset_seed=seed,
                         adapter=training)
@@ -298,7 +298,7 @@ class BaseModels:
     def copy(self, plan: SweepPlan, checkpoint: str):
         import copy
 
-        from harvest.engines.hf import load_model
+        from harvest.engines.loading import load_model
 
         if self.name != checkpoint:
             self.model, self.tokenizer = load_model(training_ref(plan, checkpoint), "cpu")
@@ -311,7 +311,7 @@ class BaseModels:
 
 def train_cell(plan: SweepPlan, cell: Cell, phases: Phases, bases: BaseModels | None = None) -> dict[str, Any]:
     """Finetune one cell and save its adapter (or weights) with its stats; resumable."""
-    from harvest.engines.hf import load_model
+    from harvest.engines.loading import load_model
     from harvest.finetune import finetune, read_stats, save_finetuned
     from harvest.subsets import draw_subset
 
@@ -347,7 +347,7 @@ def eval_tokens(plan: SweepPlan, cell: Cell, tokenizer) -> int:
 
 def count_eval_tokens(plan: SweepPlan, task: str, tokenizer) -> int:
     """Tokens one evaluation runs: each item's context once plus every choice (or the prompt)."""
-    from harvest.engines.hf import encode_pair
+    from harvest.engines.loading import encode_pair
 
     total = 0
     for item in plan.eval_plans[task].items:

@@ -190,7 +190,7 @@ def direct_logprob(model, tok, context: str, continuation: str) -> float:
     continuation, no sharing, no batching (the reference the engines are tested against)."""
     import torch
 
-    from harvest.engines.hf import encode_pair
+    from harvest.engines.loading import encode_pair
 
     ctx, cont = encode_pair(tok, context, continuation)
     with torch.no_grad():

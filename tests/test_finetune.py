@@ -264,3 +264,92 @@ def test_explicit_targets_are_checked_against_the_architecture_without_loading_w
     with pytest.raises(SpecError, match="no_such_proj"):
         check_targets(Recipe(target_modules=("no_such_proj",)), {"l": refs["l"]})
     check_targets(Recipe(method="full", target_modules=("no_such_proj",)), refs)  # full: targets unused
+
+
+# --------------------------------------------------------------------------- accumulation, checkpointing, memory
+
+
+def _weights(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_gradient_accumulation_4x2_equals_batch_8(method):
+    """Batch 8 in one pass and batch 8 as 4 micro-batches of 2: the same losses and weights.
+    Examples of different lengths, so each micro-batch pads to its own width and holds a
+    different number of target tokens (weighted by its share, not averaged)."""
+    tok = tiny_tokenizer()
+    examples = [(f"{a}*{b}" + "=" * (a % 3), str(a * b)) for a in range(6) for b in range(6)]
+    recipe = Recipe(method=method, lr=1e-2, steps=6, batch_size=8, grad_clip=0.5)
+    whole = finetune(tiny_model(), tok, examples, recipe, seed=3)
+    accumulated = finetune(tiny_model(), tok, examples, Recipe(**{**recipe.to_dict(), "micro_batch_size": 2}), seed=3)
+    assert (whole.micro_batch_size, whole.accumulation_steps) == (8, 1)
+    assert (accumulated.micro_batch_size, accumulated.accumulation_steps) == (2, 4)
+    assert accumulated.losses == pytest.approx(whole.losses, rel=1e-5, abs=1e-6)
+    assert (accumulated.tokens, accumulated.target_tokens) == (whole.tokens, whole.target_tokens)
+    a, b = _weights(whole.model), _weights(accumulated.model)
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-5, worst
+    moved = max(float((a[k] - _weights(tiny_model()).get(k, a[k])).abs().max()) for k in a)
+    assert method == "lora" or moved > 1e-3  # the comparison is between trained weights
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_gradient_checkpointing_gives_the_same_loss_trajectory(method):
+    tok = tiny_tokenizer()
+    recipe = Recipe(method=method, lr=1e-2, steps=8, batch_size=8, gradient_checkpointing=False)
+    runs = []
+    for setting in (False, True):
+        model = tiny_model()
+        calls = []  # forward passes inside the first decoder layer: checkpointing reruns them in backward
+        for module in model.model.layers[0].modules():  # (which part reruns is transformers' choice)
+            module.register_forward_hook(lambda *a: calls.append(1))
+        on = []
+        result = finetune(model, tok, EXAMPLES[:32], Recipe(**{**recipe.to_dict(), "gradient_checkpointing": setting}),
+                          seed=1, progress=lambda *a: on.append(model.is_gradient_checkpointing))
+        runs.append((result, len(calls), on))
+    (plain, plain_calls, plain_on), (ckpt, ckpt_calls, ckpt_on) = runs
+    assert ckpt.gradient_checkpointing and not plain.gradient_checkpointing
+    assert all(ckpt_on) and not any(plain_on)
+    assert ckpt_calls > plain_calls  # the backward pass recomputed activations
+    assert ckpt.losses == pytest.approx(plain.losses, rel=1e-5, abs=1e-6)
+    assert not model.is_gradient_checkpointing  # switched off again after training
+
+
+def test_execution_settings_are_parsed_checked_and_left_out_of_the_cell_hash():
+    r = Recipe.from_dict({"micro_batch_size": 4, "gradient_checkpointing": True})
+    assert (r.micro_batch_size, r.gradient_checkpointing) == (4, True)
+    assert Recipe().gradient_checkpointing == "auto" and Recipe().micro_batch_size is None
+    with pytest.raises(SpecError, match="'gradient_checkpointing' must be true, false or \"auto\""):
+        Recipe.from_dict({"gradient_checkpointing": "sometimes"})
+    with pytest.raises(SpecError, match="'micro_batch_size' must be an integer >= 1"):
+        Recipe.from_dict({"micro_batch_size": 0})
+    assert r.key_dict() == Recipe().key_dict()  # same numbers: same cells, resumable across GPUs
+    assert "micro_batch_size" not in Recipe().key_dict() and "lr" in Recipe().key_dict()
+
+
+def test_auto_checkpointing_rule():
+    from harvest.finetune import use_checkpointing
+
+    assert use_checkpointing("auto", "full", 1_400_000_000)  # full finetuning over 1B
+    assert not use_checkpointing("auto", "full", 410_000_000)
+    assert not use_checkpointing("auto", "lora", 13_000_000_000)  # LoRA on a CPU: nothing to compare with
+    assert use_checkpointing("auto", "lora", 13_000_000_000, memory_without=95e9, device_memory=80e9)
+    assert not use_checkpointing("auto", "lora", 13_000_000_000, memory_without=60e9, device_memory=80e9)
+    assert use_checkpointing(True, "lora", 1000) and not use_checkpointing(False, "full", 7_000_000_000)
+
+
+def test_training_memory_estimate():
+    from harvest.finetune import lora_params, shape_from_params, training_memory
+
+    s7 = shape_from_params(6_740_000_000)
+    assert 3800 < s7.hidden < 4600 and 28 <= s7.layers <= 36
+    full7 = training_memory(s7, "full", micro_batch=8, seq_len=256, mixed=True, checkpointing=True)
+    assert full7["weights_and_optimizer"] == 16 * 6_740_000_000  # 108 GB before any activation
+    no_ckpt = training_memory(s7, "full", micro_batch=8, seq_len=256, mixed=True, checkpointing=False)
+    assert no_ckpt["activations"] > 5 * full7["activations"] and no_ckpt["total"] > full7["total"]
+    s13 = shape_from_params(13_000_000_000)
+    lora13 = training_memory(s13, "lora", micro_batch=32, seq_len=256, mixed=True, checkpointing=True)
+    assert 0.001 < lora_params(s13, 8) / 13e9 < 0.005  # Llama-2-13B's all-linear r=8 adapter: 0.24%
+    assert 26e9 < lora13["weights_and_optimizer"] < 28e9 and lora13["total"] < 80e9

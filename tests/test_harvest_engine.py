@@ -15,8 +15,9 @@ import torch  # noqa: E402
 
 from emergence.errors import CheckpointError  # noqa: E402
 from harvest.engines.base import ChoiceRequest, GenerateRequest, ModelRef  # noqa: E402
-from harvest.engines.hf import (HFEngine, encode_choices, encode_pair, keep_freed_memory,  # noqa: E402
-                                shared_prefix_groups, worth_sharing)
+from harvest.engines.hf import HFEngine  # noqa: E402
+from harvest.engines.loading import encode_choices, encode_pair, keep_freed_memory  # noqa: E402
+from harvest.engines.prefix import shared_prefix_groups, worth_sharing  # noqa: E402
 from harvest.loss import measure_loss  # noqa: E402
 from harvest.testing import build_tiny_llama, direct_logprob  # noqa: E402
 
@@ -348,3 +349,110 @@ def test_the_engine_device_and_dtype_default_to_auto(tiny, monkeypatch):
     assert resolve_device("auto") == "cuda" and resolve_device("cuda:1") == "cuda:1" and resolve_device("cpu") == "cpu"
     assert resolve_dtype("auto", "cuda:1") == "bfloat16" and resolve_dtype("auto", "cpu") == "float32"
     assert resolve_dtype("float16", "cuda") == "float16"
+
+
+def test_one_line_gives_the_type_and_the_first_line():
+    from emergence.errors import one_line
+
+    assert one_line(OSError("no such file\nTraceback ...")) == "OSError: no such file"
+    assert one_line(ValueError("")) == "ValueError: "
+    assert one_line(RuntimeError("x" * 1000)) == "RuntimeError: " + "x" * 300
+
+
+# --------------------------------------------------------------------------- GPU memory (vLLM, issue #18)
+
+GIB = 1 << 30
+
+
+def test_memory_fraction_is_what_is_free_less_a_margin_at_most_vllms_default():
+    from harvest.engines.gpu_memory import MAX_FRACTION, memory_fraction
+
+    assert memory_fraction(80 * GIB, 80 * GIB) == MAX_FRACTION == 0.9  # an idle device: vLLM's default
+    # training left 20 GiB in use: 60 GiB free, margin max(1 GiB, 1.6 GiB) = 1.6 GiB
+    assert memory_fraction(60 * GIB, 80 * GIB) == pytest.approx((60 - 1.6) / 80, abs=1e-3)
+    assert memory_fraction(60 * GIB, 80 * GIB) <= (60 * GIB - 1.6 * GIB) / (80 * GIB)  # rounded down
+    assert memory_fraction(10 * GIB, 16 * GIB) == pytest.approx((10 - 1) / 16, abs=1e-3)  # 1 GiB margin
+    assert memory_fraction(GIB // 2, 16 * GIB) < 0  # nothing usable is free
+    assert memory_fraction(80 * GIB, 80 * GIB, cap=0.5) == 0.5
+    with pytest.raises(ValueError):
+        memory_fraction(0, 0)
+
+
+def test_default_utilization_measures_only_where_the_user_did_not_choose(monkeypatch):
+    import harvest.engines.gpu_memory as gm
+
+    monkeypatch.setattr(gm, "free_memory", lambda devices=1: (40 * GIB, 80 * GIB))
+    assert gm.default_utilization({}) == pytest.approx((40 - 1.6) / 80, abs=1e-3)
+    assert gm.default_utilization({"gpu_memory_utilization": 0.3}) is None  # the user's value wins
+    assert gm.default_utilization({"kv_cache_memory_bytes": GIB}) is None
+    asked = []
+    monkeypatch.setattr(gm, "free_memory", lambda devices=1: asked.append(devices) or (40 * GIB, 80 * GIB))
+    gm.default_utilization({"tensor_parallel_size": 4})
+    assert asked == [4]  # the tightest of the devices vLLM will use
+    monkeypatch.setattr(gm, "free_memory", lambda devices=1: None)  # CUDA not in use in this process
+    assert gm.default_utilization({}) is None
+    monkeypatch.setattr(gm, "free_memory", lambda devices=1: (2 * GIB, 80 * GIB))
+    with pytest.raises(ValueError, match="only 2.0 of 80.0 GiB GPU memory is free"):
+        gm.default_utilization({})
+
+
+def test_nothing_creates_a_cuda_context_on_a_machine_without_one():
+    import harvest.engines.gpu_memory as gm
+
+    gm.release_cached()  # gc only
+    assert gm.free_memory() is None and gm.default_utilization({}) is None
+    assert not torch.cuda.is_initialized()
+
+
+def test_vllm_engine_frees_cached_memory_and_sets_the_fraction_before_building_the_llm(tiny, monkeypatch):
+    """The vLLM engine's loading path with a stand-in ``vllm.LLM`` (vLLM is not in this venv)."""
+    import sys
+    import types
+
+    import harvest.engines.gpu_memory as gm
+    import harvest.engines.vllm_engine as ve
+
+    events = []
+
+    class FakeLLM:
+        def __init__(self, **kwargs):
+            events.append(("LLM", kwargs.get("gpu_memory_utilization")))
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=FakeLLM))
+    monkeypatch.setattr(ve, "release_cached", lambda: events.append(("release",)))
+    monkeypatch.setattr(gm, "free_memory", lambda devices=1: (40 * GIB, 80 * GIB))
+    ve._load_llm(ModelRef(str(tiny)), 64, 128, 0, {})
+    assert events[0] == ("release",) and events[1][0] == "LLM"
+    assert events[1][1] == pytest.approx((40 - 1.6) / 80, abs=1e-3)
+    events.clear()
+    ve._load_llm(ModelRef(str(tiny)), 64, 128, 0, {"gpu_memory_utilization": 0.25})
+    assert events == [("release",), ("LLM", 0.25)]
+    monkeypatch.setattr(gm, "free_memory", lambda devices=1: (GIB, 80 * GIB))
+    with pytest.raises(CheckpointError, match=r"vLLM cannot load it \(only 1.0 of 80.0 GiB GPU memory is free"):
+        ve._load_llm(ModelRef(str(tiny)), 64, 128, 0, {})
+
+
+def test_vllm_engine_close_shuts_down_cleans_up_and_releases_once(monkeypatch):
+    import sys
+    import types
+
+    import harvest.engines.vllm_engine as ve
+
+    events = []
+    core = types.SimpleNamespace(shutdown=lambda: events.append("shutdown"))
+    distributed = types.ModuleType("vllm.distributed")
+    distributed.cleanup_dist_env_and_memory = lambda: events.append("cleanup")
+    monkeypatch.setitem(sys.modules, "vllm", types.ModuleType("vllm"))
+    monkeypatch.setitem(sys.modules, "vllm.distributed", distributed)
+    monkeypatch.setattr(ve, "release_cached", lambda: events.append("release"))
+    engine = object.__new__(ve.VLLMEngine)
+    engine.llm, engine.tok = types.SimpleNamespace(llm_engine=types.SimpleNamespace(engine_core=core)), object()
+    engine.close()
+    assert events == ["shutdown", "cleanup", "release"] and engine.llm is None and engine.tok is None
+    engine.close()  # closing again does nothing
+    assert events == ["shutdown", "cleanup", "release"]
+    monkeypatch.delitem(sys.modules, "vllm.distributed")  # a vLLM without the cleanup call
+    monkeypatch.setitem(sys.modules, "vllm", types.ModuleType("vllm"))
+    engine.llm = types.SimpleNamespace()
+    engine.close()
+    assert events[3:] == ["release"]

@@ -5,18 +5,19 @@ choice; here each request's context runs once (a batch of right-padded contexts,
 KV cache and only the logits at each context's last position), and the choices then run on
 copies of that cache, so an MMLU item with four one-token answers costs one context pass
 instead of four. Across items, a common token prefix (an MMLU subject's description and fixed
-shots) runs once per group of items (:func:`shared_prefix_groups`), and each item runs only its
+shots) runs once per group of items (:mod:`harvest.engines.prefix`), and each item runs only its
 own remaining tokens on a copy of that prefix's cache. Where every choice is one token and
 prompts share no long prefix (shots drawn per item), lm-eval also runs each context once; there
 the gain is work skipped: the LM head and log-softmax except at each context's last position,
-most of the last layer except there too (:meth:`HFEngine._last_layer_at`), the attention mask
+most of the last layer except there too (:mod:`harvest.engines.lastlayer`), the attention mask
 (right padding is harmless under causal attention), and, on CPU, the page faults of
-re-allocating activations (:func:`keep_freed_memory`). Tokenisation, truncation and summation
+re-allocating activations (:func:`~harvest.engines.loading.keep_freed_memory`). Tokenisation, truncation and summation
 follow ``harvest/engines/base.py`` (lm-eval's rules), so the numbers agree with lm-eval's to
 float rounding.
 
-Loading uses ``use_safetensors=True`` and ``trust_remote_code`` only when the ModelRef says so;
-anything that will not load is a one-line :class:`~emergence.errors.CheckpointError`.
+Loading (:func:`~harvest.engines.loading.load_model`) uses ``use_safetensors=True`` and
+``trust_remote_code`` only when the ModelRef says so; anything that will not load is a one-line
+:class:`~emergence.errors.CheckpointError`.
 """
 
 from __future__ import annotations
@@ -24,177 +25,17 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
-import os
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from emergence.errors import CheckpointError, SpecError
+from emergence.errors import CheckpointError, SpecError, one_line
 from harvest.engines import engine_version
 from harvest.engines.base import ChoiceRequest, ChoiceScore, GenerateRequest, ModelRef
-
-# A common context prefix shorter than this (in tokens) is not worth its own forward pass.
-MIN_SHARED_TOKENS = 16
-# ... and a group whose sharing saves fewer tokens than this runs with the other items: its own
-# prefix pass, partly filled batches and cache copies cost about what they save (on CPU, pairs of
-# random-shot 5-shot items that share their first shot, 35 tokens, were no faster grouped).
-MIN_SAVED_TOKENS = 256
-DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    first = text[0] if text else ""
-    return f"{type(err).__name__}: {first[:300]}"
-
-
-def load_model(ref: ModelRef, device: str):
-    """(model, tokenizer) for ``ref``; one-line CheckpointError when it will not load."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # our own progress bars are on stderr
-    where = ref.path if ref.revision is None else f"{ref.path}@{ref.revision}"
-    if Path(ref.path).is_absolute() and not Path(ref.path).is_dir():
-        raise CheckpointError(f"checkpoint {where}: folder not found")
-    dtype = "auto" if ref.dtype == "auto" else getattr(torch, DTYPES.get(ref.dtype, "float32"))
-    common = {"revision": ref.revision, "trust_remote_code": ref.trust_remote_code,
-              "local_files_only": _offline()}
-    try:
-        with _quiet_load_report():  # its multi-line table would precede our one-line error
-            model, info = AutoModelForCausalLM.from_pretrained(
-                ref.path, use_safetensors=True, dtype=dtype, ignore_mismatched_sizes=True,
-                output_loading_info=True, **common)
-        tok = AutoTokenizer.from_pretrained(ref.path, **common)
-    except Exception as err:  # OSError, ValueError, EnvironmentError, hub errors: all "cannot load"
-        raise CheckpointError(f"checkpoint {where}: cannot load ({_one_line(err)})") from None
-    check_loading_info(info, where)
-    model.to(device).eval()
-    return model, tok
-
-
-def check_loading_info(info: dict[str, Any], where: str) -> None:
-    """Refuse a model some of whose weights transformers had to initialise at random.
-
-    Loading with ``ignore_mismatched_sizes=True`` (and checking here) turns transformers' load
-    report into one line. A weight whose shape differs from the config, or that the checkpoint
-    lacks (after tied weights are accounted for), would be random: every number measured on
-    such a model would be wrong without looking wrong. Extra weights are ignored, as
-    transformers does.
-    """
-    mismatched = sorted(info.get("mismatched_keys") or [])
-    if mismatched:
-        key, in_file, in_config = mismatched[0]
-        raise CheckpointError(
-            f"checkpoint {where}: its weights do not match its config.json ({len(mismatched)} tensor(s) "
-            f"differ in shape, e.g. {key}: {tuple(in_file)} in the file, {tuple(in_config)} from the config)")
-    missing = sorted(info.get("missing_keys") or [])
-    if missing:
-        raise CheckpointError(
-            f"checkpoint {where}: {len(missing)} weight(s) missing from its safetensors (e.g. {missing[0]}); "
-            f"they would be random")
-
-
-@contextmanager
-def _quiet_load_report() -> Iterator[None]:
-    """Silence transformers' warnings while loading: its load report (a table of mismatched or
-    missing weights, which :func:`check_loading_info` states in one line) and what the mismatch
-    sets off elsewhere (a tensor-parallel plan warning)."""
-    import logging
-
-    log = logging.getLogger("transformers")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
-
-
-# glibc mallopt parameters, and the value given to both: blocks up to 1 GiB come from (and go
-# back to) the heap, which is never trimmed below 1 GiB of free memory.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _KEEP_BYTES = -1, -3, 1 << 30
-
-
-def keep_freed_memory() -> bool:
-    """On glibc (Linux), let freed memory be reused instead of handed back to the OS.
-
-    PyTorch's CPU tensors come straight from malloc. glibc serves blocks of a few MB (a batch's
-    activations) with fresh ``mmap`` pages or trims them off the heap when freed, so every
-    forward pass page-faults its activations in again (the benchmark's 500 synthetic_arithmetic
-    items: 1.7M page faults, 3.3 s system time; scoring CPU time 25.3 s, 21.9 s without them,
-    on the loaded 2-core dev VM). Raising the mmap and trim thresholds (as
-    ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...:glibc.malloc.trim_threshold=...`` would)
-    keeps freed blocks for reuse. Process-wide; the process keeps its peak heap until it exits.
-    Returns whether it was applied (False off glibc).
-    """
-    import ctypes
-    import platform
-
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES) and libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES))
-    except (OSError, AttributeError):
-        return False
-
-
-def _offline() -> bool:
-    """HF_HUB_OFFLINE=1, read now (huggingface_hub reads it once, at import): no hub calls at all,
-    so a checkpoint missing from the local cache fails at once instead of after retries."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes", "on"):
-        return False
-    from huggingface_hub import constants
-
-    constants.HF_HUB_OFFLINE = True  # also silences its other requests (user-agent registry)
-    return True
-
-
-def encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """lm-eval's split: trailing context spaces move to the continuation; split by count."""
-    n_spaces = len(context) - len(context.rstrip())
-    if n_spaces:
-        continuation = context[-n_spaces:] + continuation
-        context = context[:-n_spaces]
-    whole = tok.encode(context + continuation)
-    ctx = tok.encode(context)
-    return ctx, whole[len(ctx):]
-
-
-def encode_choices(tok, context: str, continuations: Sequence[str]) -> tuple[list[int], list[list[int]]]:
-    """:func:`encode_pair` for every continuation, encoding the (shared) context once."""
-    n_spaces = len(context) - len(context.rstrip())
-    head, tail = (context[:-n_spaces], context[-n_spaces:]) if n_spaces else (context, "")
-    ctx = tok.encode(head)
-    return ctx, [tok.encode(head + tail + c)[len(ctx):] for c in continuations]
-
-
-# Modules of the last decoder layer that map each position on its own and whose output at a
-# position feeds only that position's logits (its keys and values are computed apart from them):
-# the dense MLP, and in Llama-style attention the query and output projections.
-LAST_LAYER_ROWWISE = ("mlp", "self_attn.q_proj", "self_attn.o_proj")
-
-
-def last_layer_rowwise_modules(model) -> list:
-    """The :data:`LAST_LAYER_ROWWISE` modules of decoder layer ``num_hidden_layers - 1``
-    (``...layers.<n-1>.mlp`` etc.): a dense ``*MLP`` and plain ``Linear`` projections only (a
-    mixture-of-experts block, or a module the model does not have, is left out)."""
-    import torch
-
-    last = getattr(model.config, "num_hidden_layers", None)
-    found: list = []
-    for name, module in model.named_modules():
-        for suffix in LAST_LAYER_ROWWISE:
-            head = name[:-len(suffix)]
-            if last is None or not name.endswith("." + suffix) or not head.endswith(f".{last - 1}."):
-                continue
-            kind_ok = type(module).__name__.endswith("MLP") if suffix == "mlp" else type(module) is torch.nn.Linear
-            if kind_ok:
-                found.append(module)
-    return found
+from harvest.engines.lastlayer import last_layer_rowwise_modules, rowwise_only_at
+from harvest.engines.loading import encode_choices, keep_freed_memory, load_model
+from harvest.engines.prefix import MIN_SAVED_TOKENS, MIN_SHARED_TOKENS, shared_prefix_groups, worth_sharing
 
 
 def _first_token_sums(first_lp, conts_per_item: list[list[list[int]]]) -> list[list[float]]:
@@ -285,7 +126,7 @@ class HFEngine:
                 else:
                     self._peft.load_adapter(str(path), adapter_name=name)
             except Exception as err:
-                raise CheckpointError(f"adapter {adapter}: cannot load ({_one_line(err)})") from None
+                raise CheckpointError(f"adapter {adapter}: cannot load ({one_line(err)})") from None
             self._peft.eval()
             self._adapters[str(path)] = name
         self._peft.set_adapter(name)
@@ -359,35 +200,10 @@ class HFEngine:
             self._add_continuations(model, batch, _returned_cache(out), mask, ctx_lens, sums)
         return [ChoiceScore(tuple(s), tuple(len(c) for c in conts)) for s, (_, conts) in zip(sums, batch)]
 
-    @contextmanager
     def _last_layer_at(self, rows, cols):
-        """Run the last layer's row-wise modules only at positions ``(rows[i], cols[i])`` in the block.
-
-        Their output at a position feeds nothing but that position's logits (the layer's keys and
-        values do not depend on them), so where the logits are not read they are skipped: the
-        MLP and the query and output projections, about 85% of the last layer's work in a
-        Llama. Done with forward hooks, so module names (and LoRA adapters on them) stay as they
-        are; a skipped position gets zeros, which reach nothing that is read.
-        """
-        handles = []
-        for module in self._last_rowwise:
-            shapes = []
-
-            def take(_module, args, shapes=shapes):  # [B, T, H] -> [1, N, H]: only the positions read
-                shapes.append(args[0].shape[:-1])
-                return (args[0][rows, cols][None], *args[1:])
-
-            def put(_module, _args, y, shapes=shapes):  # [1, N, H'] -> [B, T, H'], zeros where skipped
-                full = y.new_zeros(*shapes.pop(), y.shape[-1])
-                full[rows, cols] = y[0]
-                return full
-
-            handles += [module.register_forward_pre_hook(take), module.register_forward_hook(put)]
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
+        """The last layer's row-wise modules run only at positions ``(rows[i], cols[i])``
+        (:func:`~harvest.engines.lastlayer.rowwise_only_at`)."""
+        return rowwise_only_at(self._last_rowwise, rows, cols)
 
     def _keep_last_only(self) -> dict:
         return {"logits_to_keep": 1} if self._keeps_logits else {}
@@ -510,58 +326,6 @@ class HFEngine:
         labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="sum")
         return float(nll), int((labels != -100).sum())
-
-
-def shared_prefix_groups(contexts: Sequence[Sequence[int]], min_shared: int) -> tuple[list[tuple[int, list[int]]], list[int]]:
-    """Indices of ``contexts`` (token ids) grouped by a common token prefix: ([(n_shared, members)], alone).
-
-    Token ids, not strings, are compared, so a prefix is shared only when tokenising each whole
-    context gave the same ids (a word straddling the boundary tokenises apart and shortens it).
-    Sorted contexts are cut into runs where neighbours share >= ``min_shared`` tokens; a run stops
-    when its shared prefix would fall below half of what it was. Each member keeps at least one
-    token of its own (its last position gives the first choice token's logits).
-    """
-    order = sorted(range(len(contexts)), key=lambda i: list(contexts[i]))
-    groups: list[tuple[int, list[int]]] = []
-    alone: list[int] = []
-    run, shared = order[:1], 0
-    for prev, cur in zip(order, order[1:]):
-        a, b = contexts[prev], contexts[cur]
-        common = min(_common_prefix(a, b), len(a) - 1, len(b) - 1)
-        narrowed = common if len(run) == 1 else min(shared, common)
-        if narrowed >= min_shared and (len(run) == 1 or 2 * narrowed >= shared):
-            run.append(cur)
-            shared = narrowed
-        else:
-            _close_run(run, shared, groups, alone)
-            run, shared = [cur], 0
-    if run:
-        _close_run(run, shared, groups, alone)
-    return groups, alone
-
-
-def worth_sharing(groups: list[tuple[int, list[int]]], alone: list[int], min_saved: int) -> tuple[list, list[int]]:
-    """Split ``groups`` into those whose shared prefix saves >= ``min_saved`` tokens of forward
-    pass ((members - 1) x shared tokens) and the rest, whose members join ``alone``."""
-    kept = [(n, members) for n, members in groups if (len(members) - 1) * n >= min_saved]
-    dropped = [i for n, members in groups if (len(members) - 1) * n < min_saved for i in members]
-    return kept, alone + dropped
-
-
-def _close_run(run: list[int], shared: int, groups: list, alone: list) -> None:
-    if len(run) > 1:
-        groups.append((shared, run))
-    else:
-        alone.extend(run)
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _windows(ids: list[int], size: int) -> list[list[int]]:

