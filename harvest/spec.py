@@ -100,8 +100,8 @@ class TaskSpec:
     task: str
     name: str  # the ``task`` column in results; unique in a spec
     shots: int | None = None  # None: the task's default
-    split: str | None = None  # eval split; None: the task's default
-    fewshot_split: str | None = None
+    split: str | None = None  # eval split (spec key ``eval_split``, or ``split``); None: the task's
+    fewshot_split: str | None = None  # where shots come from; None: the task's
     limit: int | None = None  # first N items (after the optional item_seed shuffle)
     seed: int = 1234  # few-shot sampling seed (lm-eval's default)
     item_seed: int | None = None  # shuffle eval items with this seed before ``limit``
@@ -109,6 +109,11 @@ class TaskSpec:
     dataset: str | None = None  # hub dataset name overriding the task's default
     config: str | None = None
     options: dict[str, Any] = field(default_factory=dict)  # task-specific (synthetic sizes, ...)
+    train_split: str | None = None  # finetuning examples; None: the task's (MMLU: auxiliary_train)
+
+    @property
+    def eval_split(self) -> str | None:
+        return self.split
 
 
 @dataclass(frozen=True)
@@ -261,8 +266,9 @@ def _parse_held_out(t: Any, where: _Where, base: Path) -> HeldOutSpec | None:
     )
 
 
-TASK_KEYS = {"task", "name", "shots", "split", "fewshot_split", "limit", "seed", "item_seed",
-             "data", "dataset", "config", "options"}
+TASK_KEYS = {"task", "name", "shots", "split", "eval_split", "fewshot_split", "train_split", "limit", "seed",
+             "item_seed", "data", "dataset", "config", "options"}
+SPLIT_KEYS = ("eval_split", "fewshot_split", "train_split")
 
 
 def _parse_task(t: dict, i: int, where: _Where, base: Path) -> TaskSpec:
@@ -281,15 +287,38 @@ def _parse_task(t: dict, i: int, where: _Where, base: Path) -> TaskSpec:
         data = _resolve(data, base)
         if not Path(data).exists() and "{split}" not in data:
             raise where.error(f"{p}data", f"not found: {data}")
-    return TaskSpec(
+    if "split" in t and "eval_split" in t:
+        raise where.error(f"{p}split", "give 'eval_split' or its older name 'split', not both")
+    splits = {key: _get(t, "split" if key == "eval_split" and "split" in t else key, where, p, str)
+              for key in SPLIT_KEYS}
+    spec = TaskSpec(
         task=task, name=_get(t, "name", where, p, str, default=task),
         shots=_positive(_get(t, "shots", where, p, int), f"{p}shots", where, allow_zero=True),
-        split=_get(t, "split", where, p, str), fewshot_split=_get(t, "fewshot_split", where, p, str),
+        split=splits["eval_split"], fewshot_split=splits["fewshot_split"], train_split=splits["train_split"],
         limit=_positive(_get(t, "limit", where, p, int), f"{p}limit", where),
         seed=_get(t, "seed", where, p, int, default=1234), item_seed=_get(t, "item_seed", where, p, int),
         data=data, dataset=_get(t, "dataset", where, p, str), config=_get(t, "config", where, p, str),
         options=dict(_get(t, "options", where, p, dict, default={})),
     )
+    named = {("split" if k == "eval_split" and "split" in t else k): v for k, v in splits.items() if v is not None}
+    _check_task_splits(spec, named, p, where)
+    return spec
+
+
+def _check_task_splits(spec: TaskSpec, given: dict[str, str], p: str, where: _Where) -> None:
+    """The splits the spec names exist: local files, or the hub dataset's declared splits."""
+    from harvest.tasks import TaskData, get_task
+
+    if not given:
+        return
+    try:
+        task = get_task(spec.task, TaskData(spec.data, spec.dataset, spec.config), **spec.options)
+    except SpecError as err:
+        raise where.error(f"{p}options", str(err)) from None
+    for key, split in given.items():
+        problem = task.check_split(split)
+        if problem:
+            raise where.error(f"{p}{key}", problem)
 
 
 def _parse_engine(t: Any, where: _Where) -> EngineSpec:

@@ -2,7 +2,9 @@
 
 Hub: ``tau/commonsense_qa``; columns ``id``, ``question``, ``question_concept``, ``choices``
 (``{"label": ["A".."E"], "text": [...]}``), ``answerKey`` ("A".."E"). The hub's test split has
-no answers, so the eval split is ``validation`` and shots come from ``train``.
+no answers, so the eval split is ``validation``; shots and finetuning come from ``train``, as
+lm-eval's ``commonsense_qa`` task (its YAML names no ``fewshot_split``, so shots come from its
+``training_split``). lm-eval's default is 0 shots; the paper uses 6.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ class CommonsenseQA(MultipleChoiceTask):
     prompt_format = "[shots] Question: {question}\\nA. {t0}\\nB. {t1}\\nC. {t2}\\nD. {t3}\\nE. {t4}\\nAnswer:  -> ' A'..' E'"
     eval_split = "validation"
     fewshot_split = "train"
+    train_split = "train"
+    splits = ("train", "validation", "test")
+    split_sizes = {"train": 9741, "validation": 1221, "test": 1140}
+    lm_eval_task = "commonsense_qa"
     default_shots = 6
     hub_dataset = "tau/commonsense_qa"
     id_column = "id"

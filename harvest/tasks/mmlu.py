@@ -4,6 +4,12 @@ Hub: ``cais/mmlu`` config ``all``; columns ``question`` (str), ``subject`` (str)
 (list of 4 str), ``answer`` (int 0-3). Eval split ``test``, shots: the first k rows of ``dev``
 of the same subject, in file order (lm-eval's ``first_n`` sampler), so every item of a subject
 has the same k-shot prefix. Version 2; version 1 drew a seeded random sample of the dev rows.
+
+Finetuning uses ``auxiliary_train`` (99,842 rows from ARC, OBQA, RACE and MCTest, the split the
+MMLU paper provides for training; its ``subject`` is empty, so a training prompt's description
+reads "...(with answers).", without a subject), not ``dev`` (285 rows, 5 per subject), which
+holds the shots. lm-eval counterpart: the ``mmlu`` group (``mmlu_<subject>`` tasks of
+``lm_eval/tasks/mmlu/default``).
 """
 
 from __future__ import annotations
@@ -22,6 +28,10 @@ class MMLU(MultipleChoiceTask):
     )
     eval_split = "test"
     fewshot_split = "dev"
+    train_split = "auxiliary_train"
+    splits = ("auxiliary_train", "dev", "validation", "test")
+    split_sizes = {"auxiliary_train": 99842, "dev": 285, "validation": 1531, "test": 14042}
+    lm_eval_task = "mmlu"
     fewshot_sampler = "first_n"
     default_shots = 5
     hub_dataset = "cais/mmlu"

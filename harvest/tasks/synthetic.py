@@ -42,6 +42,11 @@ class SyntheticTask(MultipleChoiceTask):
         self.data_seed, self.answer = int(data_seed), answer
         super().__init__(data, **options)
 
+    splits = SPLITS
+
+    def split_size(self, split: str) -> int | None:
+        return self.sizes.get(split)
+
     def docs(self, split: str) -> list[Doc]:
         if split not in SPLITS:
             from emergence.errors import SpecError
