@@ -39,6 +39,8 @@ IMPORTERS = {
     "pythia": "fitting.importers.pythia:read",
     "obsscaling": "fitting.importers.obsscaling:read",
     "gadre": "fitting.importers.gadre:read",
+    "amuro-char": "fitting.importers.amuro_char:read",
+    "pythia-arithmetic": "fitting.importers.pythia_arithmetic:read",
 }
 FORMATS = tuple(IMPORTERS)
 
