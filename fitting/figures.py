@@ -8,6 +8,10 @@ here fits anything: the caller passes the numbers (so the figures are easy to te
 - :func:`backtest_figure`: each cutoff's FLOPs against its prediction error, with intervals and
   the tolerance band (Figure 7).
 - :func:`cdf_figure`: the bootstrap CDF of the predicted emergence loss per task (Figure 5).
+- :func:`axes_limits`: the x and y limits of every visible axis of a figure (what tests read).
+
+A proportion metric (accuracy) is drawn within [0, 1]: fitted and extrapolated curves are
+clipped there and the y axis never leaves it; any other metric keeps a data-driven axis.
 """
 
 from __future__ import annotations
@@ -79,20 +83,24 @@ def task_fit_figure(
     prediction: Sequence[float] | None = None,  # (mle, p05, p95) in nats
     truth_curve: tuple[np.ndarray, np.ndarray] | None = None,  # (grid, accuracy) of the ground-truth hinge
     subtitle: str = "",
+    proportion: bool = True,  # the metric lies in [0, 1] (accuracy): curves and the y axis stay there
+    ylabel: str = "accuracy",
 ) -> Figure:
     """Accuracy vs pretraining loss (lower loss = better model, so the x axis is reversed)."""
     fig, ax = plt.subplots(figsize=(7.0, 4.4), dpi=DPI)
+    clip = _unit_clip if proportion else (lambda y: np.asarray(y, float))
     finetune = [c for c in curves if not c.few_shot]
     colors = _level_colors(len(finetune))
     for curve, color in zip(finetune, colors):
         _scatter(ax, curve, color)
-        ax.plot(curve.grid, curve.fitted, color=color, lw=1.2, label=curve.label)
+        ax.plot(curve.grid, clip(curve.fitted), color=color, lw=1.2, label=curve.label)
     for curve in (c for c in curves if c.few_shot):
         _scatter(ax, curve, FEW_SHOT_COLOR)
-        ax.plot(curve.grid, curve.fitted, color=FEW_SHOT_COLOR, lw=2.0, ls="-",
+        ax.plot(curve.grid, clip(curve.fitted), color=FEW_SHOT_COLOR, lw=2.0, ls="-",
                 label=f"{curve.label} (extrapolated)")
     if truth_curve is not None:
-        ax.plot(*truth_curve, color=TRUTH_COLOR, lw=1.0, ls="-.", label="ground-truth hinge (all ckpts)")
+        ax.plot(truth_curve[0], clip(truth_curve[1]), color=TRUTH_COLOR, lw=1.0, ls="-.",
+                label="ground-truth hinge (all ckpts)")
     if chance is not None:
         ax.axhline(chance, color="grey", lw=0.8, ls=":", label=f"chance {chance:g}")
     _elbow_lines(ax, ground_truth, prediction)
@@ -101,13 +109,37 @@ def task_fit_figure(
         ax.set_xlim(max(g.max() for g in grids), min(g.min() for g in grids))
     else:
         ax.invert_xaxis()
+    if proportion:
+        ax.set_ylim(*_unit_ylim(curves, chance))
     ax.set_xlabel("pretraining loss (nats/token)  →  better models")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel(ylabel)
     ax.set_title(task + (f"\n{subtitle}" if subtitle else ""), fontsize=10)
     ax.grid(alpha=0.25)
     ax.legend(fontsize=7, loc="upper left", frameon=False, ncol=2)
     fig.tight_layout()
     return fig
+
+
+def _unit_clip(y) -> np.ndarray:
+    """A proportion's curve clipped to [0, 1] (a law extrapolated past the data runs beyond 1)."""
+    return np.clip(np.asarray(y, float), 0.0, 1.0)
+
+
+def _unit_ylim(curves: Sequence[Curve], chance: float | None) -> tuple[float, float]:
+    """y limits inside [0, 1]: the observed values, the chance line and the clipped curves, padded."""
+    parts = [np.asarray(c.value, float) for c in curves] + [_unit_clip(c.fitted) for c in curves]
+    values = np.concatenate([p[np.isfinite(p)] for p in parts] + [np.array([] if chance is None else [chance])])
+    if values.size == 0:
+        return 0.0, 1.0
+    lo, hi = float(values.min()), float(values.max())
+    pad = 0.05 * max(hi - lo, 0.1)
+    return max(0.0, lo - pad), min(1.0, hi + pad)
+
+
+def axes_limits(fig: Figure) -> list[dict[str, tuple[float, float]]]:
+    """``{"x": (left, right), "y": (bottom, top)}`` of each visible axis (a reversed axis keeps its order)."""
+    return [{"x": tuple(float(v) for v in ax.get_xlim()), "y": tuple(float(v) for v in ax.get_ylim())}
+            for ax in fig.axes if ax.get_visible()]
 
 
 def backtest_figure(

@@ -87,7 +87,7 @@ def test_a_pinned_pre_emergence_prediction_is_marked_in_the_summary(written):
 
     _, results, _ = written
     cola = copy.deepcopy(next(r for r in results if r.task == COLA.name))
-    column = summary_table([cola], None).headers.index("prediction (nats)")
+    column = summary_table([cola], None).headers.index("pre-emergence prediction (nats)")
     cola.main_cutoff.pinned = None
     assert "pinned" not in summary_table([cola], None).rows[0][column]
     cola.main_cutoff.pinned = "no rise"
