@@ -18,6 +18,11 @@ from emergence.errors import FitError
 from fitting.schema import FEW_SHOT, PROPORTION_METRICS, ResultsFolder
 
 
+# The metric a fit takes when a task has several and none is chosen: accuracy, else exact match
+# (GSM8K's strict match, before its flexible filter).
+DEFAULT_METRICS = ("accuracy", "exact_match")
+
+
 @dataclass(frozen=True)
 class TaskData:
     """One task's evaluations as aligned arrays (N rows) plus its checkpoints (K)."""
@@ -43,7 +48,8 @@ class TaskData:
 
     @classmethod
     def from_folder(cls, folder: ResultsFolder, task: str, metric: str | None = None) -> "TaskData":
-        """Select ``task`` (and ``metric``; default accuracy, or the task's only metric).
+        """Select ``task`` (and ``metric``; default accuracy, else exact_match, else the task's
+        only metric: a harvested GSM8K has exact_match and exact_match_flexible).
 
         Rows are ordered by decreasing pretraining loss (weakest checkpoint first).
         """
@@ -173,6 +179,7 @@ def _choose_metric(metrics: list[str], task: str, metric: str | None) -> str:
         return metric
     if len(metrics) == 1:
         return metrics[0]
-    if "accuracy" in metrics:
-        return "accuracy"
+    for preferred in DEFAULT_METRICS:
+        if preferred in metrics:
+            return preferred
     raise FitError(f"task {task!r} has several metrics ({', '.join(metrics)}); choose one with --metric")

@@ -21,7 +21,7 @@ provenance) and checked on read.
     n_train     int64   finetuning examples (0 for few_shot, > 0 for finetune)
     subset_seed int64   which random subset of that size (0 for few_shot)
     metric      str     "accuracy" by default
-    value       float64 the metric; accuracy must lie in [0, 1]
+    value       float64 the metric; accuracy must lie in [0, 1], mcc in [-1, 1]
     n_items     int64   evaluation items (> 0)
     chance      float64 the metric's chance level for the task, in [0, 1)
 
@@ -104,7 +104,10 @@ ITEM_COLUMNS: dict[str, pl.DataType] = {
 ITEM_KEY = ["checkpoint", "task", "setting", "n_train", "subset_seed", "item_id"]
 
 # Metrics that are proportions of items and so must lie in [0, 1] (binomial likelihood).
-PROPORTION_METRICS = {"accuracy", "exact_match", "acc", "acc_norm"}
+PROPORTION_METRICS = {"accuracy", "exact_match", "exact_match_flexible", "acc", "acc_norm"}
+# Other metrics with a known range (fitted by least squares: --likelihood gaussian). Matthews
+# correlation (CoLA's metric in GLUE and lm-eval) lies in [-1, 1] with chance 0.
+METRIC_RANGES = {"mcc": (-1.0, 1.0)}
 
 
 @dataclass(frozen=True)
@@ -227,6 +230,9 @@ def validate_results(
     proportion = pl.col("metric").is_in(PROPORTION_METRICS)
     _check(df, file, "value", proportion & ((pl.col("value") < 0) | (pl.col("value") > 1)),
            "accuracy must lie in [0, 1]")
+    for metric, (low, high) in METRIC_RANGES.items():
+        _check(df, file, "value", (pl.col("metric") == metric) & ((pl.col("value") < low) | (pl.col("value") > high)),
+               f"{metric} must lie in [{low:g}, {high:g}]")
     _check(df, file, "chance", (pl.col("chance") < 0) | (pl.col("chance") >= 1),
            "must lie in [0, 1) (a chance level of 1 leaves nothing to emerge)")
     _check_task_names(df, file)

@@ -284,6 +284,162 @@ def test_lm_eval_malformed_files_give_located_one_line_errors(tmp_path, monkeypa
     assert_one_line_error(code, err, samples.name, "9 samples", "n-samples = 10")
 
 
+# --------------------------------------------------------------------------- lm-eval: finetuned models
+
+# How lm-eval's hf model records each run in config.model_args: the base checkpoint, two LoRA
+# adapters on it (peft=), and a fully finetuned copy saved as its own folder.
+FINETUNED_RUNS = {
+    "base": "pretrained=tiny-a,revision=step100,dtype=float32",
+    "lora-d16-s0": "pretrained=tiny-a,revision=step100,peft=adapters/tiny-a-d16-s0,dtype=float32",
+    "lora-d64-s1": "pretrained=tiny-a,revision=step100,peft=adapters/tiny-a-d64-s1,dtype=float32",
+    "full-d256": "pretrained=ft/tiny-a-d256,dtype=float32",
+}
+FINETUNES_CSV = ("model,checkpoint,n_train,subset_seed,task\n"
+                 "adapters/tiny-a-d16-s0,,16,0,toy_mc\n"
+                 "adapters/tiny-a-d64-s1,,64,1,\n"
+                 "ft/tiny-a-d256,tiny-a@step100,256,,\n")
+ONE_CHECKPOINT = ("--family", "tiny", "--tokens", "1000000", "--pretrain-loss", "5")
+
+
+def _lm_eval_finetuned(tmp_path: Path, runs=FINETUNED_RUNS) -> Path:
+    """lm-eval output folders in its results JSON format: the real fixture's tiny-a run (results and
+    samples files), once per run above with that run's model_args."""
+    src = LM_EVAL_FIXTURE / "tiny-a"
+    for run, args in runs.items():
+        dst = tmp_path / "out" / run
+        shutil.copytree(src, dst)
+        results = next(dst.glob("results_*.json"))
+        doc = json.loads(results.read_text())
+        doc["config"]["model_args"] = args
+        if "revision=" not in args:
+            doc["config"]["model_revision"] = "main"
+        results.write_text(json.dumps(doc))
+    return tmp_path / "out"
+
+
+def test_lm_eval_finetuned_models_become_finetune_rows(tmp_path, monkeypatch, capsys):
+    out = _lm_eval_finetuned(tmp_path)
+    (tmp_path / "finetunes.csv").write_text(FINETUNES_CSV)
+    code, stdout, err = run_cli(monkeypatch, capsys, "import", "lm-eval", out, "--out", tmp_path / "r",
+                                "--finetunes", tmp_path / "finetunes.csv", *ONE_CHECKPOINT)
+    assert code == 0, err
+    assert "7 (2 few-shot, 5 finetune) results, 2 tasks" in stdout and "few-shot results only" not in stdout
+    folder = load_results(tmp_path / "r", items=True)
+    assert folder.checkpoints["checkpoint"].to_list() == ["tiny-a@step100"]
+    assert folder.checkpoints["params"].to_list() == [39776]  # the base's count, not an adapter's
+    rows = folder.results.sort("setting", "n_train", "task")
+    assert rows.select("setting", "n_train", "subset_seed", "task").rows() == [
+        ("few_shot", 0, 0, "toy_gen"), ("few_shot", 0, 0, "toy_mc"),
+        ("finetune", 16, 0, "toy_mc"),  # finetuned on toy_mc only: its toy_gen result is left out
+        ("finetune", 64, 1, "toy_gen"), ("finetune", 64, 1, "toy_mc"),
+        ("finetune", 256, 0, "toy_gen"), ("finetune", 256, 0, "toy_mc")]
+    assert rows["source_model"].to_list()[2:] == ["adapters/tiny-a-d16-s0", *["adapters/tiny-a-d64-s1"] * 2,
+                                                  *["ft/tiny-a-d256"] * 2]
+    assert any("'toy_gen' of 'adapters/tiny-a-d16-s0' left out" in n for n in folder.metadata["notes"])
+    assert folder.metadata["few_shot_only"] is False
+    for setting, n_train, seed, task, value in rows.select("setting", "n_train", "subset_seed", "task", "value").rows():
+        items = folder.items.filter(pl.col("setting") == setting, pl.col("n_train") == n_train,
+                                    pl.col("subset_seed") == seed, pl.col("task") == task)
+        assert items.height == (10 if task == "toy_mc" else 6) and items["correct"].mean() == pytest.approx(value)
+    data = TaskData.from_folder(folder, "toy_mc")
+    assert data.has_finetune and data.data_levels == [16, 64, 256] and data.subset_seeds == [0, 1]
+
+
+def test_lm_eval_finetunes_table_in_toml(tmp_path):
+    out = _lm_eval_finetuned(tmp_path, {k: FINETUNED_RUNS[k] for k in ("base", "lora-d64-s1")})
+    (tmp_path / "finetunes.toml").write_text('[[model]]\nmodel = "adapters/tiny-a-d64-s1"\nn_train = 64\n')
+    folder = import_results("lm-eval", out, tmp_path / "r", ImportOptions(
+        finetunes=tmp_path / "finetunes.toml", family="tiny", tokens=10**6, pretrain_loss=5.0))
+    finetune = folder.results.filter(pl.col("setting") == "finetune")
+    assert finetune.select("n_train", "subset_seed").unique().rows() == [(64, 0)]  # subset_seed defaults to 0
+
+
+def test_lm_eval_without_finetunes_is_unchanged_and_refuses_an_unmapped_adapter(tmp_path, monkeypatch, capsys):
+    out = _lm_eval_finetuned(tmp_path, {"base": FINETUNED_RUNS["base"]})
+    folder = import_results("lm-eval", out, tmp_path / "r", ImportOptions(family="tiny", tokens=10**6, pretrain_loss=5.0))
+    assert set(folder.results["setting"]) == {"few_shot"} and "source_model" not in folder.results.columns
+    assert folder.metadata["few_shot_only"] is True
+    out = _lm_eval_finetuned(tmp_path / "b")
+    code, _, err = run_cli(monkeypatch, capsys, "import", "lm-eval", out, "--out", tmp_path / "r2", *ONE_CHECKPOINT)
+    assert_one_line_error(code, err, "PEFT adapter 'adapters/tiny-a-d", "--finetunes FILE")
+
+
+@pytest.mark.parametrize("table,fragments", [
+    (FINETUNES_CSV + "adapters/tiny-a-d32-s0,,32,0,\n", ["'adapters/tiny-a-d32-s0' is in no results file",
+                                                        "did you mean 'adapters/tiny-a-d"]),
+    ("model,n_train\nadapters/tiny-a-d16-s0,16\nft/tiny-a-d256,256\nadapters/tiny-a-d64-s1,64\n",
+     ["'ft/tiny-a-d256' is not a PEFT adapter", "column 'checkpoint'"]),
+    (FINETUNES_CSV.replace("toy_mc", "toy_mcq"), ["finetuned on task 'toy_mcq'", "it has: toy_mc, toy_gen"]),
+    ("model,n_train,subset_seed\nadapters/tiny-a-d16-s0,16,-1\n", ["line 2", "'subset_seed'", "whole number >= 0"]),
+    ("model,subset_seed\nadapters/tiny-a-d16-s0,1\n", ["'n_train'", "data level"]),
+    ("model,n_train\nadapters/tiny-a-d16-s0,0\n", ["line 2", "'n_train'", "positive"]),
+])
+def test_lm_eval_finetunes_table_errors_are_one_line(tmp_path, monkeypatch, capsys, table, fragments):
+    out = _lm_eval_finetuned(tmp_path)
+    (tmp_path / "finetunes.csv").write_text(table)
+    code, _, err = run_cli(monkeypatch, capsys, "import", "lm-eval", out, "--out", tmp_path / "r",
+                           "--finetunes", tmp_path / "finetunes.csv", *ONE_CHECKPOINT)
+    assert_one_line_error(code, err, *fragments)
+    assert not (tmp_path / "r").exists()
+
+
+def test_finetunes_is_for_lm_eval_only(tmp_path, monkeypatch, capsys):
+    (tmp_path / "finetunes.csv").write_text(FINETUNES_CSV)
+    code, _, err = run_cli(monkeypatch, capsys, "import", "gadre", _tiny_gadre(tmp_path / "g"), "--out",
+                           tmp_path / "r", "--finetunes", tmp_path / "finetunes.csv")
+    assert_one_line_error(code, err, "--finetunes applies to lm-eval imports only")
+
+
+def _lm_eval_mcc(tmp_path: Path, reported: float | None = None) -> tuple[Path, float]:
+    """The real fixture's tiny-a run scored as lm-eval's cola task is: metric ``mcc``, each sample
+    holding its [gold, prediction] pair (lm-eval's process_results), the corpus value in results."""
+    results, samples = _lm_eval_copy(tmp_path)
+    records = [json.loads(line) for line in samples.read_text().splitlines()]
+    pairs = []
+    for record in records:
+        pred = int(np.argmax([float(r[0][0]) for r in record["resps"]]))
+        record["mcc"] = [int(record["target"]), pred]
+        record["metrics"] = ["mcc"]
+        pairs.append(record["mcc"])
+    samples.write_text("".join(json.dumps(r) + "\n" for r in records))
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    value = float(sklearn_metrics.matthews_corrcoef([g for g, _ in pairs], [p for _, p in pairs]))
+    doc = json.loads(results.read_text())
+    doc["results"]["toy_mc"]["mcc,none"] = value if reported is None else reported
+    results.write_text(json.dumps(doc))
+    return results, value
+
+
+@pytest.mark.filterwarnings("ignore:A single label was found")  # sklearn, on the one-label case
+def test_lm_eval_mcc_imports_as_mcc_with_chance_zero(tmp_path):
+    results, value = _lm_eval_mcc(tmp_path)
+    folder = import_results("lm-eval", results, tmp_path / "r", ImportOptions(
+        metric="mcc", family="tiny", tokens=10**6, pretrain_loss=5.0))
+    (row,) = folder.results.rows(named=True)  # toy_gen has no mcc: left out with a note
+    assert (row["task"], row["metric"], row["chance"], row["source_metric"]) == ("toy_mc", "mcc", 0.0, "mcc,none")
+    assert row["value"] == pytest.approx(value)
+    assert folder.metadata["tasks"]["toy_mc"]["chance_source"].startswith("Matthews correlation")
+    from fitting.importers.lmeval import matthews
+
+    # the corpus-level metric, not a mean over items: it equals scikit-learn's on several label sets
+    for pairs in ([(0, 0), (1, 1), (1, 0), (0, 0)], [(0, 1), (1, 0)], [(2, 2), (0, 1), (1, 1), (2, 0), (0, 0)],
+                  [(1, 1), (1, 1)]):
+        golds, preds = zip(*pairs)
+        expected = pytest.importorskip("sklearn.metrics").matthews_corrcoef(golds, preds)
+        assert matthews([(str(g), str(p)) for g, p in pairs]) == pytest.approx(expected)
+
+
+def test_lm_eval_mcc_that_disagrees_with_its_samples_is_refused(tmp_path, monkeypatch, capsys):
+    results, value = _lm_eval_mcc(tmp_path, reported=0.5)
+    code, _, err = run_cli(monkeypatch, capsys, "import", "lm-eval", results, "--out", tmp_path / "r",
+                           "--metric", "mcc", *ONE_CHECKPOINT)
+    assert_one_line_error(code, err, "samples' Matthews correlation is", "reports 0.500000")
+    results, _ = _lm_eval_mcc(tmp_path / "b", reported=-1.5)
+    code, _, err = run_cli(monkeypatch, capsys, "import", "lm-eval", results, "--out", tmp_path / "r2",
+                           "--metric", "mcc", *ONE_CHECKPOINT)
+    assert_one_line_error(code, err, "'mcc,none'", "Matthews correlation -1.5 outside [-1, 1]")
+
+
 # --------------------------------------------------------------------------- malformed CSV sources
 
 

@@ -23,6 +23,7 @@ class ImportOptions:
 
     checkpoints: Path | None = None  # user checkpoint table (CSV/TOML)
     tasks: Path | None = None  # user task table: task, n_items, chance
+    finetunes: Path | None = None  # lm-eval: model -> base checkpoint, n_train, subset_seed (finetune rows)
     loss_proxy: str | None = None  # name of a documented proxy, opt-in only
     loss_column: str | None = None  # gadre: which validation loss is pretrain_loss
     num_fewshot: int | None = None  # pythia: which shot count to import

@@ -48,6 +48,8 @@ FORMATS = tuple(IMPORTERS)
 def import_results(fmt: str, path: str | Path, out: str | Path, options: ImportOptions = ImportOptions()) -> schema.ResultsFolder:
     """Read ``path`` in format ``fmt`` and write a validated few-shot results folder to ``out``."""
     importer = _lookup(fmt)
+    if options.finetunes is not None and fmt != "lm-eval":
+        raise SourceError(f"--finetunes applies to lm-eval imports only, not {fmt}")
     out = Path(out)
     _check_out(out, options.overwrite)
     path = Path(path)

@@ -10,6 +10,16 @@ or in TOML, one ``[[checkpoint]]`` table per row with the same keys. Only ``chec
 required; every other column present overrides (or supplies) that value.
 
 ``--tasks FILE`` (CSV or TOML ``[[task]]``): ``task,n_items,chance`` overriding per-task facts.
+
+``--finetunes FILE`` (lm-eval; CSV or TOML ``[[model]]``): which evaluated models are finetuned
+checkpoints, keyed by the model lm-eval evaluated (a PEFT adapter's ``peft=`` path, else the
+checkpoint name the importer prints)::
+
+    model,checkpoint,n_train,subset_seed,task
+    adapters/pythia-1.4b-step36000-mmlu-d256-s0,,256,0,mmlu_abstract_algebra
+
+``n_train`` is required; ``subset_seed`` defaults to 0; ``checkpoint`` (the base checkpoint) is
+required unless the model is a PEFT adapter; ``task`` keeps only that task of the model's results.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from fitting.importers.tasks import TaskInfo
 CHECKPOINT_TABLE_COLUMNS = {"family": "text", "params": "count", "tokens": "count",
                             "pretrain_loss": "positive", "flops": "positive"}
 TASK_TABLE_COLUMNS = {"n_items": "count", "chance": "chance"}
+FINETUNE_TABLE_COLUMNS = {"checkpoint": "text", "task": "text", "n_train": "count", "subset_seed": "index"}
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,22 @@ def read_task_table(path: Path) -> dict[str, TaskInfo]:
         row["task"]: TaskInfo(int(row["n_items"]), float(row["chance"]), f"user task table {path}")
         for row in table.frame.iter_rows(named=True)
     }
+
+
+def read_finetune_table(path: Path) -> dict[str, dict]:
+    """``--finetunes``: model -> {"checkpoint", "task" (None when not given), "n_train", "subset_seed"}."""
+    table = _read_table(path, "model", FINETUNE_TABLE_COLUMNS)
+    frame = table.frame
+    if "n_train" not in frame.columns or frame["n_train"].null_count():
+        row = 0 if "n_train" not in frame.columns else int(frame["n_train"].is_null().arg_true()[0])
+        raise SourceError(f"{path}, {table.line_of(row)}, column 'n_train': every model needs its data level "
+                          f"(columns: model, n_train[, subset_seed, checkpoint, task])")
+    out = {}
+    for row in frame.iter_rows(named=True):
+        seed = row.get("subset_seed")
+        out[row["model"]] = {"checkpoint": row.get("checkpoint"), "task": row.get("task"),
+                             "n_train": int(row["n_train"]), "subset_seed": 0 if seed is None else int(seed)}
+    return out
 
 
 def _read_table(path: Path, key: str, columns: dict[str, str]) -> UserTable:
@@ -142,6 +169,13 @@ def _typed(frame: pl.DataFrame, path: Path, name: str, kind: str, line_of) -> pl
             raise SourceError(f"{path}, {line_of(int(bad[0]))}, column {name!r}: {values[int(bad[0])]!r} "
                               f"outside [0, 1) (a chance level of 1 leaves nothing to emerge)")
         return values
+    if kind == "index":  # a whole number >= 0 (a subset seed)
+        bad = ((values < 0) | (values != values.round(0)) | values.is_nan() | values.is_infinite()
+               | (values.abs() >= 2**63)).fill_null(False).arg_true()
+        if len(bad):
+            raise SourceError(f"{path}, {line_of(int(bad[0]))}, column {name!r}: {values[int(bad[0])]!r} "
+                              f"must be a whole number >= 0")
+        return values.cast(pl.Int64)
     check_positive(values, path, name, line_of)
     if kind == "count":
         check_int64(values, path, name, line_of)
