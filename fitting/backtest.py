@@ -55,7 +55,7 @@ import numpy as np
 
 from emergence.errors import DiagnosticsError, EmergenceError, FitError
 from fitting.data import TaskData
-from fitting.ground_truth import fit_ground_truth, GroundTruth
+from fitting.ground_truth import GroundTruth, checkpoint_values, clearly_above, fit_ground_truth
 from fitting.backtest_cache import BacktestCache, FitFailure
 from fitting.predict import FitConfig, TaskPrediction, _clean, check_task, is_simulated, predict_data
 from fitting.schema import ResultsFolder
@@ -193,7 +193,20 @@ class TaskBacktest:
 
     @property
     def emerged(self) -> bool:
+        """Few-shot accuracy left chance (the ground truth's test, as ``emergence fit`` says)."""
+        return self.ground_truth is not None and self.ground_truth.emerged
+
+    @property
+    def located(self) -> bool:
+        """The elbow is located inside the data: there is a ground truth to score cutoffs against."""
         return self.ground_truth_loss is not None
+
+    @property
+    def truth_label(self) -> str:
+        """The ground-truth cell of a table: the elbow, or why there is none."""
+        if self.located:
+            return f"{self.ground_truth_loss:.3f}"
+        return "emerged, elbow not located" if self.emerged else "never emerged"
 
     def _smallest(self, keep: Callable[[CutoffResult], bool]) -> CutoffResult | None:
         wins = [c for c in self.cutoffs if c.success and keep(c)]
@@ -293,11 +306,20 @@ def cutoff_values(data: TaskData, min_checkpoints: int) -> list[float]:
     return [float(f) for f in flops if int((data.ckpt_flops <= f).sum()) >= min_checkpoints]
 
 
-def post_emergence(data: TaskData, elbow: float | None) -> tuple[str | None, float | None]:
-    """(name, FLOPs) of the cheapest checkpoint whose loss is below the ground-truth elbow."""
+def post_emergence(data: TaskData, truth: GroundTruth) -> tuple[str | None, float | None]:
+    """(name, FLOPs) of the cheapest checkpoint past the ground-truth elbow whose few-shot accuracy
+    is clearly above base by the ground truth's own test (:func:`fitting.ground_truth.clearly_above`):
+    not merely past a line's elbow while still at chance."""
+    elbow = truth.elbow_loss
     if elbow is None:
         return None, None
-    past = np.flatnonzero(data.ckpt_loss < elbow)
+    few = data.few_shot_only()
+    value, items = checkpoint_values(few)
+    base = max(truth.B, few.chance) if few.proportion else truth.B
+    above = clearly_above(value, items, base, few.proportion)
+    index = {name: i for i, name in enumerate(few.checkpoints)}
+    past = np.array([i for i in np.flatnonzero(data.ckpt_loss < elbow)
+                     if data.checkpoints[i] in index and above[index[data.checkpoints[i]]]], dtype=int)
     if past.size == 0:
         return None, None
     best = min(past, key=lambda i: (data.ckpt_flops[i], data.ckpt_loss[i]))
@@ -310,7 +332,7 @@ def most_capable(data: TaskData) -> int:
 
 
 def ground_truth_of(data: TaskData, config: FitConfig) -> GroundTruth:
-    return fit_ground_truth(data, config.likelihood, config.gt_alpha, config.gt_min_rise, config.spec)
+    return fit_ground_truth(data, config.likelihood, config.gt_alpha, config.gt_min_rise, config.spec, config.gt_rule)
 
 
 def _blank_cutoff(data: TaskData, max_flops: float, elbow: float | None) -> CutoffResult:
@@ -488,7 +510,7 @@ def assemble(plan: _TaskPlan, outputs: list[Outcome], config: BacktestConfig,
             break
         cutoffs.append(_failed_cutoff(cut, out.message, elbow) if isinstance(out, FitFailure)
                        else score_cutoff(cut, out, elbow, config.tolerance))
-    name, flops = post_emergence(plan.data, elbow)
+    name, flops = post_emergence(plan.data, truth)
     ablations = [_score_ablation(row, plan.ablation_data[row[0]], out, elbow, config.tolerance)
                  for row, out in zip(plan.ablation_rows, abl_out)]
     note = plan.note or ("" if truth.emerged else f"never emerged: {truth.reason}")

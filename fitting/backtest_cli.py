@@ -24,7 +24,9 @@ Method = Annotated[str, typer.Option(help="mle (maximum likelihood + bootstrap) 
 Tolerance = Annotated[float, typer.Option(help="success when |prediction − ground truth| <= this (nats)")]
 MinCkpt = Annotated[int, typer.Option("--min-checkpoints", help="fewest checkpoints a cutoff may keep")]
 Workers = Annotated[int, typer.Option(help="worker processes for the fits")]
-Metric = Annotated[Optional[str], typer.Option(help="metric to fit (default accuracy)")]
+Metric = Annotated[Optional[str], typer.Option(help="metric to fit (default accuracy, else exact_match, else the only one)")]
+Likelihood = Annotated[str, typer.Option(help="binomial (item counts) or gaussian (least squares; needed for "
+                                              "metrics that are not proportions, e.g. mcc)")]
 DropSmall = Annotated[list[int], typer.Option("--drop-smallest", help="ablation: drop the k smallest data levels (repeatable)")]
 DropLarge = Annotated[list[int], typer.Option("--drop-largest", help="ablation: drop the k largest data levels (repeatable)")]
 LastK = Annotated[list[int], typer.Option("--last-k", help="ablation: keep the k checkpoints nearest emergence (repeatable)")]
@@ -69,7 +71,7 @@ def register(app: typer.Typer) -> None:
 
 def _config(*, law="log_power", d0=1.0, n_boot=1000, seed=0, method="mle", metric=None, tolerance=0.1,
             min_checkpoints=3, workers=1, ablations=None, cutoffs=True, chains=4, draws=1000, tune=1000,
-            profile=True):
+            profile=True, likelihood="binomial"):
     from fitting.backtest import BacktestConfig
     from fitting.predict import FitConfig
 
@@ -79,7 +81,7 @@ def _config(*, law="log_power", d0=1.0, n_boot=1000, seed=0, method="mle", metri
 
         bayes = config_from_cli(chains=chains, draws=draws, tune=tune, sampler="pymc", seed=seed)
     fit = FitConfig(law=law, d0=d0, n_boot=n_boot, seed=seed, method=method, metric=metric, bayes=bayes,
-                    profile=profile)
+                    profile=profile, likelihood=likelihood)
     return BacktestConfig(fit=fit, tolerance=tolerance, min_checkpoints=min_checkpoints,
                           workers=workers, ablations=ablations, cutoffs=cutoffs)
 
@@ -106,6 +108,7 @@ def backtest_command(
     method: Method = "mle", metric: Metric = None, tolerance: Tolerance = 0.1,
     min_checkpoints: MinCkpt = 3, workers: Workers = 1,
     ablations: Annotated[bool, typer.Option("--ablations", help="also run the Table-2 ablations")] = False,
+    likelihood: Likelihood = "binomial",
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON list on stdout")] = False,
     profile: Profile = True, chains: Chains = 4, draws: Draws = 1000, tune: Tune = 1000,
     no_cache: NoCache = False,
@@ -117,7 +120,7 @@ def backtest_command(
     config = _config(law=law, d0=d0, n_boot=n_boot, seed=seed, method=method, metric=metric, tolerance=tolerance,
                      min_checkpoints=min_checkpoints, workers=workers,
                      ablations=AblationSpec() if ablations else None, chains=chains, draws=draws, tune=tune,
-                     profile=profile)
+                     profile=profile, likelihood=likelihood)
     folder = load_results(results_dir)
     with StageTimer("backtest") as timer:
         results = backtest(folder, config, tasks=task or None, progress=True, cache=_cache(no_cache))
@@ -135,7 +138,7 @@ def ablate_command(
     task: Task = None, law: Law = "log_power", d0: D0 = 1.0, seed: Seed = 0, method: Method = "mle",
     metric: Metric = None, tolerance: Tolerance = 0.1, min_checkpoints: MinCkpt = 3, workers: Workers = 1,
     drop_smallest: DropSmall = [1], drop_largest: DropLarge = [1], last_k: LastK = [6, 4],
-    base: Base = "pre_emergence",
+    base: Base = "pre_emergence", likelihood: Likelihood = "binomial",
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON list on stdout")] = False,
 ) -> None:
     """The paper's Table 2: MLE error (nats) when data levels, subsets or checkpoints are removed."""
@@ -143,7 +146,7 @@ def ablate_command(
     from fitting.schema import load_results
 
     config = _config(law=law, d0=d0, n_boot=0, seed=seed, method=method, metric=metric, tolerance=tolerance,
-                     min_checkpoints=min_checkpoints, workers=workers, cutoffs=False,
+                     min_checkpoints=min_checkpoints, workers=workers, cutoffs=False, likelihood=likelihood,
                      ablations=_ablations(drop_smallest, drop_largest, last_k, base))
     results = backtest(load_results(results_dir), config, tasks=task or None, progress=True)
     if as_json:
@@ -160,7 +163,7 @@ def report_command(
     method: Method = "mle", metric: Metric = None, tolerance: Tolerance = 0.1,
     min_checkpoints: MinCkpt = 3, workers: Workers = 1,
     ablations: Annotated[bool, typer.Option(help="include the Table-2 ablations")] = True,
-    profile: Profile = True, chains: Chains = 4, draws: Draws = 1000, tune: Tune = 1000,
+    likelihood: Likelihood = "binomial", profile: Profile = True, chains: Chains = 4, draws: Draws = 1000, tune: Tune = 1000,
     no_cache: NoCache = False,
 ) -> None:
     """Write an HTML page and a Markdown file with the fits, the backtest and the ablations."""
@@ -170,7 +173,7 @@ def report_command(
     config = _config(law=law, d0=d0, n_boot=n_boot, seed=seed, method=method, metric=metric, tolerance=tolerance,
                      min_checkpoints=min_checkpoints, workers=workers,
                      ablations=AblationSpec() if ablations else None, chains=chains, draws=draws, tune=tune,
-                     profile=profile)
+                     profile=profile, likelihood=likelihood)
     with StageTimer("report") as timer:
         paths = write_report(results_dir, out, config, tasks=task or None, progress=True,
                              cache=_cache(no_cache))
@@ -208,7 +211,7 @@ def _print_backtests(results, simulated: bool) -> None:
         summary.add_column(name, justify="left" if name in ("task", "first post-emergence") else "right")
     for r in results:
         (cov, n), (pcov, pn) = r.coverage, r.coverage_profile
-        summary.add_row(r.task, fmt(r.ground_truth_loss) if r.emerged else "never emerged",
+        summary.add_row(r.task, r.truth_label,
                         r.post_emergence_checkpoint or "-", fmt(r.flop_multiplier, ".2f"),
                         fmt(r.flop_multiplier_strict, ".2f"), fmt(r.flop_multiplier_unpinned, ".2f"),
                         f"{cov}/{n}" if n else "-",

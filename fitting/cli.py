@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from emergence.errors import FitError
 from fitting.backtest_cli import StageTimer, fmt as _fmt
 
 
@@ -29,17 +30,36 @@ D0_HELP = ("D0, the data level that stands for few-shot: the prediction is the e
            "(the paper: 1; it found the choice barely matters below about 10x the shots)")
 
 
+FIX_HELP = ("hold a law parameter at a value, NAME=VALUE (repeatable), e.g. --fix k=0.05 --fix alpha=1: "
+            "the shape of E(D) from elsewhere when one data level cannot identify it")
+
+
+def parse_fixed(items: list[str] | None) -> tuple[tuple[str, float], ...]:
+    """``["k=0.05", "alpha=1"]`` -> ``(("k", 0.05), ("alpha", 1.0))``; a malformed item is a FitError."""
+    out = []
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out.append((name.strip(), float(value)))
+        except ValueError:
+            raise FitError(f"--fix {item!r}: expected NAME=NUMBER, e.g. --fix alpha=1.0") from None
+    return tuple(out)
+
+
 def fit_command(
     results_dir: Annotated[Path, typer.Argument(help="results folder (checkpoints.parquet, results.parquet)")],
     task: Annotated[Optional[list[str]], typer.Option("--task", "-t", help="task to fit (repeatable; default all)")] = None,
     law: Annotated[str, typer.Option(help=LAW_HELP)] = "log_power",
     d0: Annotated[float, typer.Option("--d0", help=D0_HELP)] = 1.0,
+    fix: Annotated[Optional[list[str]], typer.Option("--fix", help=FIX_HELP)] = None,
     likelihood: Annotated[str, typer.Option(help="binomial (item counts) or gaussian (least squares)")] = "binomial",
     n_boot: Annotated[int, typer.Option("--n-boot", help="bootstrap resamples per task (0: none)")] = 1000,
     seed: Annotated[int, typer.Option(help="seed of the multi-start points and the bootstrap")] = 0,
     method: Annotated[str, typer.Option(help="mle (maximum likelihood + bootstrap) or bayes")] = "mle",
     items: Annotated[str, typer.Option(help="bootstrap item redraw: fitted (default), observed or none")] = "fitted",
-    metric: Annotated[Optional[str], typer.Option(help="metric to fit (default accuracy)")] = None,
+    metric: Annotated[Optional[str], typer.Option(help="metric to fit (default accuracy, else exact_match, else the only one)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON list on stdout")] = False,
     chains: Annotated[int, typer.Option(help="bayes: MCMC chains")] = 4,
     draws: Annotated[int, typer.Option(help="bayes: posterior draws per chain")] = 1000,
@@ -63,7 +83,7 @@ def fit_command(
                                        centered=not non_centered, subset_effect=subset_effect,
                                        allow_bad_diagnostics=allow_bad_diagnostics, save_posterior=save_posterior)
     config = FitConfig(law=law, d0=d0, likelihood=likelihood, n_boot=n_boot, seed=seed, method=method,
-                       items=items, metric=metric, bayes=bayes_config)
+                       items=items, metric=metric, bayes=bayes_config, fixed=parse_fixed(fix))
     folder = load_results(results_dir)
     with StageTimer("fit") as timer:
         predictions = predict_all(folder, config, tasks=task or None, progress=True)
@@ -150,6 +170,8 @@ def import_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="results folder to write")],
     checkpoints: Annotated[Optional[Path], typer.Option(help="CSV/TOML: checkpoint,family,params,tokens,pretrain_loss[,flops]")] = None,
     tasks: Annotated[Optional[Path], typer.Option(help="CSV/TOML: task,n_items,chance (overrides built-in facts)")] = None,
+    finetunes: Annotated[Optional[Path], typer.Option(help="lm-eval: CSV/TOML model,n_train[,subset_seed,checkpoint,task]: "
+                                                           "these models' results are finetune rows")] = None,
     loss_proxy: Annotated[Optional[str], typer.Option(help="opt-in loss proxy when the source has none: chinchilla, lambada (pythia)")] = None,
     loss_column: Annotated[Optional[str], typer.Option(help="gadre: validation loss to use (default c4_val)")] = None,
     num_fewshot: Annotated[Optional[int], typer.Option(help="pythia: shot count to import (default 5)")] = None,
@@ -165,16 +187,20 @@ def import_command(
     """Import public results (lm-eval, Pythia, ObsScaling, Gadre et al.) as a few-shot results folder."""
     from fitting.importers import ImportOptions, import_results
 
-    options = ImportOptions(checkpoints=checkpoints, tasks=tasks, loss_proxy=loss_proxy, loss_column=loss_column,
+    options = ImportOptions(checkpoints=checkpoints, tasks=tasks, finetunes=finetunes, loss_proxy=loss_proxy,
+                            loss_column=loss_column,
                             num_fewshot=num_fewshot, metric=metric, only_tasks=tuple(task or ()),
                             keep_subtasks=keep_subtasks, family=family, params=params, tokens=tokens,
                             pretrain_loss=pretrain_loss, overwrite=overwrite)
     folder = import_results(fmt, path, out, options)
-    typer.echo(f"wrote {out}: {folder.checkpoints.height} checkpoints, {folder.results.height} few-shot results, "
+    finetuned = int((folder.results["setting"] == "finetune").sum())
+    kinds = f" ({folder.results.height - finetuned} few-shot, {finetuned} finetune)" if finetuned else " few-shot"
+    typer.echo(f"wrote {out}: {folder.checkpoints.height} checkpoints, {folder.results.height}{kinds} results, "
                f"{len(folder.tasks)} tasks" + (f", {folder.items.height} items" if folder.items is not None else ""))
     typer.echo(f"pretrain_loss: {', '.join(f'{n} from {s}' for s, n in folder.metadata['pretrain_loss_sources'].items())}")
-    typer.echo("few-shot results only: `emergence fit` gives the ground-truth elbow; predicting emergence "
-               "before it happens needs finetune results (see docs/importers.md)")
+    if not finetuned:
+        typer.echo("few-shot results only: `emergence fit` gives the ground-truth elbow; predicting emergence "
+                   "before it happens needs finetune results (see docs/importers.md)")
 
 
 def _fmt_profile(prof) -> str:

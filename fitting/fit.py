@@ -121,6 +121,40 @@ class EmergenceLawFit:
         self._validate(data)
         problem = make_problem(self.spec, data, self.likelihood)
         self.theta_, self.converged_, self.message_, self.start_objectives_ = self._optimise(problem, data)
+        return self._set(data)
+
+    def refit_from(self, data: TaskData, candidates: np.ndarray, tol: float = 1e-7) -> float:
+        """Certify the optimum against other parameter points (the profile's pinned fits, the
+        bootstrap resamples' solutions): when one of them scores better on ``data``, refit
+        from the best few, unpinned, and keep the result. Returns the gain in log-likelihood
+        (0.0 when the fit already was the best point seen). A multi-start fit can stop on a
+        ridge that a neighbouring pinned fit gets past (issue 20: an MLE outside its own
+        profile interval)."""
+        self._check_fitted()
+        problem = make_problem(self.spec, data, self.likelihood)
+        cand = np.atleast_2d(np.asarray(candidates, dtype=float))
+        cand = np.clip(cand[np.all(np.isfinite(cand), axis=1)], problem.lower, problem.upper)
+        if not len(cand):
+            return 0.0
+        f0 = float(problem.objective(self.theta_[None])[0])
+        f = problem.objective(cand)
+        atol = tol * (1 + abs(f0))
+        if float(f.min()) >= f0 - atol:
+            return 0.0
+        theta, f_lm, _, _ = lm_batch(problem, cand[np.argsort(f)[:4]], max_iter=self.max_iter)
+        best = int(np.argmin(f_lm))
+        polished, f_pol, _, _ = polish(problem, theta[best], max_iter=2 * self.max_iter)
+        theta_hat, f_new = (polished, f_pol) if f_pol <= f_lm[best] else (theta[best], float(f_lm[best]))
+        if f_new >= f0 - atol:
+            return 0.0
+        before = self.loglik_
+        self.theta_, self.converged_ = theta_hat, True
+        self.message_ = f"{self.message_}; optimum improved from a profile/bootstrap point"
+        self._set(data)
+        return float(self.loglik_ - before)
+
+    def _set(self, data: TaskData) -> "EmergenceLawFit":
+        """The fitted attributes that follow from ``theta_``."""
         self.params_ = dict(zip(self.spec.param_names, self.theta_.tolist()))
         self.n_obs_, self.n_checkpoints_ = data.n_rows, data.n_checkpoints
         if self.likelihood == "gaussian":  # σ² of the training fit, used to score held-out rows

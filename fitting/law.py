@@ -93,8 +93,17 @@ class LawSpec:
     delta: bool = True  # few-shot base shift Δ
     ceiling: bool = False  # saturate toward U past the elbow
     d0: float = 1.0  # low-data extrapolation limit D_0 that stands for "few-shot"
+    # parameters held at given values, e.g. (("k", 0.05), ("alpha", 1.0)): the shape of E(D) taken
+    # from elsewhere when the data cannot identify it (one finetuning data level)
+    fixed: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
+        names = self.param_names
+        for name, value in self.fixed:
+            if name not in names or name == "C":
+                raise ValueError(f"fixed parameter {name!r}: expected one of {[n for n in names if n != 'C']}")
+            if not np.isfinite(value):
+                raise ValueError(f"fixed parameter {name!r}: value {value!r} is not a finite number")
         _shape(ELBOW_SHAPES, self.elbow, "elbow")
         _shape(HINGE_SHAPES, self.hinge, "hinge")
         if not self.temperature > 0:
@@ -139,6 +148,7 @@ class LawSpec:
             parts.append("no_delta")
         if self.ceiling:
             parts.append("ceiling")
+        parts += [f"{name}={value:g}" for name, value in self.fixed]
         return "+".join(parts)
 
 

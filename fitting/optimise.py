@@ -245,7 +245,11 @@ def bounds(spec: law_.LawSpec, data: TaskData, likelihood: str) -> tuple[np.ndar
         C=(max(0.0, lo_l - ELBOW_REACH), hi_l + ELBOW_REACH), delta=(v_lo - v_hi, v_hi - v_lo), U=(v_lo, v_hi),
     )
     lo, hi = zip(*(box[n] for n in spec.param_names))
-    return np.array(lo), np.array(hi)
+    lo, hi = np.array(lo), np.array(hi)
+    for name, value in spec.fixed:  # held where the user put it (LawSpec.fixed)
+        i = spec.param_names.index(name)
+        lo[i] = hi[i] = value
+    return lo, hi
 
 
 def starts(spec: law_.LawSpec, data: TaskData, n_starts: int, seed: int) -> np.ndarray:

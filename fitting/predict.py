@@ -85,7 +85,9 @@ class FitConfig:
     metric: str | None = None  # default: accuracy, or the task's only metric
     gt_alpha: float = 1e-3  # ground truth: likelihood-ratio test level
     gt_min_rise: float = MIN_RISE  # ground truth and "no rise": minimal rise above base (metric units)
+    gt_rule: str = "onset"  # ground truth: "onset" (elbow where accuracy leaves base) or "hinge" (fitting.ground_truth)
     profile: bool = True  # also the 90% profile-likelihood interval (fitting.uncertainty.profile_interval)
+    fixed: tuple[tuple[str, float], ...] = ()  # law parameters held at given values (LawSpec.fixed)
     bayes: Any = None  # method="bayes": a fitting.bayes.BayesConfig (None: its defaults, this seed)
 
     def __post_init__(self) -> None:
@@ -105,21 +107,28 @@ class FitConfig:
             raise FitError(f"compute_draws must be >= 0, got {self.compute_draws}")
         if self.items not in ("observed", "fitted", "none"):
             raise FitError(f"items must be observed, fitted or none, got {self.items!r}")
+        if self.fixed:
+            try:
+                _ = self.spec
+            except ValueError as err:
+                raise FitError(f"--fix: {err}") from None
 
     @property
     def spec(self) -> law_.LawSpec:
         spec = law_.LAW_FORMS[self.law] if isinstance(self.law, str) else self.law
-        return spec if self.d0 is None else spec.with_(d0=float(self.d0))
+        spec = spec if self.d0 is None else spec.with_(d0=float(self.d0))
+        return spec.with_(fixed=tuple(self.fixed)) if self.fixed else spec
 
     def ground_truth(self, data: TaskData) -> GroundTruth:
         """The few-shot ground-truth elbow of ``data`` under these settings."""
-        return fit_ground_truth(data, self.likelihood, self.gt_alpha, self.gt_min_rise, self.spec)
+        return fit_ground_truth(data, self.likelihood, self.gt_alpha, self.gt_min_rise, self.spec, self.gt_rule)
 
     @property
     def law_name(self) -> str:
         if not isinstance(self.law, str):
             return self.spec.label
-        return self.law if self.spec.d0 == 1.0 else f"{self.law}+d0={self.spec.d0:g}"
+        name = self.law if self.spec.d0 == 1.0 else f"{self.law}+d0={self.spec.d0:g}"
+        return "+".join([name, *(f"{k}={v:g}" for k, v in self.fixed)])
 
 
 @dataclass
@@ -235,27 +244,83 @@ def predict_data(data: TaskData, config: FitConfig = FitConfig(), *, ground_trut
         record.note = ("few-shot results only: the emergence law needs finetune results, so no "
                        "prediction (the ground-truth elbow and the compute law still work)")
         return with_flops(record, data, config)
+    unidentified = shape_unidentified(data, config.spec)
+    if unidentified:
+        record.note = unidentified
+        return with_flops(record, data, config)
     model = EmergenceLawFit(config.spec, config.likelihood, n_starts=config.n_starts, seed=config.seed).fit(data)
     record.converged, record.message = model.converged_, model.message_
     record.params, record.loglik = model.params_, model.loglik_
     if not model.converged_:
         record.note = "maximum-likelihood fit did not converge: no prediction"
         return with_flops(record, data, config)
+    prof, boot, gain = _certified_intervals(data, model, config, progress)
+    record.params, record.loglik = model.params_, model.loglik_
     record.emergence_loss = model.emergence_loss_
     record.pinned = pinned_edge(config.spec, data, config.likelihood, model.theta_, config.gt_min_rise)
     if record.pinned:
         record.note = PINNED_NOTES[record.pinned].format(float(data.ckpt_loss.min()))
-    prof = profile_interval(data, model) if config.profile else None
-    if config.n_boot > 0:
-        boot = bootstrap(data, model, config.n_boot, config.seed, config.items, progress=progress)
-        if prof is not None and _outside(prof, boot.percentiles):  # flat direction: refit from its far ends too
-            boot = bootstrap(data, model, config.n_boot, config.seed, config.items, progress=progress,
-                             extra_starts=prof.end_thetas())
+    if gain > 0:
+        record.message = model.message_
+        record.note = "; ".join(filter(None, [record.note, (
+            f"the multi-start optimum was improved by {gain:.3g} log-likelihood units from a point the "
+            "profile or the bootstrap found; the intervals were recomputed around the better optimum")]))
+    if boot is not None:
         record.emergence_loss_pct = dict(boot.percentiles)
         record.n_boot, record.n_boot_failed, record.samples = boot.n_boot, boot.n_failed, boot.emergence_loss
     if config.profile:
         _add_profile(record, data, model, prof)
     return with_flops(record, data, config)
+
+
+MIN_LEVEL_SPAN = 2.0  # the largest finetuning data level over the smallest, to identify E(D)
+SHAPE_PARAMS = ("k", "alpha")  # what E(D) = C - k·g(D; alpha) needs besides C
+
+
+def shape_unidentified(data: TaskData, spec: law_.LawSpec) -> str | None:
+    """Why the data cannot identify how the elbow moves with D (None when they can): one
+    finetuning data level, or levels spanning less than ``MIN_LEVEL_SPAN`` (a factor), leave k
+    and alpha (and so the extrapolation to D0, the prediction) free along a ridge: across law
+    forms the prediction then ranges over nats. Holding k and alpha (``--fix``) identifies it."""
+    if {name for name, _ in spec.fixed} >= set(SHAPE_PARAMS):
+        return None
+    levels = data.data_levels
+    if len(levels) >= 2 and max(levels) / max(min(levels), 1) >= MIN_LEVEL_SPAN:
+        return None
+    which = (f"one finetuning data level (D = {levels[0]})" if len(levels) == 1 else
+             f"finetuning data levels {levels} spanning less than a factor {MIN_LEVEL_SPAN:g}")
+    return (f"E(D) is not identified from {which}: the prediction would be anywhere along a ridge, so none "
+            "is made; finetune at several data levels (the paper: a factor 2-4 apart, over 1-2 decades), "
+            "or hold the shape with --fix k=VALUE --fix alpha=VALUE")
+
+
+CERTIFY_ROUNDS = 3  # refits from a better profile/bootstrap point before the intervals are kept
+
+
+def _certified_intervals(data: TaskData, model: EmergenceLawFit, config: FitConfig, progress):
+    """Profile and bootstrap around an optimum that no point they visit beats: when one scores
+    better on the data, the fit restarts from it (``EmergenceLawFit.refit_from``) and both are
+    recomputed. Returns (profile or None, bootstrap or None, total log-likelihood gain)."""
+    gain = 0.0
+    for _ in range(CERTIFY_ROUNDS):
+        prof = profile_interval(data, model) if config.profile else None
+        if prof is not None and prof.theta is not None:
+            step = model.refit_from(data, prof.theta)
+            if step > 0:
+                gain += step
+                continue
+        boot = None
+        if config.n_boot > 0:
+            boot = bootstrap(data, model, config.n_boot, config.seed, config.items, progress=progress)
+            if prof is not None and _outside(prof, boot.percentiles):  # flat direction: refit from its far ends too
+                boot = bootstrap(data, model, config.n_boot, config.seed, config.items, progress=progress,
+                                 extra_starts=prof.end_thetas())
+            step = model.refit_from(data, boot.theta[boot.converged])
+            if step > 0:
+                gain += step
+                continue
+        return prof, boot, gain
+    return prof, boot, gain
 
 
 def _outside(prof, pct: dict[int, float]) -> bool:

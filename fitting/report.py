@@ -120,7 +120,7 @@ def summary_table(results: Sequence[TaskBacktest], truth: dict[str, Any] | None)
         cov, n = r.coverage
         pcov, pn = r.coverage_profile
         row = [r.task, "yes" if verdict(r).warning else "no",
-               _f(r.ground_truth_loss) if r.emerged else "never emerged",
+               r.truth_label,
                _f(main.emergence_loss) + (f" (pinned: {main.pinned})" if main.pinned else "") if main else "–",
                _interval(main.p05, main.p95) if main else "–",
                _f(main.error, "+.3f") if main else "–",
@@ -252,6 +252,9 @@ def verdict(r: TaskBacktest, loss_range: tuple[float, float] | None = None) -> V
             text += (f" Fitted on {fitted_on(r, main)}, the law forecasts emergence at {main.emergence_loss:.3f} "
                      f"nats{_sure(main, loss_range)}" + _pinned_clause(main) + "; no ground truth yet to check it.")
         return Verdict(False, text)
+    if not r.located:
+        return Verdict(False, "Advance warning: not scored — few-shot accuracy left chance, but the elbow is not "
+                              f"located inside the data ({r.ground_truth.reason}): no ground truth to check a forecast against.")
     if not r.cutoffs or all(c.prediction is None and c.emergence_loss is None for c in r.cutoffs):
         return Verdict(False, f"Advance warning: no — no cutoff could be fitted ({r.note or 'too few checkpoints'}).")
     mult = r.flop_multiplier_unpinned
@@ -314,8 +317,8 @@ def _sure(c, loss_range: tuple[float, float] | None) -> str:
 
 def readings(r: TaskBacktest) -> str:
     """The FLOP multipliers, the unpinned reading first and the paper's beside it."""
-    if not r.emerged:
-        return "no multiplier (never emerged)"
+    if not r.located:
+        return "no multiplier (" + ("elbow not located" if r.emerged else "never emerged") + ")"
     paper = _mult(r.flop_multiplier)
     if _paper_rests_on_pinned(r):
         paper += " (rests on a pinned fit)"
@@ -407,7 +410,7 @@ def fit_plot(data: TaskData, r: TaskBacktest, config: BacktestConfig):
                                           main.p95 if main.p95 is not None else np.nan)
     sub = (f"fitted on {fitted_on(r, main)}; hollow points held out" if main is not None else "no fit possible")
     gt = r.ground_truth
-    hinge = None if not r.emerged else (grid, law_.relu_curve(grid, gt.A, gt.B, gt.E))
+    hinge = None if not r.located else (grid, law_.relu_curve(grid, gt.A, gt.B, gt.E))
     return fig_.task_fit_figure(r.task, curves, chance=data.chance, ground_truth=r.ground_truth_loss,
                                 prediction=interval, truth_curve=hinge, subtitle=sub,
                                 proportion=data.proportion, ylabel="accuracy" if data.proportion else data.metric)
@@ -575,8 +578,9 @@ def dataset_note(folder: ResultsFolder, source: str, results: Sequence[TaskBackt
 
 
 def _task_text(r: TaskBacktest) -> str:
-    if not r.emerged:
-        text = f"Few-shot performance never left chance ({r.ground_truth.reason if r.ground_truth else 'no few-shot rows'})."
+    if not r.located:
+        what = "left chance, elbow not located" if r.emerged else "never left chance"
+        text = f"Few-shot performance {what} ({r.ground_truth.reason if r.ground_truth else 'no few-shot rows'})."
     else:
         text = (f"Ground-truth elbow {r.ground_truth_loss:.3f} nats; first post-emergence checkpoint "
                 f"{r.post_emergence_checkpoint} ({r.post_emergence_flops:.3g} FLOPs).")
@@ -592,7 +596,7 @@ def _task_text(r: TaskBacktest) -> str:
     main = r.main_cutoff
     if main is not None and main.note:
         text += f" Pre-emergence fit: {main.note}."
-    return text + (f" Note: {r.note}." if r.note and r.emerged else "")
+    return text + (f" Note: {r.note}." if r.note and r.located else "")
 
 
 def simulated_banner(folder: ResultsFolder) -> str | None:

@@ -249,7 +249,9 @@ def test_few_shot_only_folder_has_ground_truth_but_nothing_to_backtest():
     folder = ResultsFolder(sim.checkpoints, sim.results.filter(pl.col("setting") == "few_shot"), None, {})
     (r,) = backtest(folder, _config(ablations=AblationSpec()))
     j = r.to_json()
-    assert j["emerged"] is True and abs(j["ground_truth_loss"] - COLA.C) < 0.05
+    # the onset rule puts the elbow where the rise first shows: on this hinge curve at most one
+    # checkpoint after the law's elbow C, well inside the paper's 0.1-nat tolerance
+    assert j["emerged"] is True and COLA.C - 0.1 < j["ground_truth_loss"] <= COLA.C + 0.01
     assert j["cutoffs"] == [] and j["ablations"] == [] and j["flop_multiplier"] is None
     assert "few-shot results only" in j["note"]
 

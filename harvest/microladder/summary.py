@@ -66,18 +66,19 @@ def family_parts(folder: ResultsFolder):
             yield task, family, data.select_checkpoints(families == family)
 
 
-def curve_elbows(folder: ResultsFolder) -> pl.DataFrame:
+def curve_elbows(folder: ResultsFolder, rule: str = "onset") -> pl.DataFrame:
     """Per task, family (and all families pooled, ``(all)``) and curve (n_train 0 = few-shot):
     the hinge fitted to that curve's rows alone.
 
     ``elbow_loss`` is set when the curve has left its base and the elbow lies inside the data
-    (the ground-truth rule); ``E`` is the fitted elbow either way, ``verdict`` says which.
+    (the ground-truth rule, ``rule``: see :func:`fitting.ground_truth.fit_ground_truth`); ``E`` is
+    the fitted elbow either way, ``verdict`` says which.
     """
     rows = []
     for task, family, part in family_parts(folder):
         for level in [0, *part.data_levels]:
             curve = part.select_rows(part.n_train == level)  # few-shot rows have n_train 0
-            gt = curve_ground_truth(part, level)
+            gt = curve_ground_truth(part, level, rule=rule)
             rows.append({"task": task, "family": family, "n_train": level, "checkpoints": curve.n_checkpoints,
                          "elbow_loss": gt.elbow_loss, "E": gt.E, "A": gt.A, "B": gt.B,
                          "p_value": gt.p_value, "verdict": gt.reason})
