@@ -17,6 +17,11 @@ DryRun = Annotated[bool, typer.Option("--dry-run", help="Print what would run an
 AsJson = Annotated[bool, typer.Option("--json", help="With --dry-run: print it as JSON.")]
 TFlops = Annotated[float, typer.Option("--tflops", min=1e-9, help="With --dry-run: assumed effective TFLOP/s per "
                                                                  "GPU for GPU-hours.")]
+# Worker processes of `harvest eval` and `harvest sweep` (local executor, shards).
+Gpus = Annotated[int | None, typer.Option("--gpus", min=1, help="One worker process per GPU (the first N visible), "
+                                                               "work balanced by estimated cost.")]
+Workers = Annotated[int, typer.Option("--workers", min=1, help="N worker processes that do not choose their GPU "
+                                                              "(on a CPU: processes).")]
 
 
 @app.command("eval")
@@ -25,20 +30,20 @@ def eval_command(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Results folder (created; a rerun resumes it).")] = None,
     keep_going: Annotated[bool, typer.Option("--keep-going", "-k", help="Measure the other checkpoints when one "
                                                                        "fails, then exit 2 naming it.")] = False,
+    gpus: Gpus = None,
+    workers: Workers = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars on stderr.")] = False,
     dry_run: DryRun = False,
     as_json: AsJson = False,
     tflops: TFlops = 200.0,
 ) -> None:
     """Measure pretraining loss and few-shot accuracy of every checkpoint into RESULTS_DIR."""
-    from harvest.spec import load_spec
-
     if _dry_run(spec, dry_run, as_json, tflops, sweep=False):
         return
-    from harvest.evaluate import run_harvest
+    from harvest.driver import run_eval
 
     out = _require_out(out)
-    manifest = run_harvest(load_spec(spec), out, show_progress=not quiet, keep_going=keep_going)
+    manifest = run_eval(spec, out, workers=workers, gpus=gpus, show_progress=not quiet, keep_going=keep_going)
     tables = manifest["tables"]
     typer.echo(f"wrote {out}: {tables['checkpoints']} checkpoints, {tables['results']} results, "
                f"{tables['items']} items")
@@ -58,13 +63,18 @@ def sweep_command(
     keep_going: Annotated[bool, typer.Option("--keep-going", "-k", help="Local/shards: record a failed cell or "
                                                                        "checkpoint and go on (exit 2 at the end); "
                                                                        "Ray always does.")] = False,
+    gpus: Gpus = None,
+    workers: Workers = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars on stderr.")] = False,
     dry_run: DryRun = False,
     as_json: AsJson = False,
     tflops: TFlops = 200.0,
+    gpu_memory_gb: Annotated[float, typer.Option("--gpu-memory-gb", min=1e-9, help="With --dry-run: memory of one "
+                                                                                   "GPU, for the training-memory "
+                                                                                   "verdict.")] = 80.0,
 ) -> None:
     """Finetune every checkpoint on every data level and subset, evaluate, write finetune rows."""
-    if _dry_run(spec, dry_run, as_json, tflops, sweep=True):
+    if _dry_run(spec, dry_run, as_json, tflops, sweep=True, gpu_memory_gb=gpu_memory_gb):
         return
     out = _require_out(out)
     from harvest.executors import parse_shard
@@ -72,12 +82,13 @@ def sweep_command(
 
     report = run_sweep(spec, out, executor=executor, address=address,
                        shard=parse_shard(shard) if shard else None, keep_adapters=keep_adapters,
-                       show_progress=not quiet, keep_going=keep_going)
+                       show_progress=not quiet, keep_going=keep_going, workers=workers, gpus=gpus)
     typer.echo(summarize(report, out))
     check_report(report, out)
 
 
-def _dry_run(spec: Path, dry_run: bool, as_json: bool, tflops: float, *, sweep: bool) -> bool:
+def _dry_run(spec: Path, dry_run: bool, as_json: bool, tflops: float, *, sweep: bool,
+             gpu_memory_gb: float = 80.0) -> bool:
     """Print the dry run when asked (returns whether it did); --json alone is refused."""
     if not dry_run:
         if as_json:
@@ -86,7 +97,8 @@ def _dry_run(spec: Path, dry_run: bool, as_json: bool, tflops: float, *, sweep: 
     from harvest.dryrun import dry_run_text
     from harvest.spec import load_spec
 
-    typer.echo(dry_run_text(load_spec(spec), sweep=sweep, tflops=tflops, as_json=as_json))
+    typer.echo(dry_run_text(load_spec(spec), sweep=sweep, tflops=tflops, as_json=as_json,
+                            gpu_memory_gb=gpu_memory_gb))
     return True
 
 

@@ -15,6 +15,16 @@ of the train split. Parameters: counted on a ``meta``-device skeleton built from
 checkpoint's ``config.json`` when it is local, else the spec's ``params``. FLOPs:
 ``2 * params * tokens`` to evaluate, ``6 * params * tokens`` to train; GPU-hours = FLOPs /
 (``tflops`` x 1e12) / 3600, at the stated effective throughput.
+
+Training memory per GPU (sweep): :func:`harvest.finetune.training_memory` for the checkpoint
+with the most parameters (its shape from ``config.json`` when local, else from ``params``), at
+one micro-batch (``micro_batch_size``, else the batch of the largest data level) of the longest
+training example (characters / 4, at most ``max_length``), in the engine's dtype as resolved
+here (bfloat16: mixed precision), with and without gradient checkpointing; the verdict is
+against ``gpu_memory_gb`` and says whether ``gradient_checkpointing = "auto"`` would switch on.
+
+The same estimates size the work of the local executor's workers and of ``--shard``
+(:func:`sweep_costs`): estimated FLOPs per cell and per checkpoint's base units.
 """
 
 from __future__ import annotations
@@ -27,10 +37,17 @@ from harvest.spec import CheckpointSpec, HarvestSpec, TaskSpec
 
 CHARS_PER_TOKEN = 4.0
 DEFAULT_TFLOPS = 200.0
+DEFAULT_GPU_MEMORY_GB = 80.0
 
 
 def checkpoint_params(c: CheckpointSpec) -> tuple[int, str]:
     """(parameters, where the number came from): a meta skeleton of a local config.json, else the spec."""
+    params, source, _ = _checkpoint_config(c)
+    return params, source
+
+
+def _checkpoint_config(c: CheckpointSpec) -> tuple[int, str, Any]:
+    """(parameters, where from, the transformers config or None); see :func:`checkpoint_params`."""
     config = Path(c.ref.path) / "config.json"
     if config.is_file():
         try:
@@ -40,10 +57,10 @@ def checkpoint_params(c: CheckpointSpec) -> tuple[int, str]:
             cfg = AutoConfig.from_pretrained(str(config.parent), trust_remote_code=c.ref.trust_remote_code)
             with torch.device("meta"):
                 model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=c.ref.trust_remote_code)
-            return sum(p.numel() for p in model.parameters()), "config.json"
+            return sum(p.numel() for p in model.parameters()), "config.json", cfg
         except Exception:  # noqa: BLE001 - fall back on the spec's number
             pass
-    return c.params, "spec"
+    return c.params, "spec", None
 
 
 def _cheap(ts: TaskSpec) -> bool:
@@ -87,9 +104,47 @@ def held_out_tokens(spec: HarvestSpec) -> int | None:
         return None
 
 
-def dry_run(spec: HarvestSpec, *, sweep: bool = False, tflops: float = DEFAULT_TFLOPS) -> dict[str, Any]:
+def train_tokens(recipe, n_train: int, mean_tokens: float) -> float:
+    """Estimated tokens one cell trains on: steps x batch x the mean example length."""
+    from harvest.finetune import batch_size_for, steps_for
+
+    return steps_for(recipe, n_train) * batch_size_for(recipe, n_train) * mean_tokens
+
+
+def mean_example_tokens(pool: list[tuple[str, str]]) -> float:
+    return sum(len(p) + len(t) for p, t in pool) / len(pool) / CHARS_PER_TOKEN if pool else 0.0
+
+
+def sweep_costs(plan) -> tuple[dict[str, float], dict[str, float]]:
+    """Estimated FLOPs of each cell of a :class:`harvest.sweep.SweepPlan` (by cell key: training
+    plus scoring) and of each checkpoint's base units (by name: few-shot plus pretraining loss),
+    from the plan alone (no model loaded). Deterministic: every shard computes the same numbers."""
+    spec = plan.spec
+    params = {c.name: checkpoint_params(c)[0] for c in spec.checkpoints}
+    mean = {task: mean_example_tokens(pool) for task, pool in plan.pools.items()}
+    scored = {task: item_tokens(p) for task, p in plan.eval_plans.items()}
+    cells = {c.key: params[c.checkpoint] * (6.0 * train_tokens(plan.config.recipe, c.n_train, mean[c.task])
+                                            + 2.0 * scored[c.task]) for c in plan.cells}
+    return cells, base_costs(spec, params)
+
+
+def base_costs(spec: HarvestSpec, params: dict[str, int] | None = None) -> dict[str, float]:
+    """Estimated FLOPs of each checkpoint's pretraining loss and few-shot units (by name); task
+    data that is not cheap to read counts as zero tokens (as in the dry run's totals)."""
+    if params is None:
+        params = {c.name: checkpoint_params(c)[0] for c in spec.checkpoints}
+    plans = [_task_plan(ts) for ts in spec.tasks]
+    few_shot = sum(item_tokens(p) for p in plans if p is not None)
+    loss = held_out_tokens(spec) or 0
+    return {c.name: 2.0 * params[c.name] * (few_shot + (loss if c.pretrain_loss is None else 0))
+            for c in spec.checkpoints}
+
+
+def dry_run(spec: HarvestSpec, *, sweep: bool = False, tflops: float = DEFAULT_TFLOPS,
+            gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB) -> dict[str, Any]:
     """The plan and cost estimate of ``emergence harvest eval`` (or ``sweep``) for ``spec``."""
-    params = {c.name: checkpoint_params(c) for c in spec.checkpoints}
+    configs = {c.name: _checkpoint_config(c) for c in spec.checkpoints}
+    params = {name: (n, src) for name, (n, src, _) in configs.items()}
     plans = {ts.name: _task_plan(ts) for ts in spec.tasks}
     task_tokens = {name: (item_tokens(p) if p is not None else None) for name, p in plans.items()}
     loss_tokens = held_out_tokens(spec)
@@ -124,6 +179,7 @@ def dry_run(spec: HarvestSpec, *, sweep: bool = False, tflops: float = DEFAULT_T
     train_flops = 0.0
     if sweep:
         out.update(_sweep_estimate(spec, params, task_tokens))
+        out["training_memory"] = training_memory_estimate(spec, configs, out["finetune"], gpu_memory_gb)
         train_flops = out["finetune"]["train_flops"]
         eval_flops += out["finetune"]["eval_flops"]
         out["eval_flops"] = eval_flops
@@ -136,7 +192,6 @@ def dry_run(spec: HarvestSpec, *, sweep: bool = False, tflops: float = DEFAULT_T
 
 
 def _sweep_estimate(spec: HarvestSpec, params, task_tokens) -> dict[str, Any]:
-    from harvest.finetune import batch_size_for, steps_for
     from harvest.sweep import _eval_task_spec, parse_sweep
 
     config = parse_sweep(spec)
@@ -146,12 +201,13 @@ def _sweep_estimate(spec: HarvestSpec, params, task_tokens) -> dict[str, Any]:
     train_flops = eval_flops = 0.0
     per_task: dict[str, Any] = {}
     unknown: list[str] = []
+    longest = largest = 0  # the longest training example (estimated tokens), the largest data level
     for ts in tasks:
         plan = _task_plan(_eval_task_spec(ts, config))
         pool = None
         if plan is not None:
             try:
-                pool = plan.task.train_examples(config.train_split)
+                pool = plan.task.train_examples(plan.spec.train_split or config.train_split)
             except Exception:  # noqa: BLE001
                 pool = None
         if pool is None:
@@ -160,12 +216,14 @@ def _sweep_estimate(spec: HarvestSpec, params, task_tokens) -> dict[str, Any]:
         else:
             levels = config.levels_for(len(pool), ts.name)
         n_cells = None if levels is None else len(levels) * len(config.subset_seeds)
-        mean_tokens = (sum(len(p) + len(t) for p, t in pool) / len(pool) / CHARS_PER_TOKEN) if pool else None
+        mean_tokens = mean_example_tokens(pool) if pool else None
+        if pool:
+            longest = max(longest, round(max(len(p) + len(t) for p, t in pool) / CHARS_PER_TOKEN))
+        largest = max([largest, *(levels or [])])
         eval_tok = item_tokens(plan) if plan is not None else None
         train_tok = None
         if levels is not None and mean_tokens is not None:
-            train_tok = sum(steps_for(config.recipe, n) * batch_size_for(config.recipe, n) * mean_tokens
-                            for n in levels) * len(config.subset_seeds)
+            train_tok = sum(train_tokens(config.recipe, n, mean_tokens) for n in levels) * len(config.subset_seeds)
         per_task[ts.name] = {"levels": levels if levels is not None else "unknown",
                              "cells_per_checkpoint": n_cells if n_cells is not None else "unknown",
                              "train_tokens_per_checkpoint": round(train_tok) if train_tok is not None else "unknown",
@@ -179,9 +237,56 @@ def _sweep_estimate(spec: HarvestSpec, params, task_tokens) -> dict[str, Any]:
     loads = len(ckpts) + (len(ckpts) if lora else cells)  # training base per checkpoint + scoring engines
     return {"finetune": {"cells": cells, "method": config.recipe.method, "target_modules": config.recipe.target_modules,
                          "tasks": per_task, "train_flops": train_flops, "eval_flops": eval_flops,
-                         "unknown": unknown},
+                         "unknown": unknown, "longest_example_tokens": longest or None,
+                         "largest_level": largest or None},
             "model_loads": len(spec.checkpoints) + loads,
             "model_loads_ray": len(spec.checkpoints) + 2 * cells}
+
+
+def training_memory_estimate(spec: HarvestSpec, configs, finetune: dict[str, Any],
+                             gpu_memory_gb: float) -> dict[str, Any]:
+    """Per-GPU training memory of one cell of the largest checkpoint (module docstring)."""
+    from harvest.finetune import GB, MIXED_DTYPES, batch_size_for, shape_of, training_memory, use_checkpointing
+    from harvest.sweep import parse_sweep
+
+    config = parse_sweep(spec)
+    names = [c.name for c in spec.checkpoints if config.checkpoints is None or c.name in config.checkpoints]
+    name = max(names, key=lambda n: configs[n][0])
+    params, _, cfg = configs[name]
+    shape = shape_of(cfg, params)
+    recipe = config.recipe
+    mixed = spec.engine.dtype in MIXED_DTYPES
+    batch = batch_size_for(recipe, finetune["largest_level"] or recipe.batch_size)
+    micro = min(recipe.micro_batch_size or batch, batch)  # as finetune() splits the largest level's batch
+    seq_len = min(recipe.max_length, finetune["longest_example_tokens"] or recipe.max_length)
+    size = dict(micro_batch=micro, seq_len=seq_len, mixed=mixed, base_bytes=2 if mixed else 4,
+                lora_rank=recipe.lora_rank)
+    without = training_memory(shape, recipe.method, checkpointing=False, **size)["total"]
+    with_ = training_memory(shape, recipe.method, checkpointing=True, **size)["total"]
+    device_memory = gpu_memory_gb * GB
+    on = use_checkpointing(recipe.gradient_checkpointing, recipe.method, params, without, device_memory)
+    need = with_ if on else without
+    return {"checkpoint": name, "params": params, "shape_from": shape.source, "method": recipe.method,
+            "micro_batch": micro, "seq_len": seq_len, "mixed_precision": mixed,
+            "without_checkpointing_gb": without / GB, "with_checkpointing_gb": with_ / GB,
+            "gradient_checkpointing": recipe.gradient_checkpointing, "checkpointing_on": on,
+            "gpu_memory_gb": gpu_memory_gb, "needed_gb": need / GB, "fits": need <= device_memory}
+
+
+def _memory_lines(m: dict[str, Any]) -> list[str]:
+    precision = "bfloat16 mixed precision" if m["mixed_precision"] else "float32"
+    setting = m["gradient_checkpointing"]
+    setting = f'"{setting}"' if isinstance(setting, str) else str(setting).lower()
+    on = "on" if m["checkpointing_on"] else "off"
+    verdict = (f"fits one {m['gpu_memory_gb']:g} GB GPU ({m['needed_gb']:.1f} GB with checkpointing {on})"
+               if m["fits"] else
+               f"does not fit one {m['gpu_memory_gb']:g} GB GPU ({m['needed_gb']:.1f} GB with checkpointing {on}): "
+               "lower micro_batch_size or max_length" + ("" if m["checkpointing_on"] else
+                                                          ", or set gradient_checkpointing = true"))
+    return [f"  training memory per GPU ({m['checkpoint']}, {m['method']}, micro-batch {m['micro_batch']} x "
+            f"{m['seq_len']} tokens, {precision}): {m['without_checkpointing_gb']:.1f} GB without gradient "
+            f"checkpointing, {m['with_checkpointing_gb']:.1f} GB with; gradient_checkpointing = {setting}: {on}",
+            f"  verdict: {verdict}"]
 
 
 def format_dry_run(d: dict[str, Any]) -> str:
@@ -197,6 +302,7 @@ def format_dry_run(d: dict[str, Any]) -> str:
         lines.append(f"  finetune cells: {f['cells']} ({f['method']}, targets {f['target_modules']})"
                      + (f"; unknown for {', '.join(f['unknown'])}" if f["unknown"] else ""))
         lines.append(f"  model loads: {d['model_loads']} (local executor), {d['model_loads_ray']} (ray)")
+        lines.extend(_memory_lines(d["training_memory"]))
     else:
         lines.append(f"  model loads: {d['model_loads']}")
     for name, p in d["params"].items():
@@ -213,6 +319,7 @@ def format_dry_run(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def dry_run_text(spec: HarvestSpec, *, sweep: bool, tflops: float, as_json: bool) -> str:
-    d = dry_run(spec, sweep=sweep, tflops=tflops)
+def dry_run_text(spec: HarvestSpec, *, sweep: bool, tflops: float, as_json: bool,
+                 gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB) -> str:
+    d = dry_run(spec, sweep=sweep, tflops=tflops, gpu_memory_gb=gpu_memory_gb)
     return json.dumps(d, indent=2, default=list) if as_json else format_dry_run(d)

@@ -1,4 +1,5 @@
-"""Where a sweep's cells run: in this process (local), as Ray tasks, or as one shard of n.
+"""Where a sweep's cells run: in this process (local), in worker processes (local, one per
+GPU), as Ray tasks, or as one shard of n; and ``harvest eval``'s worker processes.
 
 - **local** (default): cells in order, grouped by checkpoint: every pending cell of a
   checkpoint is finetuned first (adapters saved with their stats), then one engine is loaded
@@ -7,14 +8,21 @@
   adapters are reused on restart. Errors stop the run (fix, rerun: it resumes); with
   ``keep_going`` a failed cell, or a checkpoint whose base units fail, is recorded as Ray's are
   and the run goes on to the rest (an overnight sweep does not stop at one bad checkpoint).
+- **local, n workers** (``--gpus n`` or ``--workers n``): the pending work split into ``n``
+  balanced shares (:mod:`harvest.balance`: whole checkpoints, by estimated cost), each run as
+  above in its own process; with ``--gpus`` worker ``i`` sees only the ``i``-th visible GPU
+  (``CUDA_VISIBLE_DEVICES``, set before the worker imports torch). Workers are spawned (never
+  forked), write disjoint parts, and die with the driver (``PR_SET_PDEATHSIG`` on Linux), so a
+  killed sweep leaves no worker behind and resumes like a local one. ``harvest eval`` uses the
+  same workers for whole checkpoints (:func:`measure_job`).
 - **ray**: one Ray task per cell (train, score, write its part), asking for ``num_cpus`` CPUs
   and ``num_gpus`` GPUs (1 when the cluster has GPUs), plus one task per checkpoint for its base
   units (pretraining loss, few-shot). A failed cell is retried up to ``retries`` times, then
   its error is recorded and the sweep goes on. The driver compacts the parts at the end. The
   results folder must be shared by the workers (one machine, or a shared filesystem).
-- **shard** ``i/n``: the cells whose key hash is ``i`` mod ``n`` and the base units of the
-  checkpoints whose name hash is ``i`` mod ``n``, run locally; disjoint across shards, and
-  their parts merge by copying (``emergence harvest merge``).
+- **shard** ``i/n``: share ``i`` of ``n`` balanced shares of the whole sweep (the same
+  assignment in every shard: it depends on the spec alone), run locally; disjoint across
+  shards, and their parts merge by copying (``emergence harvest merge``).
 
 Base units run through :func:`harvest.evaluate.run_harvest` in a private scratch folder whose
 parts are then copied into the results folder, so concurrent writers never touch each other's
@@ -23,7 +31,7 @@ temporary files or compacted tables.
 
 from __future__ import annotations
 
-import hashlib
+import os
 import shutil
 import tempfile
 import time
@@ -33,10 +41,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from emergence.atomic import atomic_path
+from emergence.errors import EmergenceError, SpecError
+from harvest.balance import Share, balance
 from harvest.store import PARTS_DIR, Store
 from harvest.sweep import (
-    FINETUNE_KIND, BaseModels, Cell, Phases, SweepPlan, evaluate_cell, load_tokenizer, open_engine, run_cell,
-    train_cell, write_cell,
+    FINETUNE_KIND, BaseModels, Cell, Phases, SweepError, SweepPlan, evaluate_cell, load_tokenizer, open_engine,
+    run_cell, train_cell, write_cell,
 )
 
 
@@ -48,10 +58,26 @@ class Outcome:
     skipped: int = 0
     failed: list[dict[str, Any]] = field(default_factory=list)
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    loads: dict[str, dict[str, int]] = field(default_factory=dict)  # checkpoint -> {"train": n, "score": n}
 
     def add_phases(self, seconds: dict[str, float]) -> None:
         for name, value in seconds.items():
             self.phase_seconds[name] = self.phase_seconds.get(name, 0.0) + value
+
+    def count_loads(self, checkpoint: str, what: str, n: int = 1) -> None:
+        if n:
+            counts = self.loads.setdefault(checkpoint, {})
+            counts[what] = counts.get(what, 0) + n
+
+    def add(self, other: Outcome) -> None:
+        """Fold another worker's outcome into this one."""
+        self.computed += other.computed
+        self.skipped += other.skipped
+        self.failed += other.failed
+        self.add_phases(other.phase_seconds)
+        for checkpoint, counts in other.loads.items():
+            for what, n in counts.items():
+                self.count_loads(checkpoint, what, n)
 
 
 def pending_cells(plan: SweepPlan, cells) -> list[Cell]:
@@ -80,19 +106,26 @@ def copy_parts(source: Path, dest: Path, kinds: tuple[str, ...] | None = None) -
 
 def run_base_isolated(plan: SweepPlan, checkpoints: list[str], show_progress: bool) -> float:
     """Base units of ``checkpoints`` computed in a scratch folder, parts copied in; seconds."""
+    return measure_isolated(plan.spec, plan.out_dir, checkpoints, show_progress)
+
+
+def measure_isolated(spec, out_dir: Path, checkpoints: list[str], show_progress: bool) -> float:
+    """:func:`harvest.sweep.run_base` in a scratch folder under ``out_dir``, its parts copied in
+    (those finished before an error too); seconds."""
     from harvest.evaluate import EVAL_KIND, LOSS_KIND
     from harvest.sweep import run_base
 
     if not checkpoints:
         return 0.0
-    scratch = Path(tempfile.mkdtemp(prefix=".base-", dir=plan.out_dir))
+    scratch = Path(tempfile.mkdtemp(prefix=".base-", dir=out_dir))
     try:
-        copy_parts(plan.out_dir, scratch, (EVAL_KIND, LOSS_KIND))  # resume what exists
-        seconds = run_base(plan.spec, scratch, checkpoints, show_progress)
-        copy_parts(scratch, plan.out_dir, (EVAL_KIND, LOSS_KIND))
+        copy_parts(out_dir, scratch, (EVAL_KIND, LOSS_KIND))  # resume what exists
+        try:
+            return run_base(spec, scratch, checkpoints, show_progress)
+        finally:
+            copy_parts(scratch, out_dir, (EVAL_KIND, LOSS_KIND))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return seconds
 
 
 # --------------------------------------------------------------------------- local
@@ -111,6 +144,16 @@ def run_local(plan: SweepPlan, cells, advance: Callable[[Cell], None] = lambda c
     for checkpoint in dict.fromkeys(c.checkpoint for c in todo):
         group = [c for c in todo if c.checkpoint == checkpoint]
         _local_checkpoint(plan, group, outcome, advance, keep_going)
+    return outcome
+
+
+def run_share(plan: SweepPlan, cells, base: list[str], show_progress: bool, keep_going: bool,
+              advance: Callable[[Cell], None] = lambda c: None) -> Outcome:
+    """The local executor's whole job: the base units of ``base``, then ``cells`` (minus those of
+    a checkpoint whose base units failed)."""
+    outcome = Outcome()
+    broken = set(run_base_local(plan, base, show_progress, keep_going, outcome))
+    outcome.add(run_local(plan, [c for c in cells if c.checkpoint not in broken], advance, keep_going))
     return outcome
 
 
@@ -141,6 +184,7 @@ def _local_checkpoint(plan: SweepPlan, group: list[Cell], outcome: Outcome, adva
             _local_batch(plan, batch, bases, outcome, advance, keep_going)
     finally:
         bases.release()
+        outcome.count_loads(group[0].checkpoint, "train", bases.loads)
 
 
 def _local_batch(plan: SweepPlan, group: list[Cell], bases: BaseModels, outcome: Outcome, advance,
@@ -170,7 +214,10 @@ def _local_batch(plan: SweepPlan, group: list[Cell], bases: BaseModels, outcome:
                 if lora and shared is None:
                     with phases("eval_load"):
                         shared = open_engine(plan, cell, stats[cell.key])
+                    outcome.count_loads(cell.checkpoint, "score")
                 engine = shared if lora else _timed(phases, "eval_load", open_engine, plan, cell, stats[cell.key])
+                if not lora:
+                    outcome.count_loads(cell.checkpoint, "score")
                 try:
                     rows = evaluate_cell(plan, cell, engine, stats[cell.key], tokenizer, phases)
                 finally:
@@ -213,8 +260,6 @@ def _timed(phases: Phases, name: str, fn, *args):
 
 def parse_shard(text: str) -> tuple[int, int]:
     """``"i/n"`` with 0 <= i < n."""
-    from emergence.errors import SpecError
-
     try:
         i, n = (int(x) for x in text.split("/"))
     except ValueError:
@@ -224,17 +269,173 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def _bucket(text: str, n: int) -> int:
-    return int(hashlib.sha256(text.encode()).hexdigest()[:15], 16) % n
+def plan_shares(plan: SweepPlan, cells, base: list[str], n: int) -> list[Share]:
+    """``n`` balanced shares of ``cells`` and of the base units of ``base`` (:mod:`harvest.balance`,
+    by the dry run's cost estimates: deterministic given the spec)."""
+    from harvest.dryrun import sweep_costs
+
+    cell_cost, base_cost = sweep_costs(plan)
+    return balance(list(cells), list(base), cell_cost, base_cost, n)
 
 
-def shard_cells(cells, i: int, n: int) -> list[Cell]:
-    """The cells of shard ``i`` of ``n``: stable (content hash), disjoint, covering."""
-    return [c for c in cells if _bucket(c.key, n) == i]
+# --------------------------------------------------------------------------- worker processes
 
 
-def shard_checkpoints(names: list[str], i: int, n: int) -> list[str]:
-    return [name for name in names if _bucket(name, n) == i]
+def gpu_devices(n: int) -> list[str]:
+    """The first ``n`` visible GPUs, as ``CUDA_VISIBLE_DEVICES`` values for one worker each."""
+    import torch
+
+    count = torch.cuda.device_count()
+    if n > count:
+        raise SpecError(f"--gpus {n}: only {count} CUDA device(s) visible on this machine")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else [str(i) for i in range(count)]
+    return ids[:n]
+
+
+def run_workers(jobs: list[tuple[Callable, tuple]], devices: list[str | None],
+                done: Callable[[str], None] = lambda key: None) -> list[Any]:
+    """Each job ``(fn, args)`` in its own spawned process, ``fn(*args, done)`` (``done(key)``
+    reports a finished unit to ``done`` here); ``devices[i]`` is job ``i``'s
+    ``CUDA_VISIBLE_DEVICES`` (None: left as it is). Returns each job's result. The first error,
+    or a worker's death, stops the others and is raised here; what they finished is kept."""
+    import multiprocessing
+    import pickle
+
+    ctx = multiprocessing.get_context("spawn")  # a fork would copy CUDA state and locks
+    queue = ctx.Queue()
+    threads = None if any(devices) or os.environ.get("OMP_NUM_THREADS") else max(1, (os.cpu_count() or 1) // len(jobs))
+    processes = []
+    try:
+        for i, (job, device) in enumerate(zip(jobs, devices)):
+            process = ctx.Process(target=_worker, args=(i, device, threads, pickle.dumps(job), queue, os.getpid()),
+                                  name=f"harvest-worker-{i}")
+            process.start()
+            processes.append(process)
+        return _collect(queue, processes, done)
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join()
+
+
+def _collect(queue, processes, done: Callable[[str], None]) -> list[Any]:
+    import queue as queues
+
+    results: dict[int, Any] = {}
+    silent: set[int] = set()  # exited without a word at the last look: dead if still silent
+    while len(results) < len(processes):
+        try:
+            kind, i, value = queue.get(timeout=1.0)
+        except queues.Empty:
+            dead = {i for i, p in enumerate(processes) if i not in results and p.exitcode is not None}
+            for i in sorted(dead & silent):
+                raise SweepError(f"worker {i} exited with code {processes[i].exitcode} before finishing; "
+                                 "what it finished is kept: rerun to resume")
+            silent = dead
+            continue
+        if kind == "unit":
+            done(value)
+        elif kind == "done":
+            results[i] = value
+        else:
+            raise value if isinstance(value, EmergenceError) else SweepError(f"worker {i}: {value}")
+    return [results[i] for i in range(len(processes))]
+
+
+def run_sweep_workers(plan: SweepPlan, shares: list[Share], devices: list[str | None], keep_going: bool,
+                      advance: Callable[[Cell], None] = lambda c: None) -> tuple[Outcome, list[Outcome]]:
+    """Each share of a sweep run by :func:`run_share` in a worker process; the summed outcome
+    and each worker's."""
+    cells = {c.key: c for share in shares for c in share.cells}
+    each = run_workers([(_sweep_job, (plan, share, keep_going)) for share in shares], devices,
+                       lambda key: advance(cells[key]))
+    total = Outcome()
+    for outcome in each:
+        total.add(outcome)
+    return total, each
+
+
+def _sweep_job(plan: SweepPlan, share: Share, keep_going: bool, done: Callable[[str], None]) -> Outcome:
+    return run_share(plan, list(share.cells), list(share.base), False, keep_going, lambda cell: done(cell.key))
+
+
+def measure_job(spec, out_dir: Path, checkpoints: list[str], keep_going: bool, done: Callable[[str], None]) -> list[str]:
+    """``harvest eval``'s share in a worker: pretraining loss and few-shot of ``checkpoints`` into
+    ``out_dir`` (one scratch folder at a time); with ``keep_going`` one checkpoint at a time,
+    returning ``"name: error"`` of each that failed, else the first error is raised."""
+    failed = []
+    for batch in [[name] for name in checkpoints] if keep_going else [checkpoints]:
+        try:
+            measure_isolated(spec, out_dir, batch, show_progress=False)
+        except Exception as err:  # recorded, not raised: the driver names every failure
+            if not keep_going:
+                raise
+            failed.append(f"{batch[0]}: {_one_line(err)}")
+        for name in batch:
+            done(name)
+    return failed
+
+
+def _worker(index: int, device: str | None, threads: int | None, payload: bytes, queue, parent: int) -> None:
+    """A worker process: its GPU chosen before torch is imported, then its job run."""
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
+    _die_with_parent(parent)
+    try:
+        import pickle
+
+        fn, args = pickle.loads(payload)
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        queue.put(("done", index, fn(*args, lambda key: queue.put(("unit", index, key)))))
+    except BaseException as err:  # sent to the driver, which stops the others and reports it
+        queue.put(("error", index, _sendable(err)))
+
+
+def _sendable(err: BaseException) -> EmergenceError | str:
+    """A user error as itself (the driver prints it in one line); a bug as one line, its
+    traceback printed here (on the driver's stderr) as the CLI keeps a bug's traceback."""
+    import pickle
+    import traceback
+
+    if isinstance(err, EmergenceError):
+        try:
+            pickle.dumps(err)
+            return err
+        except Exception:  # noqa: BLE001 - sent as text instead
+            pass
+    else:
+        traceback.print_exc()
+    return _one_line(err)
+
+
+def _one_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines() or [""]
+    if isinstance(err, EmergenceError):
+        return lines[0][:500]
+    return f"{type(err).__name__}: {lines[-1][:500]}" if lines[-1] else type(err).__name__
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: this process gets SIGKILL when the driver dies (a killed sweep leaves no workers)."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the driver died before the call
+        os._exit(1)
 
 
 # --------------------------------------------------------------------------- ray

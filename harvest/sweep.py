@@ -16,7 +16,7 @@ The ``[sweep]`` table (every key optional except the data levels)::
     subset_seeds = [0, 1]                 # random subsets per level
     nested = true                         # smaller subsets inside larger ones (same seed)
     eval_shots = 0                        # shots when scoring finetuned models
-    train_split = "train"                 # default: the task's few-shot (train) split
+    train_split = "train"                 # default: each task's own ([[tasks]] train_split, else the task's)
     tasks = ["synthetic_arithmetic"]      # task names of the spec (default: all)
     checkpoints = ["step1000"]            # checkpoint names (default: all)
     keep_adapters = false                 # keep adapters/weights under RESULTS_DIR/adapters
@@ -80,7 +80,7 @@ class SweepConfig:
     subset_seeds: tuple[int, ...] = (0, 1)
     nested: bool = True
     eval_shots: int | None = 0  # None: the task spec's shots
-    train_split: str | None = None  # None: the task's few-shot split (its train split)
+    train_split: str | None = None  # None: each task's own (its spec's train_split, else Task.train_split)
     tasks: tuple[str, ...] | None = None
     checkpoints: tuple[str, ...] | None = None
     keep_adapters: bool = False
@@ -223,7 +223,8 @@ def plan_sweep(spec: HarvestSpec, out_dir: str | Path, config: SweepConfig | Non
     if not tasks:
         raise SpecError(f"{spec.source}: the sweep has no tasks (add [[tasks]])")
     eval_plans = {t.name: plan_task(_eval_task_spec(t, config)) for t in tasks}
-    pools = {name: plan.task.train_examples(config.train_split) for name, plan in eval_plans.items()}
+    pools = {name: plan.task.train_examples(plan.spec.train_split or config.train_split)  # the task's own first
+             for name, plan in eval_plans.items()}
     checkpoints = [c for c in spec.checkpoints if config.checkpoints is None or c.name in config.checkpoints]
     hashes = {name: pool_hash(pool) for name, pool in pools.items()}
     cells = tuple(
@@ -294,6 +295,7 @@ class BaseModels:
     def __init__(self):
         self.name: str | None = None
         self.model = self.tokenizer = None
+        self.loads = 0  # loads from disk (the executors' run log counts them)
 
     def copy(self, plan: SweepPlan, checkpoint: str):
         import copy
@@ -303,6 +305,7 @@ class BaseModels:
         if self.name != checkpoint:
             self.model, self.tokenizer = load_model(training_ref(plan, checkpoint), "cpu")
             self.name = checkpoint
+            self.loads += 1
         return copy.deepcopy(self.model).to(device_for(plan)), self.tokenizer
 
     def release(self) -> None:

@@ -107,3 +107,41 @@ def test_out_is_required_without_dry_run(spec, capsys):
     path, _ = spec
     code, out, err = run_cli(["harvest", "eval", str(path)], capsys)
     assert code == 2 and "--out" in err
+
+
+def test_sweep_dry_run_says_whether_training_fits_one_gpu(spec, capsys):
+    path, _ = spec
+    code, out, err = run_cli(["harvest", "sweep", str(path), "--dry-run"], capsys)
+    assert code == 0, err
+    line = next(x for x in out.splitlines() if "training memory per GPU" in x)
+    assert "(a, lora, micro-batch 8 x " in line and "float32" in line and 'gradient_checkpointing = "auto": off' in line
+    assert "verdict: fits one 80 GB GPU" in out
+    code, out, err = run_cli(["harvest", "sweep", str(path), "--dry-run", "--json", "--gpu-memory-gb", "0.5"], capsys)
+    m = json.loads(out)["training_memory"]
+    assert (m["gpu_memory_gb"], m["fits"], m["micro_batch"]) == (0.5, False, 8)  # the overhead alone is 1.5 GB
+    assert m["checkpointing_on"]  # "auto" switches it on when the estimate without it does not fit
+    assert m["needed_gb"] == m["with_checkpointing_gb"] < m["without_checkpointing_gb"]
+
+
+def test_training_memory_of_a_7b_full_finetune(spec):
+    """7B parameters, full finetuning in bfloat16 mixed precision: 16 B/param of weights,
+    gradients and Adam moments (112 GB) fit no 80 GB GPU; "auto" checkpointing is on (> 1B)."""
+    from dataclasses import replace
+
+    from harvest.dryrun import training_memory_estimate
+    from harvest.spec import load_spec
+
+    path, _ = spec
+    full = path.parent / "full.toml"
+    full.write_text(path.read_text().replace("[sweep]", '[sweep]\nrecipe = { method = "full", micro_batch_size = 1 }'))
+    loaded = load_spec(full)
+    loaded = replace(loaded, engine=replace(loaded.engine, dtype="bfloat16"))
+    configs = {"a": (7_000_000_000, "spec", None), "b": (1_000, "spec", None)}
+    m = training_memory_estimate(loaded, configs, {"largest_level": 8, "longest_example_tokens": 200}, 80.0)
+    assert (m["checkpoint"], m["method"], m["shape_from"], m["micro_batch"], m["seq_len"]) == ("a", "full", "params", 1, 200)
+    assert m["mixed_precision"] and m["checkpointing_on"] and not m["fits"]
+    assert 112 < m["with_checkpointing_gb"] < m["without_checkpointing_gb"]
+    from harvest.dryrun import _memory_lines
+
+    lines = _memory_lines(m)
+    assert "bfloat16 mixed precision" in lines[0] and lines[1].startswith("  verdict: does not fit one 80 GB GPU")
