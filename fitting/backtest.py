@@ -55,7 +55,7 @@ import numpy as np
 
 from emergence.errors import DiagnosticsError, EmergenceError, FitError
 from fitting.data import TaskData
-from fitting.ground_truth import GroundTruth, checkpoint_values, clearly_above, fit_ground_truth
+from fitting.ground_truth import GroundTruth, checkpoint_values, clearly_above
 from fitting.backtest_cache import BacktestCache, FitFailure
 from fitting.predict import FitConfig, TaskPrediction, _clean, check_task, is_simulated, predict_data
 from fitting.schema import ResultsFolder
@@ -205,7 +205,7 @@ class TaskBacktest:
     def truth_label(self) -> str:
         """The ground-truth cell of a table: the elbow, or why there is none."""
         if self.located:
-            return f"{self.ground_truth_loss:.3f}"
+            return self.ground_truth.interval_text
         return "emerged, elbow not located" if self.emerged else "never emerged"
 
     def _smallest(self, keep: Callable[[CutoffResult], bool]) -> CutoffResult | None:
@@ -282,6 +282,7 @@ class TaskBacktest:
             task=self.task, method=self.method, law=self.law, tolerance=self.tolerance,
             ground_truth_loss=self.ground_truth_loss, emerged=self.emerged,
             ground_truth_reason=None if gt is None else gt.reason,
+            ground_truth_p05=None if gt is None else gt.elbow_p05, ground_truth_p95=None if gt is None else gt.elbow_p95,
             post_emergence_checkpoint=self.post_emergence_checkpoint,
             post_emergence_flops=self.post_emergence_flops,
             flop_multiplier=self.flop_multiplier, flop_multiplier_strict=self.flop_multiplier_strict,
@@ -332,7 +333,7 @@ def most_capable(data: TaskData) -> int:
 
 
 def ground_truth_of(data: TaskData, config: FitConfig) -> GroundTruth:
-    return fit_ground_truth(data, config.likelihood, config.gt_alpha, config.gt_min_rise, config.spec, config.gt_rule)
+    return config.ground_truth(data)
 
 
 def _blank_cutoff(data: TaskData, max_flops: float, elbow: float | None) -> CutoffResult:

@@ -54,6 +54,7 @@ def fit_command(
     law: Annotated[str, typer.Option(help=LAW_HELP)] = "log_power",
     d0: Annotated[float, typer.Option("--d0", help=D0_HELP)] = 1.0,
     fix: Annotated[Optional[list[str]], typer.Option("--fix", help=FIX_HELP)] = None,
+    family: Annotated[Optional[str], typer.Option("--family", help="fit one pretraining run (model family) only")] = None,
     likelihood: Annotated[str, typer.Option(help="binomial (item counts) or gaussian (least squares)")] = "binomial",
     n_boot: Annotated[int, typer.Option("--n-boot", help="bootstrap resamples per task (0: none)")] = 1000,
     seed: Annotated[int, typer.Option(help="seed of the multi-start points and the bootstrap")] = 0,
@@ -85,6 +86,8 @@ def fit_command(
     config = FitConfig(law=law, d0=d0, likelihood=likelihood, n_boot=n_boot, seed=seed, method=method,
                        items=items, metric=metric, bayes=bayes_config, fixed=parse_fixed(fix))
     folder = load_results(results_dir)
+    if family is not None:
+        folder = folder.select_family(family)
     with StageTimer("fit") as timer:
         predictions = predict_all(folder, config, tasks=task or None, progress=True)
         timer.what = f"{len(predictions)} task{'s' * (len(predictions) != 1)}"
@@ -209,33 +212,79 @@ def _fmt_profile(prof) -> str:
     return f"{'<' if prof.open_low else ''}{prof.low:.2f}-{prof.high:.2f}{'<' if prof.open_high else ''}"
 
 
+def _truth_cell(gt) -> str:
+    if gt is None:
+        return "-"
+    if gt.elbow_loss is None:
+        return "not located" if gt.emerged else "never"
+    return gt.interval_text
+
+
+def _print_family_elbows(console, predictions) -> None:
+    """Per task, each pretraining run's own few-shot elbow beside the pooled one, and the spread."""
+    from rich.table import Table
+
+    rows = [p for p in predictions if p.family_elbows]
+    if not rows:
+        return
+    families = sorted({f for p in rows for f in p.family_elbows})
+    table = Table(title="Few-shot elbow per pretraining run (does emergence happen at one loss?)")
+    for name in ("task", "pooled", *families, "spread"):
+        table.add_column(name, justify="left" if name == "task" else "right", no_wrap=True)
+    for p in rows:
+        table.add_row(p.task, _fmt(p.ground_truth_loss), *(_fmt(p.family_elbows.get(f)) for f in families),
+                      _fmt(p.family_spread))
+    console.print(table)
+    console.print("[dim]spread: largest minus smallest located elbow; the paper's tolerance is 0.1 nats. "
+                  "`--family NAME` fits one run alone.[/]")
+
+
 def _print_predictions(predictions, simulated: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
     title = "Predicted few-shot emergence (pretraining loss, nats)"
     table = Table(title=title + (" — SIMULATED data" if simulated else ""))
-    for name in ("task", "MLE", "p5", "p95", "LR 90%", "truth", "FLOPs", "x max", "conv."):
+    for name in ("task", "MLE", "p5", "p95", "LR 90%", "truth (5–95%)", "FLOPs", "x max", "conv."):
         table.add_column(name, justify="left" if name == "task" else "right", no_wrap=True)
     for p in predictions:
         pct = p.emergence_loss_pct
         flops = _fmt(p.emergence_flops, ".1e") + ("*" if p.flops_extrapolated else "")
         table.add_row(p.task, _fmt(p.emergence_loss), _fmt(pct.get(5)), _fmt(pct.get(95)),
-                      _fmt_profile(p.profile), _fmt(p.ground_truth_loss), flops, _fmt(p.flops_multiple, ".3g"),
+                      _fmt_profile(p.profile), _truth_cell(p.ground_truth), flops, _fmt(p.flops_multiple, ".3g"),
                       "yes" if p.converged else "[red]no[/]")
     console = Console()
     if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
         console = Console(width=120)
     console.print(table)
     console.print("[dim]p5/p95: bootstrap percentiles; LR 90%: profile-likelihood interval (< : open, "
-                  "the data do not bound that side); truth: few-shot elbow fitted to all checkpoints; "
+                  "the data do not bound that side); truth: few-shot elbow where accuracy leaves chance, fitted to "
+                  "all checkpoints, with its bootstrap interval over checkpoints and items; "
                   "x max: emergence FLOPs / largest checkpoint's; * extrapolated beyond the data[/]")
+    _print_family_elbows(console, predictions)
     by_note: dict[str, list[str]] = {}
     for p in predictions:
         if p.note:
             by_note.setdefault(p.note, []).append(p.task)
     for note, tasks in by_note.items():  # one line per distinct note
         console.print(f"[dim]{', '.join(tasks)}: {note}[/]", highlight=False)
+
+
+def _print_few_shot_shapes(table) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Table(title="Few-shot-only data: the shape of the few-shot curve (held-out log-likelihood, leave one "
+                      "checkpoint out; higher is better) and the elbow each shape puts where accuracy leaves chance")
+    for name in ("task", "shape (law form)", "held-out log-lik", "vs best", "its elbow", "ground truth (onset)"):
+        out.add_column(name, justify="left" if name in ("task", "shape (law form)") else "right")
+    for task, rows in table.items():
+        for i, c in enumerate(rows):
+            out.add_row(task if i == 0 else "", c.form + (" (best)" if i == 0 else ""), f"{c.heldout_loglik:.1f}",
+                        f"{c.delta:.1f}", _fmt(c.few_shot_elbow), _fmt(c.onset_elbow))
+    Console().print(out)
+    Console().print("[dim]forms with the same few-shot curve (power, no_delta beside log_power) appear once; "
+                    "a shape whose elbow is far from the onset's reaches back to chance before accuracy left it.[/]")
 
 
 def _print_comparison(table) -> None:
@@ -258,6 +307,11 @@ def _print_comparison(table) -> None:
                         f"{c.heldout_loglik:.1f}", f"{c.delta:.1f}", str(c.n_failed),
                         nats(c.elbow_rmse, ".3f") + (f" ({len(unlocated)} unlocated)" if unlocated else ""),
                         "unlocated" if 0 in c.elbow_unlocated else nats(c.few_shot_error, "+.3f"))
+    few = {t: rows for t, rows in table.items() if rows and rows[0].few_shot_elbow is not None}
+    if few:
+        _print_few_shot_shapes(few)
+    if len(few) == len(table):
+        return
     Console().print(out)
     Console().print("[dim]elbow RMSE: each finetuned curve left out in turn, its elbow predicted by the law fitted "
                     "to the rest, against the curve's own hinge; few-shot elbow error: the few-shot rows left out "

@@ -12,8 +12,8 @@ from emergence.errors import FitError
 from fitting import law as law_
 from fitting.data import TaskData
 from fitting.fit import EmergenceLawFit, pinned_edge
-from fitting.ground_truth import curve_elbow
-from fitting.likelihood import LIKELIHOODS, Likelihood
+from fitting.ground_truth import _hinge_fit, curve_elbow, few_shot_shape, fit_ground_truth
+from fitting.likelihood import LIKELIHOODS, Likelihood, binomial_loglik
 from fitting.schema import ResultsFolder
 
 
@@ -30,6 +30,10 @@ class LawComparison:
     # left-out curve (n_train; 0 = few-shot) -> predicted minus that curve's own elbow, nats;
     # None when the fit without it does not locate it (pinned: "no rise" or "search bound")
     elbow_errors: dict[int, float | None] = field(default_factory=dict)
+    # few-shot-only data (:func:`compare_few_shot_shapes`): the elbow this shape, fitted to the
+    # whole few-shot curve, puts where accuracy leaves chance; the onset rule's, for comparison
+    few_shot_elbow: float | None = None
+    onset_elbow: float | None = None
 
     @property
     def elbow_rmse(self) -> float | None:
@@ -96,6 +100,8 @@ def compare_laws(data: TaskData, forms: dict[str, law_.LawSpec] | None = None,
     Elbows: :func:`elbow_extrapolation` (finetune rows only: a task without them has none).
     """
     forms = law_.LAW_FORMS if forms is None else forms
+    if not data.has_finetune:
+        return compare_few_shot_shapes(data, forms, likelihood)
     levels = [0, *data.data_levels] if data.has_finetune else []
     truths = {level: curve_elbow(data, level, likelihood) for level in levels}
     out = []
@@ -110,6 +116,50 @@ def compare_laws(data: TaskData, forms: dict[str, law_.LawSpec] | None = None,
         out.append(LawComparison(name, total, data.n_checkpoints, failed, elbow_errors=elbows))
     best = max(c.heldout_loglik for c in out)
     return sorted((replace(c, delta=c.heldout_loglik - best) for c in out), key=lambda c: -c.heldout_loglik)
+
+
+def compare_few_shot_shapes(data: TaskData, forms: dict[str, law_.LawSpec],
+                            likelihood: Likelihood = "binomial") -> list[LawComparison]:
+    """Few-shot-only data: which shape of the few-shot curve in loss do the data support, and
+    where does each put the elbow? Each form's few-shot curve (the law with k = 0:
+    :func:`fitting.ground_truth.few_shot_shape`; forms with the same curve, e.g. ``power`` and
+    ``no_delta`` beside ``log_power``, are compared once) is scored by leave-one-checkpoint-out
+    held-out log-likelihood, and fitted to the whole curve for its elbow; ``onset_elbow`` is the
+    ground truth's (the onset rule), the same for every row. Best likelihood first."""
+    few = data.few_shot_only()
+    if few.n_checkpoints < 4:
+        raise FitError(f"task {data.task!r}: {few.n_checkpoints} checkpoints with few-shot rows; "
+                       "comparing shapes leaves one out and needs >= 4")
+    if likelihood == "binomial" and not few.proportion:
+        raise FitError(f"task {data.task!r}: metric {few.metric!r} is not a proportion of items; "
+                       "use --likelihood gaussian")
+    onset = fit_ground_truth(data, likelihood).elbow_loss
+    seen, out = set(), []
+    for name, spec in forms.items():
+        shape = few_shot_shape(spec, spec.ceiling)
+        if shape in seen:
+            continue
+        seen.add(shape)
+        total = 0.0
+        for k in np.unique(few.ckpt):
+            held = few.ckpt == k
+            train = few.select_rows(~held)
+            _, theta = _hinge_fit(train, likelihood, spec, spec.ceiling)
+            total += _heldout_loglik(shape, theta, train, few.select_rows(held), likelihood)
+        _, theta = _hinge_fit(few, likelihood, spec, spec.ceiling)
+        out.append(LawComparison(name, total, int(len(np.unique(few.ckpt))), 0,
+                                 few_shot_elbow=float(theta[shape.param_names.index("C")]), onset_elbow=onset))
+    best = max(c.heldout_loglik for c in out)
+    return sorted((replace(c, delta=c.heldout_loglik - best) for c in out), key=lambda c: -c.heldout_loglik)
+
+
+def _heldout_loglik(shape: law_.LawSpec, theta: np.ndarray, train: TaskData, held: TaskData, likelihood: str) -> float:
+    p = law_.performance(shape, theta, held.loss, held.n_train, held.few_shot)
+    if likelihood == "binomial":
+        return float(binomial_loglik(p, held.successes.astype(float), held.n_items.astype(float)).sum())
+    fitted = law_.performance(shape, theta, train.loss, train.n_train, train.few_shot)
+    sigma2 = max(float(np.mean((fitted - train.value) ** 2)), 1e-12)  # the training fit's
+    return float(np.sum(-0.5 * (np.log(2 * np.pi * sigma2) + (p - held.value) ** 2 / sigma2)))
 
 
 def compare_laws_folder(folder: ResultsFolder, tasks: Sequence[str] | None = None,

@@ -50,9 +50,23 @@ class GroundTruth:
     rise: float
     n_past_elbow: int
     reason: str
+    # 5-95% bootstrap interval of elbow_loss over checkpoints and items (:func:`with_interval`)
+    elbow_p05: float | None = None
+    elbow_p95: float | None = None
+    n_boot: int = 0  # resamples drawn
+    n_located: int = 0  # resamples in which the elbow was located
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
+
+    @property
+    def interval_text(self) -> str:
+        """``"3.775 (3.55–3.86)"``, the elbow alone without an interval, or ``""``."""
+        if self.elbow_loss is None:
+            return ""
+        if self.elbow_p05 is None or self.elbow_p95 is None:
+            return f"{self.elbow_loss:.3f}"
+        return f"{self.elbow_loss:.3f} ({self.elbow_p05:.3f}–{self.elbow_p95:.3f})"
 
 
 GT_RULES = ("onset", "hinge")
@@ -156,10 +170,17 @@ def find_onset(few: TaskData, base: float, likelihood: str) -> Onset | None:
     return None
 
 
-def _hinge_fit(few: TaskData, likelihood: str, spec: law_.LawSpec) -> tuple[Problem, np.ndarray]:
-    """The hinge B + A·relu(E − L) fitted to ``few`` (all rows), multi-start over E."""
-    gt_spec = law_.LawSpec(elbow="log_power", hinge=spec.hinge, temperature=spec.temperature,
-                           delta=False, ceiling=False, d0=1.0)  # E = C at D0 = 1
+def few_shot_shape(spec: law_.LawSpec, ceiling: bool = False) -> law_.LawSpec:
+    """The law with k = 0 as a curve in loss alone: the hinge B + A·h(E − L) with ``spec``'s hinge
+    (ReLU or softplus), saturating toward a ceiling U when ``ceiling``; E = C at D0 = 1."""
+    return law_.LawSpec(elbow="log_power", hinge=spec.hinge, temperature=spec.temperature,
+                        delta=False, ceiling=ceiling, d0=1.0)
+
+
+def _hinge_fit(few: TaskData, likelihood: str, spec: law_.LawSpec, ceiling: bool = False) -> tuple[Problem, np.ndarray]:
+    """The hinge B + A·relu(E − L) fitted to ``few`` (all rows), multi-start over E (``ceiling``:
+    the saturating shape of :func:`few_shot_shape`)."""
+    gt_spec = few_shot_shape(spec, ceiling)
     # the hinge as the law with k = 0: parameters (A, B, k, alpha, C); k and alpha pinned
     problem = make_problem(gt_spec, few, likelihood)
     lower, upper = problem.lower.copy(), problem.upper.copy()
@@ -169,9 +190,11 @@ def _hinge_fit(few: TaskData, likelihood: str, spec: law_.LawSpec) -> tuple[Prob
     grid = np.linspace(few.loss.min() - 0.05, few.loss.max() + 0.05, 24)
     span = max(float(np.ptp(few.loss)), 0.05)
     base = float(np.quantile(few.value, 0.25))
-    theta0 = np.stack([np.full_like(grid, (few.value.max() - base + 1e-3) / span),
-                       np.full_like(grid, base), np.zeros_like(grid), np.ones_like(grid), grid], -1)
-    theta, f, _, _ = lm_batch(problem, theta0)
+    columns = [np.full_like(grid, (few.value.max() - base + 1e-3) / span),
+               np.full_like(grid, base), np.zeros_like(grid), np.ones_like(grid), grid]
+    if ceiling:
+        columns.append(np.full_like(grid, min(float(few.value.max()) + 0.02, float(problem.upper[-1]))))
+    theta, f, _, _ = lm_batch(problem, np.stack(columns, -1))
     return problem, theta[int(np.argmin(f))]
 
 
@@ -193,6 +216,33 @@ def _flat_loglik(data: TaskData, likelihood: str) -> float:
 
 def _gauss_profile(rss: float, n: int) -> float:
     return -0.5 * n * (np.log(2 * np.pi * max(rss, 1e-300) / n) + 1)
+
+
+def with_interval(truth: GroundTruth, data: TaskData, n_boot: int = 100, seed: int = 0,
+                  **settings) -> GroundTruth:
+    """``truth`` with a 5-95% bootstrap interval of its elbow: each resample draws the checkpoints
+    with replacement (the distinct ones drawn are kept: a checkpoint twice would pass the onset's
+    "and its successor" test by itself) and redraws every kept row's items as Binomial(n, observed
+    rate) (proportions; other metrics keep their values), then reapplies the ground-truth rule
+    (``settings``: those of :func:`fit_ground_truth`). The interval is over the resamples that
+    locate an elbow; ``n_located`` of ``n_boot`` did. Nothing is drawn when ``truth`` has no elbow."""
+    if truth.elbow_loss is None or n_boot <= 0:
+        return truth
+    few = data.few_shot_only()
+    rng = np.random.default_rng(seed)
+    elbows = []
+    for _ in range(n_boot):
+        keep = np.zeros(few.n_checkpoints, dtype=bool)
+        keep[rng.integers(0, few.n_checkpoints, few.n_checkpoints)] = True
+        sub = few.select_checkpoints(keep)
+        if few.proportion:
+            n = sub.n_items.astype(np.int64)
+            sub = replace(sub, value=rng.binomial(n, np.clip(sub.value, 0.0, 1.0)) / np.maximum(n, 1))
+        elbow = fit_ground_truth(sub, **settings).elbow_loss
+        if elbow is not None:
+            elbows.append(elbow)
+    p05, p95 = (np.percentile(elbows, [5, 95]).tolist() if len(elbows) >= max(10, n_boot // 4) else (None, None))
+    return replace(truth, elbow_p05=p05, elbow_p95=p95, n_boot=n_boot, n_located=len(elbows))
 
 
 def curve_ground_truth(data: TaskData, level: int, likelihood: Likelihood = "binomial",

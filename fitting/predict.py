@@ -57,7 +57,7 @@ from fitting import compute
 from fitting import law as law_
 from fitting.data import TaskData
 from fitting.fit import EmergenceLawFit, MIN_RISE, pinned_edge
-from fitting.ground_truth import fit_ground_truth, GroundTruth
+from fitting.ground_truth import GroundTruth, fit_ground_truth, with_interval
 from fitting.schema import ResultsFolder
 from fitting.uncertainty import PERCENTILES, Progress, bootstrap, profile_interval
 
@@ -86,6 +86,7 @@ class FitConfig:
     gt_alpha: float = 1e-3  # ground truth: likelihood-ratio test level
     gt_min_rise: float = MIN_RISE  # ground truth and "no rise": minimal rise above base (metric units)
     gt_rule: str = "onset"  # ground truth: "onset" (elbow where accuracy leaves base) or "hinge" (fitting.ground_truth)
+    gt_boot: int = 100  # ground truth: resamples of its 5-95% interval (fitting.ground_truth.with_interval; 0: none)
     profile: bool = True  # also the 90% profile-likelihood interval (fitting.uncertainty.profile_interval)
     fixed: tuple[tuple[str, float], ...] = ()  # law parameters held at given values (LawSpec.fixed)
     bayes: Any = None  # method="bayes": a fitting.bayes.BayesConfig (None: its defaults, this seed)
@@ -121,7 +122,9 @@ class FitConfig:
 
     def ground_truth(self, data: TaskData) -> GroundTruth:
         """The few-shot ground-truth elbow of ``data`` under these settings."""
-        return fit_ground_truth(data, self.likelihood, self.gt_alpha, self.gt_min_rise, self.spec, self.gt_rule)
+        settings = dict(likelihood=self.likelihood, alpha_level=self.gt_alpha, min_rise=self.gt_min_rise,
+                        spec=self.spec, rule=self.gt_rule)
+        return with_interval(fit_ground_truth(data, **settings), data, self.gt_boot, self.seed, **settings)
 
     @property
     def law_name(self) -> str:
@@ -166,6 +169,7 @@ class TaskPrediction:
     samples: np.ndarray | None = None  # bootstrap (or posterior) emergence-loss samples; not in JSON
     flops_law_draws: int = 0  # compute-law draws behind the FLOPs percentiles (0: its uncertainty left out)
     pinned: str | None = None  # "no rise" / "lowest checkpoint" / "search bound" (fitting.fit.pinned_edge)
+    family_elbows: dict[str, float | None] = field(default_factory=dict)  # ground truth per family (several)
 
     @property
     def ground_truth_loss(self) -> float | None:
@@ -195,8 +199,15 @@ class TaskPrediction:
                    converged=self.converged, message=self.message, n_checkpoints=self.n_checkpoints,
                    n_rows=self.n_rows, n_boot=self.n_boot, n_boot_failed=self.n_boot_failed,
                    params=self.params, loglik=self.loglik, pinned=self.pinned,
-                   simulated=self.simulated, note=self.note)
+                   simulated=self.simulated, note=self.note, family_elbows=self.family_elbows or None,
+                   family_elbow_spread=self.family_spread)
         return _clean(out)
+
+    @property
+    def family_spread(self) -> float | None:
+        """Largest minus smallest located per-family elbow (None with fewer than two)."""
+        located = [e for e in self.family_elbows.values() if e is not None]
+        return max(located) - min(located) if len(located) >= 2 else None
 
 
 def _pct_keys(prefix: str, pct: dict[int, float | None]) -> dict[str, float | None]:
@@ -437,9 +448,26 @@ def predict_all(folder: ResultsFolder, config: FitConfig = FitConfig(), tasks: l
         check_task(TaskData.from_folder(folder, task, config.metric), config)
     if config.method != "mle":
         return method_hook(config.method, 1)(folder, config, tasks=tasks, progress=progress)
-    if not progress:
-        return [predict_task(folder, t, config) for t in tasks]
-    return _with_progress(folder, config, tasks)
+    out = [predict_task(folder, t, config) for t in tasks] if not progress else _with_progress(folder, config, tasks)
+    for record in out:
+        record.family_elbows = family_elbows(folder, record.task, config)
+    return out
+
+
+def family_elbows(folder: ResultsFolder, task: str, config: FitConfig) -> dict[str, float | None]:
+    """The few-shot ground-truth elbow of each pretraining run (family) alone, when the folder
+    has several: the paper's claim is that emergence happens at one pretraining loss across
+    sizes, and the spread of these says whether the data agree (empty with one family)."""
+    data = TaskData.from_folder(folder, task, config.metric)
+    families = sorted(set(data.families))
+    if len(families) < 2 or not data.few_shot.any():
+        return {}
+    out = {}
+    for family in families:
+        part = data.select_checkpoints(np.asarray(data.families) == family)
+        out[family] = (fit_ground_truth(part, config.likelihood, config.gt_alpha, config.gt_min_rise, config.spec,
+                                        config.gt_rule).elbow_loss if part.few_shot.any() else None)
+    return out
 
 
 def _with_progress(folder: ResultsFolder, config: FitConfig, tasks: list[str]) -> list[TaskPrediction]:

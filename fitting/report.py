@@ -107,7 +107,7 @@ def _interval(lo, hi) -> str:
 def summary_table(results: Sequence[TaskBacktest], truth: dict[str, Any] | None) -> Table:
     """Per task: the verdict, the pre-emergence prediction (and what it was fitted on), its
     interval, the ground truth, the fit on every checkpoint, multipliers (unpinned first), coverage."""
-    headers = ["task", "advance warning", "ground truth (nats)", "pre-emergence prediction (nats)", "5–95%",
+    headers = ["task", "advance warning", "ground truth (nats, 5–95%)", "pre-emergence prediction (nats)", "5–95%",
                "error", "fitted on", "fit on all checkpoints (as emergence fit)",
                "predicted FLOPs (× largest fitted)", "FLOP multiplier (unpinned)", "paper's reading",
                "strict", "coverage", "coverage (profile)"]
@@ -150,7 +150,10 @@ def glossary() -> Glossary:
                             "emerged, predicted the ground truth within the tolerance; the verdict says how many "
                             "FLOPs ahead (the unpinned multiplier) and how wide its interval is, or why not."),
         ("ground truth", "the few-shot elbow (the pretraining loss where accuracy leaves chance) fitted to every "
-                         "checkpoint; \"never emerged\" when few-shot accuracy never left chance."),
+                         "checkpoint, between the last checkpoint at chance and the first clearly above it, with "
+                         "its 5–95% bootstrap interval over checkpoints and items; \"never emerged\" when few-shot "
+                         "accuracy never left chance, \"elbow not located\" when it was above chance from the "
+                         "first checkpoints."),
         ("pre-emergence prediction", "the law fitted on the checkpoints cheaper than the first post-emergence "
                                      "checkpoint (all checkpoints when the task never emerged); \"fitted on\" "
                                      "names them."),

@@ -44,7 +44,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +126,20 @@ class ResultsFolder:
     def joined(self) -> pl.DataFrame:
         """Results with each checkpoint's family, params, tokens, pretrain_loss and flops."""
         return self.results.join(self.checkpoints, on="checkpoint", how="left")
+
+    @property
+    def families(self) -> list[str]:
+        return sorted(self.checkpoints["family"].unique().to_list())
+
+    def select_family(self, family: str) -> "ResultsFolder":
+        """The checkpoints of one pretraining run (model family) and their results only."""
+        if family not in self.families:
+            raise ContractError(f"checkpoints.parquet: no family {family!r}; the folder has "
+                                f"{', '.join(map(repr, self.families))}")
+        ckpts = self.checkpoints.filter(pl.col("family") == family)
+        keep = pl.col("checkpoint").is_in(ckpts["checkpoint"].implode())
+        items = None if self.items is None else self.items.filter(keep)
+        return replace(self, checkpoints=ckpts, results=self.results.filter(keep), items=items)
 
 
 # --------------------------------------------------------------------------- validation

@@ -87,3 +87,25 @@ def test_compare_laws_command(sim_dir, capsys):
         assert row["elbow_rmse"] < 0.2 and row["few_shot_error"] == row["elbow_errors"]["0"]
     code, _, err = run(["compare-laws", str(sim_dir), "--form", "cubic"], capsys)
     assert code == 2 and "unknown law form" in err
+
+
+def test_fit_one_family_and_the_per_family_elbows(capsys):
+    """The shipped micro-ladder has four pretraining runs: `fit` shows each run's few-shot elbow
+    beside the pooled one (and their spread); `--family` fits one run alone."""
+    shipped = Path(__file__).resolve().parents[1] / "datasets_cache" / "microladder"
+    code, out, _ = run(["fit", str(shipped), "--json", "--n-boot", "0", "--task", "ml_topic"], capsys)
+    assert code == 0
+    (pooled,) = json.loads(out)
+    elbows = pooled["family_elbows"]
+    assert sorted(elbows) == ["microladder-s0", "microladder-s1", "microladder-w2", "microladder-w3"]
+    assert pooled["family_elbow_spread"] == pytest.approx(max(elbows.values()) - min(elbows.values()))
+    gt = pooled["ground_truth"]
+    assert gt["elbow_p05"] <= gt["elbow_loss"] <= gt["elbow_p95"] and gt["n_boot"] == 100
+    code, out, _ = run(["fit", str(shipped), "--json", "--n-boot", "0", "--task", "ml_topic",
+                        "--family", "microladder-w2"], capsys)
+    assert code == 0
+    (one,) = json.loads(out)
+    assert one["n_checkpoints"] == 16 and one["family_elbows"] is None
+    assert one["ground_truth_loss"] == pytest.approx(elbows["microladder-w2"])
+    code, _, err = run(["fit", str(shipped), "--family", "w9"], capsys)
+    assert code != 0 and "no family 'w9'" in err and "microladder-w2" in err and "Traceback" not in err

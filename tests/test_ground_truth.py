@@ -149,3 +149,20 @@ def test_c_gadre_squad_and_jeopardy_elbow_is_where_accuracy_leaves_chance(gadre,
     truth = fit_ground_truth(data)
     assert truth.elbow_loss is not None, truth.reason
     assert distance_to_gap(truth.elbow_loss, raw_onset(data)) <= 0.03, (truth.elbow_loss, raw_onset(data))
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_compare_laws_on_few_shot_only_data_ranks_shapes(tmp_path, seed):
+    """compare-laws no longer refuses few-shot-only data: each distinct few-shot shape gets a
+    held-out likelihood and its elbow; on a step followed by a saturating rise the saturating
+    (ceiling) shape fits held-out checkpoints better than the straight hinge."""
+    from fitting.compare import compare_laws
+    from fitting.law import LAW_FORMS
+
+    losses = np.round(np.arange(4.0, 1.95, -0.05), 3)
+    data = curve(losses, step_then_saturate(losses, step_at=2.98, jump=0.05, scale=0.4), seed, tmp_path)
+    rows = {c.form: c for c in compare_laws(data, LAW_FORMS)}
+    assert set(rows) == {"log_power", "softplus", "ceiling"}  # power, no_delta: the same curve as log_power
+    assert rows["ceiling"].heldout_loglik > rows["log_power"].heldout_loglik
+    assert all(c.n_folds == data.n_checkpoints and c.few_shot_elbow is not None for c in rows.values())
+    assert len({c.onset_elbow for c in rows.values()}) == 1

@@ -62,7 +62,7 @@ def test_markdown_links_its_figures_and_has_the_tables(written):
     assert len(re.findall(r"\]\((figures/[^)]+\.png)\)", md)) == len(paths.figures)
     assert "> **SIMULATED DATA" in md
     summary = next(line for line in md.splitlines() if line.startswith("| task |"))
-    for col in ("ground truth (nats)", "prediction (nats)", "5–95%", "FLOP multiplier", "coverage"):
+    for col in ("ground truth (nats, 5–95%)", "prediction (nats)", "5–95%", "FLOP multiplier", "coverage"):
         assert col in summary
     assert "| base (no ablation) |" in md and "| metadata: simulated | true |" in md
 
