@@ -16,7 +16,7 @@ checkpoint's ``config.json`` when it is local, else the spec's ``params``. FLOPs
 ``2 * params * tokens`` to evaluate, ``6 * params * tokens`` to train; GPU-hours = FLOPs /
 (``tflops`` x 1e12) / 3600, at the stated effective throughput.
 
-Training memory per GPU (sweep): :func:`harvest.finetune.training_memory` for the checkpoint
+Training memory per GPU (sweep): :func:`harvest.memory.training_memory` for the checkpoint
 with the most parameters (its shape from ``config.json`` when local, else from ``params``), at
 one micro-batch (``micro_batch_size``, else the batch of the largest data level) of the longest
 training example (characters / 4, at most ``max_length``), in the engine's dtype as resolved
@@ -246,7 +246,8 @@ def _sweep_estimate(spec: HarvestSpec, params, task_tokens) -> dict[str, Any]:
 def training_memory_estimate(spec: HarvestSpec, configs, finetune: dict[str, Any],
                              gpu_memory_gb: float) -> dict[str, Any]:
     """Per-GPU training memory of one cell of the largest checkpoint (module docstring)."""
-    from harvest.finetune import GB, MIXED_DTYPES, batch_size_for, shape_of, training_memory, use_checkpointing
+    from harvest.finetune import MIXED_DTYPES, batch_size_for
+    from harvest.memory import GB, shape_of, training_memory, use_checkpointing
     from harvest.sweep import parse_sweep
 
     config = parse_sweep(spec)

@@ -330,7 +330,7 @@ def test_execution_settings_are_parsed_checked_and_left_out_of_the_cell_hash():
 
 
 def test_auto_checkpointing_rule():
-    from harvest.finetune import use_checkpointing
+    from harvest.memory import use_checkpointing
 
     assert use_checkpointing("auto", "full", 1_400_000_000)  # full finetuning over 1B
     assert not use_checkpointing("auto", "full", 410_000_000)
@@ -341,7 +341,7 @@ def test_auto_checkpointing_rule():
 
 
 def test_training_memory_estimate():
-    from harvest.finetune import lora_params, shape_from_params, training_memory
+    from harvest.memory import lora_params, shape_from_params, training_memory
 
     s7 = shape_from_params(6_740_000_000)
     assert 3800 < s7.hidden < 4600 and 28 <= s7.layers <= 36
