@@ -18,12 +18,10 @@ first, coverage) and a glossary, per task the fit (the paper's Figure 4), the ba
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import html
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,52 +33,8 @@ from fitting import figures as fig_
 from fitting import law as law_
 from fitting.backtest import BacktestConfig, TaskBacktest, ablation_table, backtest
 from fitting.data import TaskData
+from fitting.report_render import Figure, Glossary, ReportPaths, Section, Table, render_html, render_markdown
 from fitting.schema import ResultsFolder, load_results
-
-# --------------------------------------------------------------------------- content model
-
-
-@dataclass
-class Table:
-    """A table rendered to HTML and Markdown. Cells are plain text; ``bad`` marks cells in red."""
-
-    headers: list[str]
-    rows: list[list[str]]
-    caption: str = ""
-    bad: set[tuple[int, int]] = field(default_factory=set)  # (row, column) of failed cells
-
-
-@dataclass
-class Figure:
-    name: str  # file stem
-    png: bytes
-    caption: str
-    limits: list[dict[str, tuple[float, float]]] = field(default_factory=list)  # figures.axes_limits
-
-
-@dataclass
-class Glossary:
-    """Terms and one-line definitions, rendered as a list."""
-
-    entries: list[tuple[str, str]]
-    title: str = "Glossary"
-
-
-@dataclass
-class Section:
-    title: str
-    paragraphs: list[str] = field(default_factory=list)
-    blocks: list[Table | Figure | Glossary] = field(default_factory=list)
-    level: int = 2
-    lead: str = ""  # shown first and in bold: a task's verdict
-
-
-@dataclass(frozen=True)
-class ReportPaths:
-    html: Path
-    markdown: Path
-    figures: list[Path]
-
 
 # --------------------------------------------------------------------------- formatting
 
@@ -560,23 +514,41 @@ def is_microladder(folder: ResultsFolder, source: str = "") -> bool:
 
 
 def dataset_note(folder: ResultsFolder, source: str, results: Sequence[TaskBacktest]) -> str | None:
-    """For the micro-ladder: what the dataset demonstrates and what it does not (docs/findings.md)."""
+    """For the micro-ladder: what the dataset demonstrates and what it does not, its numbers
+    computed from this report's results (docs/findings.md has the discussion)."""
     if not is_microladder(folder, source):
         return None
-    warned = [r.task for r in results if verdict(r).warning]
+    from fitting.predict import FitConfig, family_elbows
+
     text = ("About this dataset: the micro-ladder is real, not simulated: four tiny Llama models (36 thousand to "
             "0.46 million parameters) pretrained from scratch on a CPU on a synthetic topic language, 16 checkpoints "
             "each, measured with this toolkit (pretraining loss, 2-shot accuracy, rank-4 LoRA finetuning on "
-            "8–512 examples). It demonstrates the whole pipeline on measured data: a capability (naming a "
-            "topic) that leaves chance at about one pretraining loss across model sizes, finetuning that moves "
-            "that point to weaker models (more data further), and the paper's law fitted on all checkpoints "
-            "landing near the few-shot elbow. It does not demonstrate advance warning: topic naming emerges "
-            "within the first 130 or so of 1500 training steps in every size, so only a few weak checkpoints come "
-            "before it and finetuning does not lift them yet; fits on those checkpoints are pinned or miss, and "
-            "copying emerges only at the largest model's last checkpoint, too late to locate. ")
-    text += (f"In this report {', '.join(warned)} {'gives' if len(warned) == 1 else 'give'} an unpinned warning; "
-             "read its verdict and backtest before trusting it." if warned else
-             "In this report no task gives advance warning (the verdicts below say why).")
+            "8–512 examples). It demonstrates the whole pipeline on measured data. What its numbers say here:")
+    for r in results:
+        if not r.located:
+            text += f" {r.task} {'never left chance' if not r.emerged else 'left chance before its elbow can be located'};"
+            continue
+        per = family_elbows(folder, r.task, FitConfig())
+        located = {f.removeprefix(MICROLADDER_FAMILY): e for f, e in per.items() if e is not None}
+        clause = f" {r.task} leaves chance at {r.ground_truth_loss:.2f} nats pooled"
+        if len(located) >= 2:
+            spread = max(located.values()) - min(located.values())
+            clause += (" (per size " + ", ".join(f"{f} {e:.2f}" for f, e in located.items())
+                       + f": a spread of {spread:.2f} nats, " + ("within" if spread <= r.tolerance else "beyond")
+                       + f" the {r.tolerance:g}-nat tolerance, so emergence "
+                       + ("happens at about one loss across sizes" if spread <= r.tolerance
+                          else "does not happen at one loss across sizes") + ")")
+        top = _all_checkpoints_cut(r)
+        if top is not None and top.emergence_loss is not None:
+            clause += (f"; the paper's law fitted on all checkpoints puts it at {top.emergence_loss:.2f} "
+                       f"({top.emergence_loss - r.ground_truth_loss:+.2f})")
+        pre = sum(1 for c in r.cutoffs if c.pre_emergence)
+        text += clause + f"; {pre} backtest cutoff{'s' * (pre != 1)} come before emergence;"
+    text = text.rstrip(";") + "."
+    warned = [r.task for r in results if verdict(r).warning]
+    text += (f" In this report {', '.join(warned)} {'gives' if len(warned) == 1 else 'give'} an unpinned advance "
+             "warning; read its verdict and backtest before trusting it." if warned else
+             " It does not demonstrate advance warning: no task gives one in this report (the verdicts below say why).")
     return text + " Details: docs/findings.md and docs/microladder.md."
 
 
@@ -608,97 +580,6 @@ def simulated_banner(folder: ResultsFolder) -> str | None:
     seed = folder.metadata.get("seed")
     return ("SIMULATED DATA: these results were drawn from a known emergence law "
             f"(fitting.simulate, seed {seed}), not measured on real models.")
-
-
-# --------------------------------------------------------------------------- rendering
-
-
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1180px;margin:2em auto;
-padding:0 1em;color:#222;line-height:1.45}
-h1{font-size:1.6em;margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
-h3{margin-top:1.6em}
-.banner{background:#fff3cd;border:2px solid #d9822b;color:#7a3e00;padding:.8em 1em;font-weight:600;
-border-radius:4px;margin:1em 0}
-table{border-collapse:collapse;margin:.6em 0 .2em;font-size:.88em}
-th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right;white-space:nowrap}
-th{background:#f3f3f3;white-space:normal;vertical-align:bottom} td:first-child,th:first-child{text-align:left}
-td.bad{color:#b00020;font-weight:600}
-.caption{font-size:.82em;color:#555;margin:.2em 0 1em;max-width:60em}
-figure{margin:1em 0} figure img{max-width:100%;border:1px solid #eee}
-.prov td{white-space:normal;text-align:left;max-width:48em;word-break:break-word}
-.verdict{background:#f6f8fa;border-left:4px solid #555;padding:.5em .8em}
-.glossary{font-size:.85em;max-width:60em} .glossary dt{font-weight:600;margin-top:.3em} .glossary dd{margin-left:1.2em}
-"""
-
-
-def render_html(title: str, sections: Sequence[Section], banner: str | None) -> str:
-    body = [f"<h1>{html.escape(title)}</h1>"]
-    if banner:
-        body.append(f'<div class="banner">{html.escape(banner)}</div>')
-    for s in sections:
-        body.append(f"<h{s.level}>{html.escape(s.title)}</h{s.level}>")
-        if s.lead:
-            body.append(f'<p class="verdict"><strong>{html.escape(s.lead)}</strong></p>')
-        body += [f"<p>{html.escape(p)}</p>" for p in s.paragraphs]
-        body += [_html_block(b, provenance=s.title == "Provenance") for b in s.blocks]
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n<body>\n"
-            + "\n".join(body) + "\n</body></html>\n")
-
-
-def _html_block(block: Table | Figure | Glossary, provenance: bool = False) -> str:
-    if isinstance(block, Glossary):
-        items = "".join(f"<dt>{html.escape(t)}</dt><dd>{html.escape(d)}</dd>" for t, d in block.entries)
-        return f'<h4>{html.escape(block.title)}</h4><dl class="glossary">{items}</dl>'
-    if isinstance(block, Figure):
-        data = base64.b64encode(block.png).decode()
-        return (f'<figure><img alt="{html.escape(block.name)}" src="data:image/png;base64,{data}">'
-                f'<figcaption class="caption">{html.escape(block.caption)}</figcaption></figure>')
-    cls = ' class="prov"' if provenance else ""
-    head = "" if not any(block.headers) else "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in block.headers) + "</tr>"
-    rows = ["<tr>" + "".join(_td(c, (i, j) in block.bad) for j, c in enumerate(row)) + "</tr>"
-            for i, row in enumerate(block.rows)]
-    caption = f'<div class="caption">{html.escape(block.caption)}</div>' if block.caption else ""
-    return f"<table{cls}>{head}{''.join(rows)}</table>{caption}"
-
-
-def _td(text: str, bad: bool) -> str:
-    return f'<td class="bad">{html.escape(text)}</td>' if bad else f"<td>{html.escape(text)}</td>"
-
-
-def render_markdown(title: str, sections: Sequence[Section], banner: str | None) -> str:
-    out = [f"# {_md_text(title)}", ""]
-    if banner:
-        out += [f"> **{_md_text(banner)}**", ""]
-    for s in sections:
-        out += ["#" * s.level + " " + _md_text(s.title), ""]
-        if s.lead:
-            out += [f"**{_md_text(s.lead)}**", ""]
-        for p in s.paragraphs:
-            out += [_md_text(p), ""]
-        for b in s.blocks:
-            out += _md_block(b) + [""]
-    return "\n".join(out)
-
-
-def _md_text(text: str) -> str:
-    """Text from the data (task names, notes) made inert: Markdown renders raw HTML."""
-    return html.escape(text, quote=False)
-
-
-def _md_block(block: Table | Figure | Glossary) -> list[str]:
-    if isinstance(block, Glossary):
-        return [f"**{_md_text(block.title)}**", ""] + [f"- **{_md_text(t)}**: {_md_text(d)}" for t, d in block.entries]
-    if isinstance(block, Figure):
-        return [f"![{_md_text(block.name)}](figures/{block.name}.png)", "", f"*{_md_text(block.caption)}*"]
-    esc = lambda text: _md_text(text).replace("|", "\\|")
-    headers = [esc(h) or " " for h in block.headers]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join([":---"] + ["---:"] * (len(headers) - 1)) + "|"]
-    for i, row in enumerate(block.rows):
-        cells = [f"**{esc(c)}**" if (i, j) in block.bad else esc(c) for j, c in enumerate(row)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines + (["", f"*{_md_text(block.caption)}*"] if block.caption else [])
 
 
 # --------------------------------------------------------------------------- entry points
