@@ -32,7 +32,7 @@ from harvest.tasks import Task, TaskData, get_task
 from harvest.tasks.fewshot import EvalItem, build_items, prompts_hash
 
 EVAL_KIND, LOSS_KIND = "eval", "loss"
-CHUNK = 64  # requests per engine call: progress granularity (each call batches internally)
+CHUNK = 64  # requests per engine call for an engine that does not size its calls (requests_per_call)
 
 
 # --------------------------------------------------------------------------- planning
@@ -125,10 +125,20 @@ def evaluate_task(engine: Engine, plan: TaskPlan, checkpoint: str, *, setting: s
                          "subset_seed": pl.Int64, "shots": pl.Int64, "gold": pl.String})
 
 
+def requests_per_call(engine: Engine, n: int) -> int:
+    """How many of a unit's ``n`` requests go to the engine in one call: the engine's own
+    ``requests_per_call`` (None: all ``n`` at once, as vLLM wants them: it schedules its own
+    batches), :data:`CHUNK` for an engine that does not say. The HF engine keeps 64 (progress
+    granularity; each call runs in ``batch_size`` batches)."""
+    size = getattr(engine, "requests_per_call", CHUNK)
+    return max(1, n if size is None else min(n, int(size)))
+
+
 def _score_choices(engine, items, adapter, advance):
     predictions, correct, logprobs = [], [], []
-    for start in range(0, len(items), CHUNK):
-        chunk = items[start:start + CHUNK]
+    size = requests_per_call(engine, len(items))
+    for start in range(0, len(items), size):
+        chunk = items[start:start + size]
         scores = engine.score_choices([ChoiceRequest(it.context, it.continuations) for it in chunk], adapter=adapter)
         for it, score in zip(chunk, scores):
             best = max(range(len(score.logprobs)), key=lambda i: (score.logprobs[i], -i))  # first on ties
@@ -141,8 +151,9 @@ def _score_choices(engine, items, adapter, advance):
 
 def _score_generations(engine, task: Task, items, adapter, advance):
     predictions, correct = [], []
-    for start in range(0, len(items), CHUNK):
-        chunk = items[start:start + CHUNK]
+    size = requests_per_call(engine, len(items))
+    for start in range(0, len(items), size):
+        chunk = items[start:start + size]
         reqs = [GenerateRequest(it.context, task.max_new_tokens, task.stop) for it in chunk]
         for it, text in zip(chunk, engine.generate(reqs, adapter=adapter)):
             pred, ok = task.check_generation(it.doc, text)

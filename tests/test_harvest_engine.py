@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import zlib
 
 import pytest
 
@@ -456,3 +457,92 @@ def test_vllm_engine_close_shuts_down_cleans_up_and_releases_once(monkeypatch):
     engine.llm = types.SimpleNamespace()
     engine.close()
     assert events[3:] == ["release"]
+
+
+# --------------------------------------------------------------------------- requests per call
+
+
+class _CountingEngine:
+    """Scores each choice by a hash of (context, choice), records how many requests each call got."""
+
+    name = "fake"
+
+    def __init__(self, requests_per_call="unset"):
+        if requests_per_call != "unset":
+            self.requests_per_call = requests_per_call
+        self.calls: list[int] = []
+
+    def score_choices(self, requests, adapter=None):
+        from harvest.engines.base import ChoiceScore
+
+        self.calls.append(len(requests))
+        return [ChoiceScore(tuple(-(zlib.crc32((r.context + c).encode()) % 997) / 97 for c in r.continuations),
+                            tuple(1 for _ in r.continuations)) for r in requests]
+
+    def generate(self, requests, adapter=None):
+        self.calls.append(len(requests))
+        return [f"{len(r.prompt) % 7}" for r in requests]
+
+
+class _CountTask:
+    """A generation task whose answer is the prompt's length mod 7."""
+
+    kind, max_new_tokens, stop, chance, version = "generation", 4, ("\n",), 0.0, "1"
+
+    def check_generation(self, doc, text):
+        return text, text == str(doc["n"] % 7)
+
+    def gold_label(self, doc):
+        return str(doc["n"] % 7)
+
+
+def test_each_engine_sizes_its_calls_and_the_rows_do_not_change():
+    """Issue 18: no fixed cap of 64 requests for every engine. vLLM (``requests_per_call =
+    None``) gets all of a unit's requests in one call and schedules them itself; the HF engine
+    keeps 64 per call (its batches inside); an engine that says nothing gets 64. The item rows
+    are the same whatever the call size."""
+    from polars.testing import assert_frame_equal
+
+    from harvest.engines.vllm_engine import VLLMEngine
+    from harvest.evaluate import CHUNK, TaskPlan, evaluate_task, plan_task, requests_per_call
+    from harvest.spec import TaskSpec
+    from harvest.tasks.fewshot import EvalItem
+
+    assert VLLMEngine.requests_per_call is None and HFEngine.requests_per_call == CHUNK == 64
+    plan = plan_task(TaskSpec(task="synthetic_arithmetic", name="arith", shots=1,
+                              options={"n_train": 8, "n_test": 150}))
+    prompts = [EvalItem(f"g{i}", "x" * i, None, None, {"n": i}) for i in range(130)]
+    gen = TaskPlan(TaskSpec(task="count", name="count"), _CountTask(), 0, tuple(prompts), "h")
+    expected = {None: [150], 64: [64, 64, 22], "unset": [64, 64, 22], 100: [100, 50], 1000: [150]}
+    tables = {}
+    for size, calls in expected.items():
+        engine = _CountingEngine(size)
+        advanced = []
+        tables[size] = evaluate_task(engine, plan, "ck", advance=advanced.append)
+        assert engine.calls == advanced == calls, size
+        assert requests_per_call(engine, 150) == calls[0]
+        engine.calls = []
+        tables[(size, "gen")] = evaluate_task(engine, gen, "ck")
+        step = min(calls[0], 130)
+        assert engine.calls == [min(step, 130 - i) for i in range(0, 130, step)], size
+    for key, table in tables.items():
+        assert_frame_equal(table, tables[(None, "gen") if isinstance(key, tuple) else None])
+    assert tables[None]["correct"].sum() > 0 and tables[(None, "gen")]["correct"].all()
+    assert requests_per_call(_CountingEngine(None), 0) == 1  # an empty unit: no call, no zero step
+
+
+def test_the_hf_engine_scores_a_unit_in_calls_of_64(tiny, monkeypatch):
+    """With the real HF engine: 70 items go over in calls of 64 and 6, and each call's scores
+    are what the engine gives those requests on their own (so results are unchanged)."""
+    from harvest.evaluate import evaluate_task, plan_task
+    from harvest.spec import TaskSpec
+
+    plan = plan_task(TaskSpec(task="synthetic_arithmetic", name="arith", shots=0,
+                              options={"n_train": 4, "n_test": 70}))
+    engine = HFEngine(ModelRef(str(tiny)), batch_size=16)
+    calls, real = [], engine.score_choices
+    monkeypatch.setattr(engine, "score_choices", lambda reqs, adapter=None: calls.append(len(reqs)) or real(reqs, adapter))
+    rows = evaluate_task(engine, plan, "ck")
+    assert calls == [64, 6]
+    last = real([ChoiceRequest(it.context, it.continuations) for it in plan.items[64:]])
+    assert rows["choice_logprobs"].to_list()[64:] == [list(s.logprobs) for s in last]

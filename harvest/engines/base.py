@@ -102,6 +102,9 @@ class ChoiceScore:
 
 class Engine(Protocol):
     name: str  # "hf" or "vllm"
+    # Requests per call the harvest hands over (harvest.evaluate.requests_per_call): None for all
+    # of a unit at once (vLLM), or a number (HF: 64); an engine without it gets 64.
+    requests_per_call: int | None
 
     def version(self) -> str:
         """Engine name and library version, recorded in the manifest and in unit keys."""

@@ -54,6 +54,10 @@ class HFEngine:
 
     name = "hf"
     OPTIONS = ("batch_size", "device", "max_length")
+    # Requests the harvest hands over per call (harvest.evaluate.requests_per_call): 64, a
+    # progress step; each call runs in batches of batch_size. Prefix groups form within a call,
+    # so this also fixes which items share a prefix (the numbers depend on it in float rounding).
+    requests_per_call: int | None = 64
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:

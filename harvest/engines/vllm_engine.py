@@ -42,6 +42,10 @@ class VLLMEngine:
     """Engine over one base checkpoint in one ``vllm.LLM``; adapters via ``LoRARequest``."""
 
     name = "vllm"
+    # The harvest hands over all requests of a unit (a task on one checkpoint or adapter) in one
+    # call (harvest.evaluate.requests_per_call): vLLM schedules them itself, keeps its batches
+    # full, and equal prompts merge across all of the unit's items, not only within 64.
+    requests_per_call: int | None = None
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:

@@ -88,6 +88,37 @@ def test_lora_scores_match_hf_engine_with_adapter(engine, models):
     assert_same_scores(got, [list(s.logprobs) for s in want], "LoRA vs HFEngine with the adapter")
 
 
+def test_a_unit_goes_to_vllm_in_one_call_with_the_numbers_of_64_per_call(engine, models, monkeypatch):
+    """Issue 18: ``harvest.evaluate`` hands vLLM all of a unit's requests in one call (no cap of
+    64); the rows equal those of 64 requests per call and of the HF engine: predictions
+    identical, log-probabilities within ``TOL``. Letter answers (prompts merged across items)
+    and text answers (prompt log-probs), 90 items each."""
+    from harvest.evaluate import evaluate_task, plan_task
+    from harvest.spec import TaskSpec
+
+    calls, real = [], engine.score_choices
+    monkeypatch.setattr(engine, "score_choices", lambda reqs, adapter=None: calls.append(len(reqs)) or real(reqs, adapter))
+    hf = hf_engine(models["base"])
+    for answer in ("letter", "text"):
+        plan = plan_task(TaskSpec(task="synthetic_arithmetic", name="arith", shots=1,
+                                  options={"n_train": 8, "n_test": 90, "answer": answer}))
+        calls.clear()
+        whole = evaluate_task(engine, plan, "tiny")
+        assert calls == [90], answer
+        with monkeypatch.context() as mp:
+            mp.setattr(engine, "requests_per_call", 64)
+            calls.clear()
+            chunked = evaluate_task(engine, plan, "tiny")
+            assert calls == [64, 26], answer
+        want = evaluate_task(hf, plan, "tiny")
+        for other, label in ((chunked, "64 per call"), (want, "HF engine")):
+            assert whole["prediction"].to_list() == other["prediction"].to_list(), (answer, label)
+            gap = max(abs(a - b) for x, y in zip(whole["choice_logprobs"].to_list(), other["choice_logprobs"].to_list())
+                      for a, b in zip(x, y))
+            assert gap < TOL, (answer, label, gap)
+            print(f"{answer} answers, one call vs {label}: max gap {gap:.2e} nats")
+
+
 # ---------------------------------------------------------------------- generation and loss
 
 PROMPTS = [
