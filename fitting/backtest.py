@@ -41,6 +41,9 @@ realistic prediction setting; every checkpoint when the task never emerged, or w
 ``base="all"``). Variants: drop the k smallest / largest data levels, keep one subset seed,
 keep the k checkpoints of the base set closest to emergence (lowest pretraining loss).
 Ablation fits are MLE only (``n_boot=0``): the table is about the point error.
+
+Size: one cohesive thing, the backtest's plan, scoring and multipliers over one set of cutoff
+fits (the CLI's tables are in ``fitting.backtest_cli``, the cache in ``fitting.backtest_cache``).
 """
 
 from __future__ import annotations

@@ -40,6 +40,9 @@ flops_law, flops_law_draws (compute-law draws behind the FLOPs percentiles; 0: i
 out), ground_truth_flops, max_flops,
 converged, message, n_checkpoints, n_rows, n_boot, n_boot_failed, params, loglik, simulated,
 note``. Numbers that do not exist are ``null``, never NaN.
+
+Size: one cohesive thing, the per-task pipeline (fit, certified intervals, FLOPs) and its
+record; the law, optimiser, intervals and ground truth it calls live in their own modules.
 """
 
 from __future__ import annotations

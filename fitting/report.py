@@ -14,6 +14,9 @@ on all checkpoints as ``emergence fit`` gives it, FLOP multipliers with the unpi
 first, coverage) and a glossary, per task the fit (the paper's Figure 4), the backtest
 (Figure 7) and its cutoff table, the bootstrap CDFs (Figure 5) and the ablation table
 (Table 2). Tables are built once (:class:`Table`) and rendered to both formats.
+
+Size: one cohesive thing, what the report says (tables, verdicts, figures' data); its rendering
+is ``fitting.report_render``.
 """
 
 from __future__ import annotations

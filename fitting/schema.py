@@ -37,6 +37,8 @@ provenance) and checked on read.
 
 Extra columns are allowed and kept. Everything is validated here, once, at the boundary: a
 violation raises :class:`~emergence.errors.ContractError` naming file, column, row and value.
+
+Size: one cohesive thing, the results contract and its validation at the boundary.
 """
 
 from __future__ import annotations

@@ -27,6 +27,9 @@ GPU), as Ray tasks, or as one shard of n; and ``harvest eval``'s worker processe
 Base units run through :func:`harvest.evaluate.run_harvest` in a private scratch folder whose
 parts are then copied into the results folder, so concurrent writers never touch each other's
 temporary files or compacted tables.
+
+Size: one cohesive thing, the three ways of running cells (local workers, shards, Ray) behind
+one interface; the balancing is ``harvest.balance``.
 """
 
 from __future__ import annotations

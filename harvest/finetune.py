@@ -48,6 +48,9 @@ Tokenisation is the engines' (:func:`harvest.engines.hf.encode_pair`, lm-eval's 
 tokens are ``encode(prompt + target)[len(encode(prompt)):]`` and the model is fed
 ``encode(prompt) + target tokens``, exactly what scoring feeds. Sequences longer than
 ``max_length`` lose tokens from the left (the target is kept).
+
+Size: one cohesive thing, the finetuning recipe and its training loop (nanoGPT-style, read in one
+sitting); the memory estimate is ``harvest.memory``.
 """
 
 from __future__ import annotations

@@ -44,6 +44,8 @@ sweep resolves on the driver: on a CPU-only head node give ``device``/``dtype`` 
 Relative paths resolve against the spec file's folder, never the working directory.
 A ``[sweep]`` table is kept raw (``HarvestSpec.sweep``) for the finetuning sweep to parse.
 Every error is one line naming the file and the key.
+
+Size: one cohesive thing, the harvest spec's grammar and its one-line errors.
 """
 
 from __future__ import annotations

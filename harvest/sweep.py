@@ -36,6 +36,9 @@ cost columns ``finetune_flops`` (6 x params x training tokens, see :mod:`harvest
 item's context once plus every choice's tokens, which is what the HF engine computes).
 Timings go to the parts' metadata and the manifest, never into the tables, so equal inputs
 give equal tables on any executor.
+
+Size: one cohesive thing, the sweep's cell library (plan, cells, training and scoring a cell);
+the driver is ``harvest.driver``, the executors ``harvest.executors``.
 """
 
 from __future__ import annotations

@@ -33,6 +33,9 @@ model the table names gives finetune rows of its base checkpoint (the table's ``
 the adapter's base) at the table's ``n_train`` and ``subset_seed``; with ``task`` only that
 task's results are kept (the model was finetuned on it), the others are left out with a note.
 An adapter the table does not name is refused: its results are not the base's few-shot results.
+
+Size: one cohesive thing, lm-evaluation-harness's results format (few-shot and finetuned
+adapters); the other importers are their own modules.
 """
 
 from __future__ import annotations

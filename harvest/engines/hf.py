@@ -18,6 +18,9 @@ float rounding.
 Loading (:func:`~harvest.engines.loading.load_model`) uses ``use_safetensors=True`` and
 ``trust_remote_code`` only when the ModelRef says so; anything that will not load is a one-line
 :class:`~emergence.errors.CheckpointError`.
+
+Size: one cohesive thing, the transformers engine (shared-prefix scoring, batched generation);
+loading is ``harvest.engines.loading``.
 """
 
 from __future__ import annotations
