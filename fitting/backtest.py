@@ -57,6 +57,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from emergence.errors import DiagnosticsError, EmergenceError, FitError
+from fitting.cost import task_cost
 from fitting.data import TaskData
 from fitting.ground_truth import GroundTruth, checkpoint_values, clearly_above
 from fitting.backtest_cache import BacktestCache, FitFailure
@@ -189,6 +190,7 @@ class TaskBacktest:
     simulated: bool = False
     note: str = ""
     law: str = "log_power"  # the law form fitted (FitConfig.law_name: with its D0 when not 1)
+    cost: Any = None  # fitting.cost.Cost of the task's results (the prediction's spend)
 
     @property
     def ground_truth_loss(self) -> float | None:
@@ -283,6 +285,7 @@ class TaskBacktest:
         gt = self.ground_truth
         return _clean(dict(
             task=self.task, method=self.method, law=self.law, tolerance=self.tolerance,
+            cost=None if self.cost is None else self.cost.to_json(),
             ground_truth_loss=self.ground_truth_loss, emerged=self.emerged,
             ground_truth_reason=None if gt is None else gt.reason,
             ground_truth_p05=None if gt is None else gt.elbow_p05, ground_truth_p95=None if gt is None else gt.elbow_p95,
@@ -585,7 +588,11 @@ def backtest(folder: ResultsFolder, config: BacktestConfig = BacktestConfig(),
               file=sys.stderr)
     results, start = [], 0
     for plan in plans:
-        results.append(assemble(plan, outputs[start:start + len(plan.jobs)], config, simulated))
+        r = assemble(plan, outputs[start:start + len(plan.jobs)], config, simulated)
+        main = r.main_cutoff
+        pred = main.prediction if main is not None else None
+        r.cost = task_cost(folder, r.task, None if pred is None else pred.emergence_flops)
+        results.append(r)
         start += len(plan.jobs)
     return results
 

@@ -222,6 +222,9 @@ def _print_backtests(results, simulated: bool) -> None:
             console.print(_cutoff_table(r))
         if r.note:
             console.print(f"[dim]{r.task}: {r.note}[/]", highlight=False)
+    for r in results:
+        if r.cost is not None:
+            console.print(f"[dim]{r.task}: {r.cost.text()}[/]", highlight=False)
     console.print(f"[dim]success: |MLE − truth| <= {results[0].tolerance if results else 0.1:g} nats; "
                   "FLOP x = FLOPs(first post-emergence checkpoint) / FLOPs(most capable checkpoint of the "
                   "earliest success); strict: every larger cutoff also succeeds; unpinned: only successes whose "

@@ -262,6 +262,9 @@ def _print_predictions(predictions, simulated: bool) -> None:
                   "all checkpoints, with its bootstrap interval over checkpoints and items; "
                   "x max: emergence FLOPs / largest checkpoint's; * extrapolated beyond the data[/]")
     _print_family_elbows(console, predictions)
+    for p in predictions:
+        if p.cost is not None:
+            console.print(f"[dim]{p.task}: {p.cost.text()}[/]", highlight=False)
     by_note: dict[str, list[str]] = {}
     for p in predictions:
         if p.note:

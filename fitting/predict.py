@@ -58,6 +58,7 @@ import numpy as np
 from emergence.errors import FitError
 from fitting import compute
 from fitting import law as law_
+from fitting.cost import task_cost
 from fitting.data import TaskData
 from fitting.fit import EmergenceLawFit, MIN_RISE, pinned_edge
 from fitting.ground_truth import GroundTruth, fit_ground_truth, with_interval
@@ -173,6 +174,7 @@ class TaskPrediction:
     flops_law_draws: int = 0  # compute-law draws behind the FLOPs percentiles (0: its uncertainty left out)
     pinned: str | None = None  # "no rise" / "lowest checkpoint" / "search bound" (fitting.fit.pinned_edge)
     family_elbows: dict[str, float | None] = field(default_factory=dict)  # ground truth per family (several)
+    cost: Any = None  # fitting.cost.Cost: the finetuning and evaluation FLOPs behind the prediction
 
     @property
     def ground_truth_loss(self) -> float | None:
@@ -203,7 +205,8 @@ class TaskPrediction:
                    n_rows=self.n_rows, n_boot=self.n_boot, n_boot_failed=self.n_boot_failed,
                    params=self.params, loglik=self.loglik, pinned=self.pinned,
                    simulated=self.simulated, note=self.note, family_elbows=self.family_elbows or None,
-                   family_elbow_spread=self.family_spread)
+                   family_elbow_spread=self.family_spread,
+                   cost=None if self.cost is None else self.cost.to_json())
         return _clean(out)
 
     @property
@@ -454,6 +457,7 @@ def predict_all(folder: ResultsFolder, config: FitConfig = FitConfig(), tasks: l
     out = [predict_task(folder, t, config) for t in tasks] if not progress else _with_progress(folder, config, tasks)
     for record in out:
         record.family_elbows = family_elbows(folder, record.task, config)
+        record.cost = task_cost(folder, record.task, record.emergence_flops)
     return out
 
 

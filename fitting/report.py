@@ -574,6 +574,8 @@ def _task_text(r: TaskBacktest) -> str:
     main = r.main_cutoff
     if main is not None and main.note:
         text += f" Pre-emergence fit: {main.note}."
+    if r.cost is not None:
+        text += f" {r.cost.text()[0].upper()}{r.cost.text()[1:]}."
     return text + (f" Note: {r.note}." if r.note and r.located else "")
 
 

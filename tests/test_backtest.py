@@ -253,6 +253,7 @@ def test_few_shot_only_folder_has_ground_truth_but_nothing_to_backtest():
     # checkpoint after the law's elbow C, well inside the paper's 0.1-nat tolerance
     assert j["emerged"] is True and COLA.C - 0.1 < j["ground_truth_loss"] <= COLA.C + 0.01
     assert j["cutoffs"] == [] and j["ablations"] == [] and j["flop_multiplier"] is None
+    assert j["cost"]["rows"] == folder.results.height and j["cost"]["total_flops"] is None  # simulated: not recorded
     assert "few-shot results only" in j["note"]
 
 
