@@ -317,11 +317,13 @@ CERTIFY_ROUNDS = 3  # refits from a better profile/bootstrap point before the in
 def _certified_intervals(data: TaskData, model: EmergenceLawFit, config: FitConfig, progress):
     """Profile and bootstrap around an optimum that no point they visit beats: when one scores
     better on the data, the fit restarts from it (``EmergenceLawFit.refit_from``) and both are
-    recomputed. Returns (profile or None, bootstrap or None, total log-likelihood gain)."""
+    recomputed, at most ``CERTIFY_ROUNDS`` times (the last intervals are kept as they come).
+    Returns (profile or None, bootstrap or None, total log-likelihood gain)."""
     gain = 0.0
-    for _ in range(CERTIFY_ROUNDS):
+    for round_ in range(CERTIFY_ROUNDS + 1):
+        refit = round_ < CERTIFY_ROUNDS
         prof = profile_interval(data, model) if config.profile else None
-        if prof is not None and prof.theta is not None:
+        if refit and prof is not None and prof.theta is not None:
             step = model.refit_from(data, prof.theta)
             if step > 0:
                 gain += step
@@ -332,12 +334,12 @@ def _certified_intervals(data: TaskData, model: EmergenceLawFit, config: FitConf
             if prof is not None and _outside(prof, boot.percentiles):  # flat direction: refit from its far ends too
                 boot = bootstrap(data, model, config.n_boot, config.seed, config.items, progress=progress,
                                  extra_starts=prof.end_thetas())
-            step = model.refit_from(data, boot.theta[boot.converged])
+            step = model.refit_from(data, boot.theta[boot.converged]) if refit else 0.0
             if step > 0:
                 gain += step
                 continue
         return prof, boot, gain
-    return prof, boot, gain
+    raise AssertionError("unreachable: the last round returns")
 
 
 def _outside(prof, pct: dict[int, float]) -> bool:
