@@ -47,7 +47,9 @@ def test_family_fits_agree_when_loss_is_the_axis(folders):
     alone, and pooled, predicts the few-shot elbow within the paper's 0.1 nats, and every
     per-family ground truth that the data locate lies near it."""
     for folder in folders:
-        fits = family_fits(folder, forms=("log_power",))
+        # a hinge law's own elbow is measured by the whole-curve hinge (docs/law.md: the onset rule
+        # lags it by up to a checkpoint and 3 standard errors of the rise)
+        fits = family_fits(folder, forms=("log_power",), rule="hinge")
         assert fits["family"].to_list() == ["(all)", "sim-1200M", "sim-2000M", "sim-4000M"]
         assert (fits["log_power"] - TRUTH.C).abs().max() < 0.1
         pooled = fits.row(0, named=True)
@@ -66,7 +68,7 @@ def test_family_fits_of_a_task_without_finetune_rows_give_the_ground_truth_only(
     """A few-shot-only folder (a ladder before its sweep) is summarised, not refused."""
     folder = folders[0]
     few_shot_only = replace(folder, results=folder.results.filter(pl.col("setting") == "few_shot"))
-    fits = family_fits(few_shot_only, forms=("log_power",))
+    fits = family_fits(few_shot_only, forms=("log_power",), rule="hinge")
     assert fits["log_power"].is_null().all()
     assert abs(fits.row(0, named=True)["ground_truth"] - TRUTH.C) < 0.05
 

@@ -85,7 +85,8 @@ def curve_elbows(folder: ResultsFolder, rule: str = "onset") -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
-def family_fits(folder: ResultsFolder, forms: tuple[str, ...] = ("log_power", "ceiling")) -> pl.DataFrame:
+def family_fits(folder: ResultsFolder, forms: tuple[str, ...] = ("log_power", "ceiling"),
+                rule: str = "onset") -> pl.DataFrame:
     """Per task and model family (and all families pooled): the few-shot ground-truth elbow and
     each law form's predicted emergence loss, fitted on that family's checkpoints only.
 
@@ -97,7 +98,7 @@ def family_fits(folder: ResultsFolder, forms: tuple[str, ...] = ("log_power", "c
     rows = []
     for task, family, part in family_parts(folder):
         row = {"task": task, "family": family, "checkpoints": part.n_checkpoints,
-               "ground_truth": fit_ground_truth(part).elbow_loss}
+               "ground_truth": fit_ground_truth(part, rule=rule).elbow_loss}
         swept = not part.few_shot.all()
         for form in forms:
             row[form] = EmergenceLawFit(LAW_FORMS[form]).fit(part).emergence_loss_ if swept else None
