@@ -162,7 +162,7 @@ def encode(outcome) -> tuple[dict, dict[str, np.ndarray]]:
             else:
                 meta[f.name] = dict(low=value.low, high=value.high, open_low=bool(value.open_low),
                                     open_high=bool(value.open_high), level=value.level,
-                                    theta=value.theta is not None)
+                                    theta=value.theta is not None, dispersion=float(value.dispersion))
                 arrays["profile_grid"], arrays["profile_deviance"] = np.asarray(value.grid), np.asarray(value.deviance)
                 if value.theta is not None:
                     arrays["profile_theta"] = np.asarray(value.theta)
@@ -193,7 +193,8 @@ def decode(meta: dict, arrays) -> Any:
             value = ProfileInterval(value["low"], value["high"], value["open_low"], value["open_high"],
                                     value["level"], np.array(arrays["profile_grid"]),
                                     np.array(arrays["profile_deviance"]),
-                                    np.array(arrays["profile_theta"]) if value["theta"] else None)
+                                    np.array(arrays["profile_theta"]) if value["theta"] else None,
+                                    dispersion=float(value.get("dispersion", 1.0)))
         kw[f.name] = value
     return TaskPrediction(**kw)
 

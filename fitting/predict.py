@@ -175,6 +175,7 @@ class TaskPrediction:
     pinned: str | None = None  # "no rise" / "lowest checkpoint" / "search bound" (fitting.fit.pinned_edge)
     family_elbows: dict[str, float | None] = field(default_factory=dict)  # ground truth per family (several)
     cost: Any = None  # fitting.cost.Cost: the finetuning and evaluation FLOPs behind the prediction
+    dispersion: float | None = None  # phi, the over-dispersion the intervals allow for (fitting.uncertainty)
 
     @property
     def ground_truth_loss(self) -> float | None:
@@ -205,7 +206,7 @@ class TaskPrediction:
                    n_rows=self.n_rows, n_boot=self.n_boot, n_boot_failed=self.n_boot_failed,
                    params=self.params, loglik=self.loglik, pinned=self.pinned,
                    simulated=self.simulated, note=self.note, family_elbows=self.family_elbows or None,
-                   family_elbow_spread=self.family_spread,
+                   family_elbow_spread=self.family_spread, dispersion=self.dispersion,
                    cost=None if self.cost is None else self.cost.to_json())
         return _clean(out)
 
@@ -282,6 +283,12 @@ def predict_data(data: TaskData, config: FitConfig = FitConfig(), *, ground_trut
         record.note = "; ".join(filter(None, [record.note, (
             f"the multi-start optimum was improved by {gain:.3g} log-likelihood units from a point the "
             "profile or the bootstrap found; the intervals were recomputed around the better optimum")]))
+    phi = prof.dispersion if prof is not None else (boot.dispersion.phi if boot is not None and boot.dispersion else None)
+    record.dispersion = phi
+    if phi is not None and phi > DISPERSION_NOTE:
+        record.note = "; ".join(filter(None, [record.note, (
+            f"the counts vary {phi:.3g}x more than binomial around the fitted law (over-dispersed items, "
+            "checkpoints, or a law that does not fit): the intervals are widened for it")]))
     if boot is not None:
         record.emergence_loss_pct = dict(boot.percentiles)
         record.n_boot, record.n_boot_failed, record.samples = boot.n_boot, boot.n_failed, boot.emergence_loss
@@ -311,6 +318,7 @@ def shape_unidentified(data: TaskData, spec: law_.LawSpec) -> str | None:
             "or hold the shape with --fix k=VALUE --fix alpha=VALUE")
 
 
+DISPERSION_NOTE = 1.5  # phi above which the note says the intervals were widened for over-dispersion
 CERTIFY_ROUNDS = 3  # refits from a better profile/bootstrap point before the intervals are kept
 
 

@@ -70,3 +70,29 @@ def test_random_tasks_are_varied_and_valid():
     assert len({t.name for t in tasks}) == 5
     assert all(0.6 <= t.ceiling <= 0.9 and t.ceiling > t.chance for t in tasks)
     assert all(2.19 < t.emergence_loss < 3.35 for t in tasks)
+
+
+def _few_shot_dispersion(design, seeds=range(6)):
+    """Pearson X^2 per few-shot row around the true expected accuracy (no jitter on few-shot)."""
+    from fitting.simulate import simulate_checkpoints
+
+    ckpts = simulate_checkpoints(design)
+    true_loss = dict(zip(ckpts["checkpoint"].to_list(), ckpts["pretrain_loss"].to_list()))
+    x2 = []
+    for seed in seeds:
+        res = ss.simulate(design, seed=seed).results.filter(pl.col("setting") == FEW_SHOT)
+        for task in design.tasks:
+            rows = res.filter(pl.col("task") == task.name)
+            p = task.accuracy(np.array([true_loss[c] for c in rows["checkpoint"]]), design.d0, design.d0)
+            n = rows["n_items"].to_numpy()
+            x2.append((rows["value"].to_numpy() * n - n * p) ** 2 / (n * p * (1 - p)))
+    return float(np.mean(np.concatenate(x2)))
+
+
+def test_counts_are_over_dispersed_between_items_and_checkpoints():
+    """The default design's counts vary more than binomially around the true curve (the items'
+    beta-binomial and the checkpoint shift); with both switched off they do not."""
+    quiet = ss.Design(item_concentration=1e12, checkpoint_sd=0.0)
+    assert 0.75 < _few_shot_dispersion(quiet) < 1.35
+    assert _few_shot_dispersion(ss.Design()) > 1.8
+    assert _few_shot_dispersion(ss.Design(item_concentration=1e12)) > 1.2  # the checkpoint shift alone

@@ -157,3 +157,60 @@ def test_gaussian_bootstrap_runs_and_brackets_the_mle(fitted):
     out = bootstrap(data, model, n_boot=80, seed=2)
     assert out.n_failed <= 2
     assert out.percentiles[5] <= model.emergence_loss_ <= out.percentiles[95]
+
+
+# --------------------------------------------------------------------------- over-dispersion
+
+
+def test_dispersion_is_about_one_on_binomial_data_and_large_when_the_law_is_wrong(fitted):
+    from fitting import simulate_saturating as ss
+    from fitting.uncertainty import estimate_dispersion
+
+    data, model = fitted
+    own = estimate_dispersion(data, model)
+    assert 0.6 < own.row < 1.6 and own.phi < 1.8  # binomial counts (plus 0.01-nat subset jitter)
+    sat = TaskData.from_folder(ss.simulate(seed=3), "sat_mc4")
+    wrong = estimate_dispersion(sat, EmergenceLawFit().fit(sat))
+    assert wrong.row > 3 and wrong.checkpoint > wrong.row  # rows of a checkpoint share its misfit
+    assert wrong.phi == wrong.checkpoint and wrong.shared > 0 and wrong.dof < wrong.dof_row
+    gauss = estimate_dispersion(data, EmergenceLawFit(likelihood="gaussian").fit(data))
+    assert gauss.phi == 1.0
+
+
+def test_overdispersed_redraws_have_the_stated_variance_and_correlation():
+    from fitting.uncertainty import OverDispersion, _overdispersed_rate
+
+    disp = OverDispersion(row=4.0, checkpoint=4.0 + 9 * 1.5, rows_per_checkpoint=10.0)
+    assert disp.shared == pytest.approx(1.5) and disp.independent == pytest.approx(1.5)
+    rng = np.random.default_rng(0)
+    ckpt = np.repeat(np.arange(2), 2)  # 2 checkpoints x 2 rows
+    p, n = np.full((20_000, 4), 0.4), np.full((20_000, 4), 500.0)
+    n[:, 2:] = 1000.0  # a checkpoint drawn twice: twice the trials, the same inflation
+    y = rng.binomial(n.astype(np.int64), _overdispersed_rate(p, n, disp, ckpt, 2, rng))
+    ratio = y.var(0) / (n[0] * 0.4 * 0.6)
+    np.testing.assert_allclose(ratio, 1 + 1.5 + 1.5, rtol=0.05)
+    corr = np.corrcoef(y.T)
+    assert corr[0, 1] == pytest.approx(1.5 / 4, abs=0.03) and abs(corr[0, 2]) < 0.03
+
+
+def test_quasi_likelihood_widens_the_profile_by_about_sqrt_phi_and_none_keeps_the_binomial(fitted):
+    from fitting import simulate_saturating as ss
+
+    data, model = fitted
+    plain = profile_interval(data, model, dispersion="none")
+    assert plain.dispersion == 1.0
+    sat = TaskData.from_folder(ss.simulate(seed=3), "sat_mc4")
+    m = EmergenceLawFit().fit(sat)
+    binom, quasi = profile_interval(sat, m, dispersion="none"), profile_interval(sat, m)
+    assert quasi.dispersion > 3
+    ratio = (quasi.high - quasi.low) / (binom.high - binom.low)
+    assert 0.5 * np.sqrt(quasi.dispersion) < ratio < 2 * np.sqrt(quasi.dispersion)
+    row = profile_interval(sat, m, dispersion="row")  # independent rows: the smaller, row phi
+    assert 1 < row.dispersion < quasi.dispersion and quasi.low <= row.low and row.high <= quasi.high
+    boot = bootstrap(sat, m, n_boot=60, seed=0)
+    assert boot.dispersion is not None and boot.dispersion.phi == pytest.approx(quasi.dispersion)
+    narrow = bootstrap(sat, m, n_boot=60, seed=0, dispersion="none")
+    assert narrow.dispersion is None
+    assert np.ptp(boot.emergence_loss) > np.ptp(narrow.emergence_loss)
+    with pytest.raises(FitError, match="dispersion"):
+        bootstrap(sat, m, n_boot=10, dispersion="bogus")
