@@ -116,6 +116,24 @@ def test_mmlu_shots_are_the_first_dev_rows_of_the_subject_as_lm_eval_first_n():
             assert it.context == task.prefix(it.doc) + demos + task.doc_to_text(it.doc)
 
 
+@pytest.mark.parametrize("name", ["cola", "commonsense_qa"])
+def test_cola_and_csqa_draw_k_plus_1_shots_as_lm_eval(name):
+    """lm-eval's YAMLs for these set neither fewshot_split nor test_split, so its sampler draws
+    k + 1 rows per item and keeps the first k (tests/test_lm_eval_parity_real.py runs lm-eval)."""
+    import random
+
+    task = get_task(name, TaskData(path=str(FIXTURES / name)))
+    pool, docs = task.docs("train"), task.docs("validation")
+    rows = [(str(i), d) for i, d in enumerate(docs)]
+    rnd = random.Random(1234)
+    for it in build_items(task, rows, pool, 3, 1234, same_split=False):
+        shots = rnd.sample(pool, 4)[:3]
+        demos = "".join(task.doc_to_text(s) + " " + task.target(s) + "\n\n" for s in shots)
+        assert it.context == demos + task.doc_to_text(it.doc)
+    # where the pool has no k + 1-th row (lm-eval would fail) k rows are drawn
+    assert len(build_items(task, rows, pool[:3], 3, 1234, same_split=False)) == len(docs)
+
+
 def test_synthetic_tasks_are_seeded_and_splits_disjoint():
     a = get_task("synthetic_arithmetic", data_seed=1).docs("test")
     assert a == get_task("synthetic_arithmetic", data_seed=1).docs("test")

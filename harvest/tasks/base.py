@@ -44,6 +44,7 @@ class Task(ABC):
     split_sizes: ClassVar[dict[str, int]] = {}  # rows per split of the hub dataset
     lm_eval_task: ClassVar[str | None] = None  # lm-evaluation-harness's counterpart
     default_shots: ClassVar[int] = 0
+    fewshot_draws_extra: ClassVar[bool] = False  # draw k + 1 shots, as lm-eval does (fewshot.py)
     hub_dataset: ClassVar[str | None] = None
     hub_config: ClassVar[str | None] = None
     id_column: ClassVar[str | None] = None

@@ -2,7 +2,8 @@
 
 Hub: ``nyu-mll/glue`` config ``cola``; columns ``sentence`` (str), ``label`` (0 unacceptable,
 1 acceptable), ``idx`` (int). The hub's test split has label -1, so the eval split is
-``validation``; shots and finetuning come from ``train``.
+``validation``; shots and finetuning come from ``train``, drawn as lm-eval's ``cola`` draws them
+(``k + 1`` rows per item, the first ``k`` kept: :mod:`harvest.tasks.fewshot`; version 2).
 
 Metrics: Matthews correlation (``mcc``, primary, as GLUE and lm-eval's ``cola`` task score it),
 chance 0 on [-1, 1]: a model that learns only the label prior (always "yes", accuracy about 0.69
@@ -18,7 +19,8 @@ from harvest.tasks.metrics import MCC, Metric, accuracy_metric
 
 class CoLA(MultipleChoiceTask):
     name = "cola"
-    version = "1"
+    version = "2"  # 2: lm-eval's k + 1 shot draw (fewshot_draws_extra); 1: k drawn
+    fewshot_draws_extra = True
     prompt_format = "[shots] {sentence}\\nQuestion: Does this sentence make sense?\\nAnswer:  -> ' no'|' yes'"
     eval_split = "validation"
     fewshot_split = "train"

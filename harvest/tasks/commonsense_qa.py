@@ -4,7 +4,8 @@ Hub: ``tau/commonsense_qa``; columns ``id``, ``question``, ``question_concept``,
 (``{"label": ["A".."E"], "text": [...]}``), ``answerKey`` ("A".."E"). The hub's test split has
 no answers, so the eval split is ``validation``; shots and finetuning come from ``train``, as
 lm-eval's ``commonsense_qa`` task (its YAML names no ``fewshot_split``, so shots come from its
-``training_split``). lm-eval's default is 0 shots; the paper uses 6.
+``training_split``), drawn as lm-eval draws them (``k + 1`` rows per item, the first ``k``
+kept: :mod:`harvest.tasks.fewshot`; version 2). lm-eval's default is 0 shots; the paper uses 6.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from harvest.tasks.base import Doc, MultipleChoiceTask
 
 class CommonsenseQA(MultipleChoiceTask):
     name = "commonsense_qa"
-    version = "1"
+    version = "2"  # 2: lm-eval's k + 1 shot draw (fewshot_draws_extra); 1: k drawn
+    fewshot_draws_extra = True
     prompt_format = "[shots] Question: {question}\\nA. {t0}\\nB. {t1}\\nC. {t2}\\nD. {t3}\\nE. {t4}\\nAnswer:  -> ' A'..' E'"
     eval_split = "validation"
     fewshot_split = "train"

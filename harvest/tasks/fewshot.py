@@ -4,6 +4,12 @@ One ``random.Random(seed)`` per task; for each eval row, in order, ``rnd.sample(
 (when the pool is the eval split itself: ``k + 1`` rows drawn and the row itself dropped).
 So a prompt depends on the seed, the pool and the row's position among the eval rows.
 
+A task whose ``fewshot_draws_extra`` is true (CoLA, CommonsenseQA) draws ``k + 1`` rows and
+keeps the first ``k`` even when the pool is another split: lm-eval 0.4.13 passes the eval row to
+its sampler when the task's ``fewshot_split`` equals its ``test_split``, and in the YAMLs of
+those tasks both are unset (``None == None``), so it draws one row more per item. The shots of
+the first item are the same either way; every later item's differ unless the extra draw is made.
+
 A task whose ``fewshot_sampler`` is ``"first_n"`` (MMLU, as lm-eval's ``first_n`` sampler) takes
 the first k rows of its pool instead (minus the row itself when the pool is the eval split), so
 every row with the same pool gets the same shots and its prompts share one long token prefix.
@@ -60,8 +66,10 @@ def build_items(task: Task, rows: list[tuple[str, Doc]], pool: list[Doc], k: int
     rnd = random.Random(seed)
     pick = draw_shots if getattr(task, "fewshot_sampler", "random") == "random" else lambda _rnd, *a: first_shots(*a)
     items = []
+    # lm-eval's extra draw (where lm-eval would fail for want of a k + 1-th row: k drawn)
+    extra = same_split or (bool(getattr(task, "fewshot_draws_extra", False)) and k < len(pool))
     for item_id, doc in rows:
-        shots = pick(rnd, task.fewshot_pool(pool, doc), doc, k, same_split)
+        shots = pick(rnd, task.fewshot_pool(pool, doc), doc, k, extra)
         context = build_context(task, doc, shots)
         if task.kind == "multiple_choice":
             conts = tuple(TARGET_DELIMITER + c for c in task.choices(doc))
