@@ -30,6 +30,7 @@ from harvest.spec import CheckpointSpec, EngineSpec, HarvestSpec, TaskSpec
 from harvest.store import Store, claim_results_dir, compact, unit_key
 from harvest.tasks import Task, TaskData, get_task
 from harvest.tasks.fewshot import EvalItem, build_items, prompts_hash
+from harvest.tasks.metrics import accuracy_metric, encode_metrics, item_columns
 
 EVAL_KIND, LOSS_KIND = "eval", "loss"
 CHUNK = 64  # requests per engine call for an engine that does not size its calls (requests_per_call)
@@ -109,20 +110,33 @@ def evaluate_task(engine: Engine, plan: TaskPlan, checkpoint: str, *, setting: s
                   advance: Callable[[int], None] = lambda n: None) -> pl.DataFrame:
     """Item rows (the items columns plus ``gold``, ``metric``, ``chance``, ``shots``, ``prompt_hash``)."""
     items = plan.items
+    metrics = task_metrics(plan.task)
+    primary = metrics[0]
+    extra: dict[str, list] = {}
     if plan.task.kind == "multiple_choice":
         predictions, correct, logprobs = _score_choices(engine, items, adapter, advance)
     else:
-        predictions, correct, logprobs = _score_generations(engine, plan.task, items, adapter, advance)
+        predictions, correct, logprobs, extra = _score_generations(engine, plan.task, items, adapter, advance)
     n = len(items)
-    return pl.DataFrame({
+    rows = {
         "checkpoint": [checkpoint] * n, "task": [plan.spec.name] * n, "setting": [setting] * n,
         "n_train": [n_train] * n, "subset_seed": [subset_seed] * n,
         "item_id": [it.item_id for it in items], "prediction": predictions, "correct": correct,
         "choice_logprobs": logprobs, "gold": [plan.task.gold_label(it.doc) for it in items],
-        "metric": ["accuracy"] * n, "chance": [float(plan.task.chance)] * n, "shots": [plan.shots] * n,
+        "metric": [primary.name] * n, "chance": [float(primary.chance)] * n, "shots": [plan.shots] * n,
         "prompt_hash": [plan.prompt_hash] * n, "task_version": [plan.task.version] * n,
-    }, schema_overrides={"choice_logprobs": pl.List(pl.Float64), "n_train": pl.Int64,
-                         "subset_seed": pl.Int64, "shots": pl.Int64, "gold": pl.String})
+    }
+    if metrics != (accuracy_metric(plan.task.chance),):  # several metrics, or not plain accuracy
+        rows["metrics"] = [encode_metrics(metrics)] * n
+        rows.update(extra)
+    return pl.DataFrame(rows, schema_overrides={"choice_logprobs": pl.List(pl.Float64), "n_train": pl.Int64,
+                                                "subset_seed": pl.Int64, "shots": pl.Int64, "gold": pl.String})
+
+
+def task_metrics(task) -> tuple:
+    """The task's metrics, primary first (a task object without ``metrics()``: accuracy)."""
+    metrics = getattr(task, "metrics", None)
+    return metrics() if metrics is not None else (accuracy_metric(task.chance),)
 
 
 def requests_per_call(engine: Engine, n: int) -> int:
@@ -150,7 +164,11 @@ def _score_choices(engine, items, adapter, advance):
 
 
 def _score_generations(engine, task: Task, items, adapter, advance):
+    """Primary metric's (prediction, correct) per item, and the other metrics' as the item
+    columns of :func:`harvest.tasks.metrics.item_columns` (GSM8K: both answer filters)."""
+    metrics = task_metrics(task)
     predictions, correct = [], []
+    extra: dict[str, list] = {c: [] for m in metrics[1:] for c in item_columns(m.name, metrics[0].name)}
     size = requests_per_call(engine, len(items))
     for start in range(0, len(items), size):
         chunk = items[start:start + size]
@@ -159,8 +177,14 @@ def _score_generations(engine, task: Task, items, adapter, advance):
             pred, ok = task.check_generation(it.doc, text)
             predictions.append(pred)
             correct.append(ok)
+            if len(metrics) > 1:
+                scored = task.score_generation(it.doc, text)
+                for m in metrics[1:]:
+                    pred_col, ok_col = item_columns(m.name, metrics[0].name)
+                    extra[pred_col].append(scored[m.name][0])
+                    extra[ok_col].append(bool(scored[m.name][1]))
         advance(len(chunk))
-    return predictions, correct, [None] * len(items)
+    return predictions, correct, [None] * len(items), extra
 
 
 # --------------------------------------------------------------------------- the run

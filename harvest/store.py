@@ -31,10 +31,12 @@ import pyarrow.parquet as pq
 
 from emergence.errors import OutputError
 from emergence.paths import RESULTS_TABLES, check_out_dir
+from harvest.tasks.metrics import decode_metrics, unit_results
 from fitting.schema import ITEM_COLUMNS, ITEM_KEY, ITEMS_FILE, METADATA_KEY, ResultsFolder, write_parquet_atomic, write_results
 
 PARTS_DIR = "parts"
 ITEM_EXTRA = ("gold",)  # item-level columns kept in items.parquet besides the contract's
+METRIC_ITEM_PREFIXES = ("prediction_", "correct_")  # a unit's other metrics' item columns (kept too)
 RESULT_GROUP = [k for k in ITEM_KEY if k != "item_id"]
 
 
@@ -89,13 +91,28 @@ class Store:
 
 
 def results_from_items(items: pl.DataFrame) -> pl.DataFrame:
-    """One results row per unit: accuracy = mean(correct), n_items, and the per-unit constants."""
-    constant = [c for c in items.columns if c not in ITEM_COLUMNS and c not in ITEM_EXTRA]
-    return (
-        items.group_by(RESULT_GROUP, maintain_order=True)
+    """One results row per unit and metric: the unit's primary metric from ``correct`` (accuracy =
+    its mean), n_items, and the per-unit constants; a unit whose rows name several metrics
+    (``metrics``, :func:`harvest.tasks.metrics.encode_metrics`: CoLA's MCC and accuracy, GSM8K's two
+    answer filters) gets one row per metric, each aggregated its own way over its own columns."""
+    extra = [c for c in items.columns if c.startswith(METRIC_ITEM_PREFIXES)]
+    constant = [c for c in items.columns if c not in ITEM_COLUMNS and c not in ITEM_EXTRA and c not in extra]
+    plain = items if "metrics" not in items.columns else items.filter(pl.col("metrics").is_null())
+    out = (
+        plain.group_by(RESULT_GROUP, maintain_order=True)
         .agg(pl.col("correct").cast(pl.Float64).mean().alias("value"), pl.len().cast(pl.Int64).alias("n_items"),
              *[pl.col(c).first() for c in constant])
     )
+    if "metrics" not in items.columns or plain.height == items.height:
+        return out.drop("metrics", strict=False)
+    rows = []
+    for _, unit in items.filter(pl.col("metrics").is_not_null()).group_by(RESULT_GROUP, maintain_order=True):
+        first = unit.row(0, named=True)
+        cols = unit.to_dict(as_series=False)
+        for row in unit_results(decode_metrics(first["metrics"]), cols):
+            rows.append({**{c: first[c] for c in (*RESULT_GROUP, *constant)}, **row, "n_items": unit.height})
+    multi = pl.DataFrame(rows).select(out.columns) if out.height else pl.DataFrame(rows)
+    return pl.concat([out, multi], how="diagonal_relaxed").drop("metrics", strict=False)
 
 
 def compact(store: Store, checkpoints: pl.DataFrame, units: Iterable[tuple[str, str]],
@@ -112,6 +129,7 @@ def compact(store: Store, checkpoints: pl.DataFrame, units: Iterable[tuple[str, 
     rows = pl.concat(frames, how="diagonal_relaxed") if frames else _empty_items()
     results = results_from_items(rows) if rows.height else _empty_results()
     keep = [c for c in (*ITEM_COLUMNS, *ITEM_EXTRA) if c in rows.columns]
+    keep += [c for c in rows.columns if c.startswith(METRIC_ITEM_PREFIXES)]
     items = rows.select(keep).sort(ITEM_KEY) if rows.height else None
     # In place (not a folder swap): shards and workers may be writing parts into this folder.
     return write_results(store.root, checkpoints, results.sort(RESULT_GROUP), items, metadata,

@@ -82,11 +82,15 @@ def test_tables_follow_the_contract(tmp_path, models):
         assert {c: table.schema[c] for c in columns} == columns
     assert folder.checkpoints["tokens"].to_list() == [10 * 4096, 100 * 4096]
     assert folder.checkpoints["pretrain_loss"].min() > 0 and folder.checkpoints["bits_per_byte"].min() > 0
-    assert folder.results.height == 2 * 5 and folder.items.height == 2 * (6 + 4 + 4 + 6 + 20)
-    chance = dict(zip(folder.results["task"], folder.results["chance"]))
-    assert chance == {"mmlu": 0.25, "gsm8k": 0.0, "commonsense_qa": 0.2, "cola": 0.5, "synthetic_copy": 0.25}
+    # one row per unit and metric: CoLA's MCC (primary) and accuracy, GSM8K's two answer filters
+    assert folder.results.height == 2 * 7 and folder.items.height == 2 * (6 + 4 + 4 + 6 + 20)
+    chance = dict(zip(zip(folder.results["task"], folder.results["metric"]), folder.results["chance"]))
+    assert chance == {("mmlu", "accuracy"): 0.25, ("gsm8k", "exact_match"): 0.0, ("gsm8k", "exact_match_flexible"): 0.0,
+                      ("commonsense_qa", "accuracy"): 0.2, ("cola", "mcc"): 0.0, ("cola", "accuracy"): 0.5,
+                      ("synthetic_copy", "accuracy"): 0.25}
     per_item = folder.items.group_by("checkpoint", "task").agg(pl.col("correct").mean().alias("acc"), pl.len())
-    joined = folder.results.join(per_item, on=["checkpoint", "task"])
+    joined = folder.results.filter(pl.col("metric").is_in(["accuracy", "exact_match"])).join(
+        per_item, on=["checkpoint", "task"])
     assert (joined["value"] == joined["acc"]).all() and (joined["n_items"] == joined["len"]).all()
     mc = folder.items.filter(pl.col("task") == "mmlu")
     assert mc["choice_logprobs"].list.len().to_list() == [4] * mc.height

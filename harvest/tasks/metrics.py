@@ -18,6 +18,7 @@ computed over the whole unit's (gold, prediction) pairs, as lm-eval does (``skle
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -76,6 +77,16 @@ def matthews_corrcoef(golds: Sequence[Any], predictions: Sequence[Any]) -> float
     if cov_ypyp * cov_ytyt == 0:
         return 0.0
     return cov_ytyp / math.sqrt(cov_ytyt * cov_ypyp)
+
+
+def encode_metrics(metrics: Sequence[Metric]) -> str:
+    """A unit's metrics as one string column of its item rows (JSON: name, chance, low, high,
+    aggregate, lm_eval per metric, primary first), so the store can aggregate each."""
+    return json.dumps([[m.name, m.chance, m.low, m.high, m.aggregate, m.lm_eval] for m in metrics])
+
+
+def decode_metrics(text: str) -> tuple[Metric, ...]:
+    return tuple(Metric(str(n), float(c), float(lo), float(hi), str(a), str(e)) for n, c, lo, hi, a, e in json.loads(text))
 
 
 def item_columns(metric: str, primary: str) -> tuple[str, str]:
