@@ -75,11 +75,20 @@ def test_pooled_elbow_rises_with_finetuning_data(elbows):
 
 
 @pytest.mark.parametrize("task", ["ml_topic", "ml_topic_short"])
-def test_the_papers_law_on_all_checkpoints_lands_near_the_ground_truth(folder, task):
-    shipped = {row["task"]: row for row in json.loads((SHIPPED / "fit.json").read_text())}[task]
-    fit = EmergenceLawFit(LAW_FORMS["log_power"]).fit(TaskData.from_folder(folder, task))
-    assert fit.emergence_loss_ == pytest.approx(shipped["emergence_loss"], abs=0.01)  # the JSON is this fit
-    assert abs(fit.emergence_loss_ - shipped["ground_truth_loss"]) < 0.15  # docs: +0.11 and -0.03
+def test_on_all_checkpoints_the_ceiling_law_lands_near_the_ground_truth_and_the_papers_does_not(folder, task):
+    """docs/findings.md (since issue 20): against the elbow where accuracy leaves chance, the paper's
+    straight law fitted on all 64 checkpoints is 0.57-0.75 nats early; the saturating `ceiling`
+    form, which held-out likelihood prefers, is within 0.2 (under the whole-curve hinge's truth the
+    paper's law looked within 0.11)."""
+    shipped = {f: {row["task"]: row for row in json.loads((SHIPPED / f"{f}.json").read_text())}[task]
+               for f in ("fit", "fit_ceiling")}
+    data = TaskData.from_folder(folder, task)
+    fits = {f: EmergenceLawFit(LAW_FORMS[form]).fit(data) for f, form in (("fit", "log_power"), ("fit_ceiling", "ceiling"))}
+    for f, fit in fits.items():
+        assert fit.emergence_loss_ == pytest.approx(shipped[f]["emergence_loss"], abs=0.01)  # the JSON is this fit
+    truth = shipped["fit"]["ground_truth_loss"]
+    assert fits["fit"].emergence_loss_ - truth > 0.5  # docs: +0.75 and +0.57
+    assert abs(fits["fit_ceiling"].emergence_loss_ - truth) < 0.2  # docs: +0.10 and +0.18
 
 
 def test_the_shipped_run_used_the_default_ladder():
@@ -126,10 +135,13 @@ def test_a_larger_d0_keeps_the_prediction_inside_the_search_box(folder):
 
 
 @pytest.mark.parametrize("task", ["ml_topic", "ml_topic_short"])
-def test_the_elbow_columns_rank_the_ceiling_form_last_where_the_likelihood_ranks_it_first(folder, task):
-    """docs/microladder.md: held-out likelihood picks `ceiling`; leaving curves out shows it
-    extrapolates elbows worst. The elbow part is recomputed here; the likelihood ranking (960
-    fits) is read from compare_laws.json, whose elbow columns must equal the recomputation."""
+def test_the_elbow_columns_agree_with_the_likelihood_on_the_ceiling_form(folder, task):
+    """docs/findings.md (since issue 20): held-out likelihood picks `ceiling`, and with each curve's
+    elbow placed where accuracy leaves chance (the onset rule) leaving curves out now agrees: it
+    extrapolates elbows best. Under the whole-curve hinge the two disagreed (ceiling last: 0.595
+    vs 0.133 and 0.389 vs 0.103 nats), an artefact of elbows placed before the step. The elbow part
+    is recomputed here; the likelihood ranking (960 fits) is read from compare_laws.json, whose
+    elbow columns must equal the recomputation."""
     from fitting.compare import elbow_extrapolation, LawComparison
     from fitting.ground_truth import curve_elbow
 
@@ -147,4 +159,4 @@ def test_the_elbow_columns_rank_the_ceiling_form_last_where_the_likelihood_ranks
         # two installs (numpy/scipy builds) gave errors up to 3.3e-4 apart (issue 16). A real
         # change moves them by tenths of a nat (the ranking below), far beyond this.
         assert {int(k): v for k, v in row["elbow_errors"].items()} == pytest.approx(errors, abs=ELBOW_ATOL)
-    assert rmse["ceiling"] > 2 * rmse["log_power"]  # docs: 0.595 vs 0.133, 0.389 vs 0.103
+    assert 1.5 * rmse["ceiling"] < rmse["log_power"]  # docs: 0.106 vs 0.574, 0.249 vs 0.426
