@@ -6,20 +6,20 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 
-from emergence import cli as emergence_cli
 from fitting.data import TaskData
 from fitting.ground_truth import fit_ground_truth
 from fitting.importers import FORMATS, ImportOptions, import_results
 from fitting.importers.amuro_char import FINETUNE_TASKS, PARAMS as OLMO_PARAMS, TASKS as AMURO_TASKS
 from fitting.importers.pythia import PARAMS as PYTHIA_PARAMS
 from fitting.schema import load_results
+
+from test_importers import assert_one_line_error, run_cli  # noqa: E402  (the same in-process runner)
 
 SHARED = Path(os.environ.get("EMERGENCE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 AMURO_STEPS = (1000, 18000, 342000, 424000, 505000, 592000, 738000)
@@ -35,25 +35,6 @@ def shared(*parts: str) -> Path:
     return path
 
 
-def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    """Run ``emergence ARGS`` in-process through the real entry point; (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["emergence", *map(str, args)])
-    code = 0
-    try:
-        emergence_cli.main()
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
-    assert code == 2, err
-    assert "Traceback" not in err
-    text = " ".join(err.split())  # rich may wrap a long line on narrow terminals
-    assert text.startswith("error:"), err
-    for fragment in fragments:
-        assert fragment in text, f"{fragment!r} not in {text!r}"
 
 
 def truncated_copy(source: Path, dest: Path) -> Path:

@@ -192,14 +192,21 @@ def _task_infos(rows: pl.DataFrame, n_items: dict[str, int], options: ImportOpti
 
 
 def _results(rows: pl.DataFrame, tasks: dict[str, TaskInfo], metric: str, shots: int) -> pl.DataFrame:
+    return few_shot_results(rows, tasks, _name(), pl.lit(metric), pl.lit(shots, pl.Int64))
+
+
+def few_shot_results(rows: pl.DataFrame, tasks: dict[str, TaskInfo], checkpoint: pl.Expr, source_metric: pl.Expr,
+                     num_fewshot: pl.Expr) -> pl.DataFrame:
+    """Few-shot accuracy rows of the contract from ``rows`` (``task``, ``value`` and what the
+    expressions read), with each task's item count and chance (the Pythia importers)."""
     facts = pl.DataFrame({"task": list(tasks), "n_items": [t.n_items for t in tasks.values()],
                           "chance": [t.chance for t in tasks.values()]},
                          schema={"task": pl.String, "n_items": pl.Int64, "chance": pl.Float64})
     return rows.join(facts, on="task").select(
-        _name().alias("checkpoint"), "task", pl.lit("few_shot").alias("setting"),
+        checkpoint.alias("checkpoint"), "task", pl.lit("few_shot").alias("setting"),
         pl.lit(0, pl.Int64).alias("n_train"), pl.lit(0, pl.Int64).alias("subset_seed"),
         pl.lit("accuracy").alias("metric"), "value", "n_items", "chance",
-        pl.lit(metric).alias("source_metric"), pl.lit(shots, pl.Int64).alias("num_fewshot"),
+        source_metric.alias("source_metric"), num_fewshot.cast(pl.Int64).alias("num_fewshot"),
     ).sort("checkpoint", "task")
 
 

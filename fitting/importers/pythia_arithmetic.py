@@ -34,7 +34,7 @@ import polars as pl
 
 from emergence.errors import SourceError
 from fitting.importers.base import Imported, ImportOptions
-from fitting.importers.pythia import PARAMS
+from fitting.importers.pythia import PARAMS, few_shot_results
 from fitting.importers.sources import check_proportion, csv_line, numeric_column, read_csv
 from fitting.importers.tasks import TaskInfo
 
@@ -213,12 +213,4 @@ def _checkpoints(table: pl.DataFrame) -> pl.DataFrame:
 
 
 def _results(rows: pl.DataFrame, tasks: dict[str, TaskInfo]) -> pl.DataFrame:
-    facts = pl.DataFrame({"task": list(tasks), "n_items": [t.n_items for t in tasks.values()],
-                          "chance": [t.chance for t in tasks.values()]},
-                         schema={"task": pl.String, "n_items": pl.Int64, "chance": pl.Float64})
-    return rows.join(facts, on="task").select(
-        _name().alias("checkpoint"), "task", pl.lit("few_shot").alias("setting"),
-        pl.lit(0, pl.Int64).alias("n_train"), pl.lit(0, pl.Int64).alias("subset_seed"),
-        pl.lit("accuracy").alias("metric"), "value", "n_items", "chance",
-        pl.lit("acc").alias("source_metric"), pl.col("fewshot").alias("num_fewshot"),
-    ).sort("checkpoint", "task")
+    return few_shot_results(rows, tasks, _name(), pl.lit("acc"), pl.col("fewshot"))
