@@ -52,6 +52,9 @@ now read the over-dispersion off the fit's Pearson residuals (:func:`estimate_di
 On the law's own data phi is about 1 (1.0-1.2: the finetuning subsets' jitter) and the
 intervals barely move. Measured coverage, before and after: docs/law.md
 (``benchmarks/coverage_misspecified.py``).
+
+Size: one cohesive thing, the intervals of one fit (bootstrap, over-dispersion, profile), sharing
+the batched refits of :mod:`fitting.optimise`.
 """
 
 from __future__ import annotations
