@@ -300,18 +300,26 @@ def _parse_task(t: dict, i: int, where: _Where, base: Path) -> TaskSpec:
         limit=_positive(_get(t, "limit", where, p, int), f"{p}limit", where),
         seed=_get(t, "seed", where, p, int, default=1234), item_seed=_get(t, "item_seed", where, p, int),
         data=data, dataset=_get(t, "dataset", where, p, str), config=_get(t, "config", where, p, str),
-        options=dict(_get(t, "options", where, p, dict, default={})),
+        options=_task_options(task, dict(_get(t, "options", where, p, dict, default={})), base),
     )
     named = {("split" if k == "eval_split" and "split" in t else k): v for k, v in splits.items() if v is not None}
     _check_task_splits(spec, named, p, where)
     return spec
 
 
+def _task_options(task: str, options: dict[str, Any], base: Path) -> dict[str, Any]:
+    """An lm-eval task YAML's path (option ``yaml``) is relative to the spec, as ``data`` is."""
+    if task == "lm_eval_yaml" and isinstance(options.get("yaml"), str):
+        options["yaml"] = _resolve(options["yaml"], base)
+    return options
+
+
 def _check_task_splits(spec: TaskSpec, given: dict[str, str], p: str, where: _Where) -> None:
-    """The splits the spec names exist: local files, or the hub dataset's declared splits."""
+    """The splits the spec names exist: local files, or the hub dataset's declared splits. An
+    lm-eval YAML task is always built here, so that its unsupported fields are refused when read."""
     from harvest.tasks import TaskData, get_task
 
-    if not given:
+    if not given and spec.task != "lm_eval_yaml":
         return
     try:
         task = get_task(spec.task, TaskData(spec.data, spec.dataset, spec.config), **spec.options)

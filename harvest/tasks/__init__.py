@@ -23,6 +23,7 @@ TASK_CLASSES: dict[str, str | type[Task]] = {
     "gsm8k": "harvest.tasks.gsm8k:GSM8K",
     "commonsense_qa": "harvest.tasks.commonsense_qa:CommonsenseQA",
     "cola": "harvest.tasks.cola:CoLA",
+    "lm_eval_yaml": "harvest.tasks.lmeval_yaml:LmEvalYaml",
     "synthetic_arithmetic": "harvest.tasks.synthetic:SyntheticArithmetic",
     "synthetic_copy": "harvest.tasks.synthetic:SyntheticCopy",
     **MICROLADDER_TASK_CLASSES,
