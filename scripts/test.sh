@@ -21,7 +21,9 @@ echo "installed in $((SECONDS - start)) s"
 
 start=$SECONDS
 # -m "not heavy": the long MCMC tests (pytest -m heavy) are outside the CI budget.
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider --ignore=tests/vllm -m "not heavy" "$@"
+# -n 2: two test processes (pytest-xdist, in the lock), one per core of a CI machine; every test
+# keeps its files in its own tmp_path and its cache in EMERGENCE_CACHE_DIR when it uses one.
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider -n "${PYTEST_WORKERS:-2}" --ignore=tests/vllm -m "not heavy" "$@"
 echo "stage 1 tests took $((SECONDS - start)) s"
 
 echo "== stage 2: vLLM venv"
