@@ -128,9 +128,9 @@ def render_markdown(title: str, sections: Sequence[Section], banner: str | None)
 
 
 def _md_text(text: str) -> str:
-    """Text from the data (task names, notes) made inert: Markdown renders raw HTML, so ``&`` and
-    ``<`` are escaped (``>`` alone opens no tag and stays readable: "need >= 2")."""
-    return text.replace("&", "&amp;").replace("<", "&lt;")
+    """Text from the data (task names, notes) made inert: Markdown renders raw HTML (entities
+    such as ``&gt;`` render as the character)."""
+    return html.escape(text, quote=False)
 
 
 def _md_block(block: Table | Figure | Glossary) -> list[str]:
