@@ -4,7 +4,11 @@ workers included), with the load average beside (the machine may be shared: CPU 
 what compares across runs).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_main_job.py [datasets_cache/microladder]
-        [--n-boot 200] [--workers 2] [--stages fit,backtest,report] [--code DIR]
+        [--n-boot 200] [--workers 2] [--fit-workers N] [--stages fit,backtest,report] [--code DIR]
+
+The three commands are the demo's (``scripts/demo.sh``): ``fit --workers 2``, ``backtest`` and
+``report`` with ``--n-boot 200 --workers 2``. ``fit`` stores each task's ground truth in the
+cache, and ``backtest`` and ``report`` read it there.
 
 Every run gets a fresh, empty backtest cache (``EMERGENCE_CACHE_DIR``, fitting.backtest_cache), as
 in a fresh clone: ``backtest`` fills it and ``report`` reuses it; ``--cache DIR`` uses DIR instead
@@ -51,6 +55,8 @@ def main() -> int:
     parser.add_argument("folder", nargs="?", default="datasets_cache/microladder")
     parser.add_argument("--n-boot", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--fit-workers", type=int, default=None,
+                        help="fit's --workers (default: --workers; 0: leave the option out, for code before it had one)")
     parser.add_argument("--stages", default="fit,backtest,report")
     parser.add_argument("--code", default=None, help="checkout whose code to run (PYTHONPATH)")
     parser.add_argument("--cache", default=None, help="backtest cache folder (default: a fresh empty one)")
@@ -62,12 +68,13 @@ def main() -> int:
                PYTHONPATH=str(code),
                EMERGENCE_CACHE_DIR=args.cache or tempfile.mkdtemp(prefix="bench_cache_"))
     out = tempfile.mkdtemp(prefix="bench_report_")
+    fit_workers = args.workers if args.fit_workers is None else args.fit_workers
     stages = {
-        "fit": ["fit", folder, "--json"],
+        "fit": ["fit", folder, "--json", *(["--workers", str(fit_workers)] if fit_workers else [])],
         "backtest": ["backtest", folder, "--n-boot", str(args.n_boot), "--workers", str(args.workers), "--json"],
         "report": ["report", folder, "--out", out, "--n-boot", str(args.n_boot), "--workers", str(args.workers)],
     }
-    print(f"code: {code}   folder: {folder}   n_boot={args.n_boot} workers={args.workers}   "
+    print(f"code: {code}   folder: {folder}   n_boot={args.n_boot} workers={args.workers} fit workers={fit_workers}   "
           f"cache: {env['EMERGENCE_CACHE_DIR']}   cores: {os.cpu_count()}")
     total_wall = total_cpu = 0.0
     for name in args.stages.split(","):

@@ -474,10 +474,12 @@ class _TaskPlan:
     note: str = ""
 
 
-def plan_task(data: TaskData, config: BacktestConfig, simulated: bool) -> _TaskPlan:
-    """Ground truth and the list of fits (cutoffs, ablations) for one task."""
+def plan_task(data: TaskData, config: BacktestConfig, simulated: bool,
+              cache: "BacktestCache | None" = None) -> _TaskPlan:
+    """Ground truth (from ``cache`` when it has it) and the list of fits (cutoffs, ablations)
+    for one task."""
     check_task(data, config.fit)  # configuration errors stop the run; FitErrors later end a task's cutoffs
-    truth = ground_truth_of(data, config.fit)
+    truth = ground_truth_of(data, config.fit) if cache is None else cache.ground_truth(data, config.fit)
     elbow = truth.elbow_loss
     cuts, jobs, note = [], [], ""
     if not data.has_finetune:
@@ -563,12 +565,14 @@ def backtest(folder: ResultsFolder, config: BacktestConfig = BacktestConfig(),
              cache: "BacktestCache | None" = None) -> list[TaskBacktest]:
     """Backtest every task (or ``tasks``) of a results folder; progress bar on stderr.
 
-    ``cache`` (a :class:`fitting.backtest_cache.BacktestCache`): fits found there are reused, the
-    others run and are stored; with ``progress`` a line on stderr says how many were reused."""
+    ``cache`` (a :class:`fitting.backtest_cache.BacktestCache`): ground truths and fits found
+    there are reused, the others run and are stored; with ``progress`` a line on stderr says how many were reused."""
     tasks = folder.tasks if tasks is None else list(tasks)
     datas = [TaskData.from_folder(folder, t, config.fit.metric) for t in tasks]  # validate names first
     simulated = is_simulated(folder)
-    plans = [plan_task(d, config, simulated) for d in datas]
+    for d in datas:  # configuration errors before any work
+        check_task(d, config.fit)
+    plans = [plan_task(d, config, simulated, cache) for d in datas]
     jobs = [job for plan in plans for job in plan.jobs]
     outputs: list[Outcome | None] = [None] * len(jobs)
     if cache is not None:

@@ -1,5 +1,6 @@
-"""A cache of backtest fits, so that ``emergence report`` does not redo what ``emergence backtest``
-just did (and a second ``report`` redoes nothing).
+"""A cache of backtest fits and ground truths, so that ``emergence report`` does not redo what
+``emergence backtest`` just did (and a second ``report`` redoes nothing), and neither redoes the
+ground truth ``emergence fit`` computed.
 
 The unit is one fit of the backtest (a cutoff or an ablation row: a ``fitting.backtest._Job``)
 and its outcome (a ``TaskPrediction`` or the reason there is none). The key is a SHA-256 of
@@ -13,6 +14,10 @@ everything the outcome depends on:
 - the whole ``FitConfig`` (law, D0, likelihood, n_boot, seed, starts, profile, ...);
 - the code: the package version, the bytes of ``fitting/**/*.py`` and the numpy/scipy versions
   (another version of the optimiser gives other last digits).
+
+The other unit is a task's ground truth with its bootstrap interval (:func:`ground_truth_key`:
+the task's whole ``TaskData`` and the ground-truth settings of the ``FitConfig``, with the code),
+which ``fit``, ``backtest`` and ``report`` each need for every task and is the same for all three.
 
 Where: ``$EMERGENCE_CACHE_DIR``, else ``$XDG_CACHE_HOME/emergence``, else ``~/.cache/emergence``;
 entries under ``backtest-v1/``, never inside the results folder (the shipped datasets are in
@@ -119,6 +124,20 @@ def job_key(job) -> str:
     return h.hexdigest()
 
 
+GROUND_TRUTH_SETTINGS = ("likelihood", "gt_alpha", "gt_min_rise", "spec", "gt_rule", "gt_boot", "seed")
+
+
+def ground_truth_key(data, config) -> str:
+    """SHA-256 of a task's data, the settings ``FitConfig.ground_truth`` uses, and the code."""
+    h = hashlib.sha256(code_fingerprint().encode())
+    h.update(b"ground_truth|")
+    _feed(h, data)
+    for name in GROUND_TRUTH_SETTINGS:
+        h.update(f"|{name}=".encode())
+        _feed(h, getattr(config, name))
+    return h.hexdigest()
+
+
 def cacheable(job) -> bool:
     return job.config.method == "mle"
 
@@ -215,16 +234,40 @@ class BacktestCache:
 
     def get(self, job) -> Any | None:
         """The cached outcome of ``job``, or None (not cached, unreadable, corrupt, other key)."""
+        return self._read(job_key(job)) if cacheable(job) else None
+
+    def put(self, job, outcome) -> None:
         if not cacheable(job):
-            return None
-        key = job_key(job)
+            return
+        try:
+            meta, arrays = encode(outcome)
+        except TypeError:
+            return
+        self._write(job_key(job), meta, arrays)
+
+    def ground_truth(self, data, config):
+        """``config.ground_truth(data)`` (a ``FitConfig``), from the cache when an entry has it."""
+        from fitting.ground_truth import GroundTruth
+
+        key = ground_truth_key(data, config)
+        meta = self._read(key, decoder=lambda meta, _: meta)
+        if meta is not None and meta.get("kind") == "ground_truth":
+            try:
+                return GroundTruth(**meta["value"])
+            except TypeError:  # another version's fields: recompute
+                pass
+        truth = config.ground_truth(data)
+        self._write(key, dict(kind="ground_truth", value=dataclasses.asdict(truth)), {})
+        return truth
+
+    def _read(self, key: str, decoder=None) -> Any | None:
         path = self._path(key)
         try:
             with np.load(path, allow_pickle=False) as npz:
                 meta = json.loads(bytes(npz["meta"]).decode("utf-8"))
                 if meta.get("format") != FORMAT or meta.get("key") != key:
                     raise ValueError("another key")
-                outcome = decode(meta["outcome"], {k: npz[k] for k in npz.files if k != "meta"})
+                outcome = (decoder or decode)(meta["outcome"], {k: npz[k] for k in npz.files if k != "meta"})
         except (FileNotFoundError, NotADirectoryError):  # not cached (yet)
             self.misses += 1
             return None
@@ -235,16 +278,9 @@ class BacktestCache:
         self.hits += 1
         return outcome
 
-    def put(self, job, outcome) -> None:
-        if not cacheable(job):
-            return
+    def _write(self, key: str, meta: dict, arrays: dict[str, np.ndarray]) -> None:
         from emergence import atomic
 
-        try:
-            meta, arrays = encode(outcome)
-        except TypeError:
-            return
-        key = job_key(job)
         blob = json.dumps(dict(format=FORMAT, key=key, outcome=meta), default=_json_default).encode("utf-8")
         buf = io.BytesIO()
         np.savez(buf, meta=np.frombuffer(blob, dtype=np.uint8), **arrays)

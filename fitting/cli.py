@@ -62,6 +62,9 @@ def fit_command(
     items: Annotated[str, typer.Option(help="bootstrap item redraw: fitted (default), observed or none")] = "fitted",
     metric: Annotated[Optional[str], typer.Option(help="metric to fit (default accuracy, else exact_match, else the only one)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON list on stdout")] = False,
+    workers: Annotated[int, typer.Option(help="processes: tasks are fitted in parallel (the results are the same)")] = 1,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="recompute the ground truths: neither read nor write "
+                                           "the cache ($EMERGENCE_CACHE_DIR, else ~/.cache/emergence)")] = False,
     chains: Annotated[int, typer.Option(help="bayes: MCMC chains")] = 4,
     draws: Annotated[int, typer.Option(help="bayes: posterior draws per chain")] = 1000,
     tune: Annotated[int, typer.Option(help="bayes: tuning steps per chain")] = 2000,
@@ -73,9 +76,12 @@ def fit_command(
     side_by_side: Annotated[bool, typer.Option("--side-by-side", help="bayes: also run the bootstrap and show both (Table 3 layout)")] = False,
 ) -> None:
     """Predict, per task, the pretraining loss (and FLOPs) at which few-shot performance leaves chance."""
+    from fitting.backtest_cache import BacktestCache
     from fitting.predict import FitConfig, predict_all
     from fitting.schema import load_results
 
+    if workers < 1:
+        raise FitError(f"--workers must be >= 1, got {workers}")
     bayes_config = None
     if method == "bayes":
         from fitting.cli_bayes import config_from_cli
@@ -89,7 +95,8 @@ def fit_command(
     if family is not None:
         folder = folder.select_family(family)
     with StageTimer("fit") as timer:
-        predictions = predict_all(folder, config, tasks=task or None, progress=True)
+        predictions = predict_all(folder, config, tasks=task or None, progress=True, workers=workers,
+                                  cache=None if no_cache else BacktestCache())
         timer.what = f"{len(predictions)} task{'s' * (len(predictions) != 1)}"
     if method == "bayes" and side_by_side:
         from dataclasses import replace

@@ -74,8 +74,17 @@ class ComputeLaw:
 
 
 def fit_compute_law(loss, flops, family: str | None = None) -> ComputeLaw:
-    """Least squares in loss (nats) with ``scipy.optimize.curve_fit``, multi-start over L_inf."""
+    """Least squares in loss (nats) with ``scipy.optimize.curve_fit``, multi-start over L_inf.
+
+    Memoised on the exact points (a backtest converts every task of a cutoff, and the report
+    every fit, with the law of the same checkpoints): the law is a pure function of them."""
     loss, flops = np.asarray(loss, float), np.asarray(flops, float)
+    return _fit_compute_law(tuple(loss.tolist()), tuple(flops.tolist()), family)
+
+
+@lru_cache(maxsize=512)
+def _fit_compute_law(loss: tuple, flops: tuple, family: str | None) -> ComputeLaw:
+    loss, flops = np.array(loss, float), np.array(flops, float)
     if len(loss) < MIN_POINTS:
         raise FitError(f"compute law for {family or 'all families'}: {len(loss)} checkpoints, need >= {MIN_POINTS}")
     f_ref = float(flops.max())

@@ -142,9 +142,14 @@ def _damped_step(theta, grad, hess, lam, problem: Problem, eye):
     hess = hess * free[:, :, None] * free[:, None, :] + frozen[:, :, None] * eye
     diag = np.einsum("bpp->bp", hess)
     scale = np.maximum(diag, 1e-8 * diag.max(-1, keepdims=True) + 1e-12)  # Marquardt scaling
-    system = np.nan_to_num(hess + lam[:, None, None] * scale[:, :, None] * eye)
-    step = _solve_or_lstsq(system, np.nan_to_num(grad))
+    system = _finite(hess + lam[:, None, None] * scale[:, :, None] * eye)
+    step = _solve_or_lstsq(system, _finite(grad))
     return step * free, grad
+
+
+def _finite(a: np.ndarray) -> np.ndarray:
+    """``np.nan_to_num(a)``, without its cost when every entry is finite (nearly always)."""
+    return a if np.isfinite(a).all() else np.nan_to_num(a)
 
 
 def _solve_or_lstsq(system: np.ndarray, rhs: np.ndarray) -> np.ndarray:
@@ -161,9 +166,14 @@ def _solve_or_lstsq(system: np.ndarray, rhs: np.ndarray) -> np.ndarray:
 def _subproblem(problem: Problem, rows: np.ndarray) -> Problem:
     """The batch members ``rows`` of a problem whose targets (B, N) or bounds (B, P) are per member."""
     pick = lambda a, nd=2: a[rows] if isinstance(a, np.ndarray) and a.ndim == nd else a  # noqa: E731
-    return replace(problem, y=pick(problem.y), n=pick(problem.n), lower=pick(problem.lower),
-                   upper=pick(problem.upper), curv_lo=pick(problem.curv_lo), curv_hi=pick(problem.curv_hi),
-                   offset=pick(problem.offset, 1))
+    sub = replace(problem, y=pick(problem.y), n=pick(problem.n), lower=pick(problem.lower),
+                  upper=pick(problem.upper), curv_lo=pick(problem.curv_lo), curv_hi=pick(problem.curv_hi),
+                  offset=pick(problem.offset, 1))
+    # what does not depend on the members is shared, what does is picked, not recomputed
+    sub.__dict__["rows"] = problem.rows
+    if problem.likelihood == "binomial":
+        sub.__dict__["_binomial"] = tuple(pick(a) for a in problem._binomial)
+    return sub
 
 
 def polish(problem: Problem, theta0: np.ndarray, max_iter: int = 500):

@@ -10,8 +10,8 @@ Public API
 ``predict_data(data, config, *, ground_truth=None, progress=None, simulated=False)``
                          the pipeline on a ``TaskData`` (the backtest calls this on subsets,
                          passing the all-checkpoint ``ground_truth`` it computed once).
-``predict_task(folder, task, config, progress=None)``
-``predict_all(folder, config, tasks=None, progress=False) -> list[TaskPrediction]``
+``predict_task(folder, task, config, progress=None, cache=None)``
+``predict_all(folder, config, tasks=None, progress=False, workers=1, cache=None) -> list[TaskPrediction]``
 
 Methods: ``config.method == "mle"`` runs here. Another method is an entry of
 :data:`METHOD_HOOKS` (``"bayes"``: :mod:`fitting.bayes`), imported when used: its
@@ -341,7 +341,7 @@ def _certified_intervals(data: TaskData, model: EmergenceLawFit, config: FitConf
             boot = bootstrap(data, model, config.n_boot, config.seed, config.items, progress=progress)
             if prof is not None and _outside(prof, boot.percentiles):  # flat direction: refit from its far ends too
                 boot = bootstrap(data, model, config.n_boot, config.seed, config.items, progress=progress,
-                                 extra_starts=prof.end_thetas())
+                                 extra_starts=prof.end_thetas(), rerun_of=boot)
             step = model.refit_from(data, boot.theta[boot.converged]) if refit else 0.0
             if step > 0:
                 gain += step
@@ -438,37 +438,89 @@ def with_flops(record: TaskPrediction, data: TaskData, config: FitConfig) -> Tas
 
 
 def predict_task(folder: ResultsFolder, task: str, config: FitConfig = FitConfig(),
-                 progress: Progress | None = None) -> TaskPrediction:
+                 progress: Progress | None = None, cache=None) -> TaskPrediction:
     """The pipeline for one task of a results folder.
 
     A task whose data cannot be fitted (``FitError``: e.g. fewer than 3 checkpoints) gives a
     record with a null prediction and the reason in ``note``, so one thin task does not stop
     a multi-task run. (``predict_data`` raises instead; the backtest relies on that.)
+    ``cache`` (a :class:`fitting.backtest_cache.BacktestCache`): the ground truth is read from
+    it, or computed and stored there for ``backtest`` and ``report``.
     """
     data = TaskData.from_folder(folder, task, config.metric)
+    truth = None if cache is None or config.method != "mle" else cache.ground_truth(data, config)
     try:
-        return predict_data(data, config, progress=progress, simulated=is_simulated(folder))
+        return predict_data(data, config, ground_truth=truth, progress=progress, simulated=is_simulated(folder))
     except FitError as err:
         check_task(data, config)  # configuration errors still stop the run
-        gt = config.ground_truth(data)
+        gt = config.ground_truth(data) if truth is None else truth
         record = empty_record(data, config, gt, is_simulated(folder))
         record.note = f"no prediction: {err}"
         return with_flops(record, data, config)
 
 
 def predict_all(folder: ResultsFolder, config: FitConfig = FitConfig(), tasks: list[str] | None = None,
-                progress: bool = False) -> list[TaskPrediction]:
-    """Every task (or ``tasks``), in order; bootstrap progress on stderr when ``progress``."""
+                progress: bool = False, workers: int = 1, cache=None) -> list[TaskPrediction]:
+    """Every task (or ``tasks``), in order; progress on stderr when ``progress``.
+
+    ``workers`` > 1: tasks run in that many processes (spawned: polars' thread pool is not
+    fork-safe), each task's work in one of them; the records are the same as with one.
+    ``cache``: see :func:`predict_task`."""
     tasks = folder.tasks if tasks is None else list(tasks)
     for task in tasks:  # validate every task before any work (and before progress bars)
         check_task(TaskData.from_folder(folder, task, config.metric), config)
     if config.method != "mle":
         return method_hook(config.method, 1)(folder, config, tasks=tasks, progress=progress)
-    out = [predict_task(folder, t, config) for t in tasks] if not progress else _with_progress(folder, config, tasks)
+    if workers < 1:
+        raise FitError(f"workers must be >= 1, got {workers}")
+    if workers > 1 and len(tasks) > 1:
+        out = _in_processes(folder, config, tasks, min(workers, len(tasks)), progress, cache)
+    elif progress:
+        out = _with_progress(folder, config, tasks, cache)
+    else:
+        out = [predict_task(folder, t, config, cache=cache) for t in tasks]
     for record in out:
         record.family_elbows = family_elbows(folder, record.task, config)
         record.cost = task_cost(folder, record.task, record.emergence_flops)
     return out
+
+
+def _in_processes(folder: ResultsFolder, config: FitConfig, tasks: list[str], workers: int, progress: bool,
+                  cache) -> list[TaskPrediction]:
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool, \
+            _task_bar(progress, len(tasks)) as tick:
+        futures = {pool.submit(predict_task, folder, t, config, None, cache): t for t in tasks}
+        done = {}
+        for fut in as_completed(futures):
+            done[futures[fut]] = fut.result()
+            tick(futures[fut])
+    return [done[t] for t in tasks]
+
+
+class _task_bar:
+    """A rich bar of finished tasks on stderr, or nothing."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled, self.total = enabled, total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda _task: None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("fit {task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=Console(stderr=True))
+        self.bar.__enter__()
+        tid = self.bar.add_task("tasks", total=self.total)
+        return lambda task: self.bar.update(tid, advance=1, description=f"tasks (done: {task})")
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.bar.__exit__(*exc)
 
 
 def family_elbows(folder: ResultsFolder, task: str, config: FitConfig) -> dict[str, float | None]:
@@ -487,7 +539,7 @@ def family_elbows(folder: ResultsFolder, task: str, config: FitConfig) -> dict[s
     return out
 
 
-def _with_progress(folder: ResultsFolder, config: FitConfig, tasks: list[str]) -> list[TaskPrediction]:
+def _with_progress(folder: ResultsFolder, config: FitConfig, tasks: list[str], cache=None) -> list[TaskPrediction]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -496,7 +548,7 @@ def _with_progress(folder: ResultsFolder, config: FitConfig, tasks: list[str]) -
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
         for task in tasks:
             tid = bar.add_task(f"bootstrap {task}", total=max(config.n_boot, 1))
-            out.append(predict_task(folder, task, config,
+            out.append(predict_task(folder, task, config, cache=cache,
                                     progress=lambda done, total, tid=tid: bar.update(tid, completed=done)))
             bar.update(tid, completed=max(config.n_boot, 1))
     return out

@@ -92,6 +92,9 @@ class BootstrapResult:
     seed: int
     percentiles: dict[int, float] = field(default_factory=dict)
     dispersion: "OverDispersion | None" = None  # what the item redraws were inflated by (None: binomial)
+    # (theta (B, P), objective (B,), converged (B,)) of every resample's fit from the MLE alone,
+    # before the best-of-starts choice and retries: a rerun with ``extra_starts`` reuses them
+    warm_fits: tuple | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_boot(self) -> int:
@@ -171,7 +174,7 @@ def _gaussian_targets(data, mult, rng, items, model):
 def bootstrap(data: TaskData, model: EmergenceLawFit, n_boot: int = 1000, seed: int = 0,
               items: ItemResampling = "fitted", subsets: bool = True, chunk: int = 250,
               progress: Progress | None = None, extra_starts: np.ndarray | None = None,
-              dispersion: Dispersion | None = None) -> BootstrapResult:
+              dispersion: Dispersion | None = None, rerun_of: BootstrapResult | None = None) -> BootstrapResult:
     """Refit ``n_boot`` resamples of ``data`` around the fitted ``model`` (its spec/likelihood).
 
     ``dispersion`` (None: ``DEFAULT_DISPERSION``): ``"pearson"`` redraws items with the
@@ -194,40 +197,62 @@ def bootstrap(data: TaskData, model: EmergenceLawFit, n_boot: int = 1000, seed: 
     if not getattr(model, "converged_", False):
         raise FitError(f"task {data.task!r}: the maximum-likelihood fit did not converge; no bootstrap")
     disp = _resolve(data, model, dispersion)
+    reuse = rerun_of is not None and rerun_of.warm_fits is not None
+    if reuse and (rerun_of.n_boot != n_boot or rerun_of.seed != seed or rerun_of.items != items):
+        raise FitError("bootstrap(rerun_of=...) needs a bootstrap with the same n_boot, seed and items")
     rng = np.random.default_rng(task_seed(seed, data.task))
-    thetas, oks = [], []
+    thetas, oks, warm = [], [], []
     for lo in range(0, n_boot, chunk):
         size = min(chunk, n_boot - lo)
         y, n = resample_targets(data, model, size, rng, items, subsets, disp)
-        theta, ok = _refit(data, model, y, n, extra_starts)
+        known = tuple(a[lo:lo + size] for a in rerun_of.warm_fits) if reuse else None
+        theta, ok, first = _refit(data, model, y, n, extra_starts, known)
         thetas.append(theta)
         oks.append(ok)
+        warm.append(first)
         if progress is not None:
             progress(lo + size, n_boot)
     theta, ok = np.concatenate(thetas), np.concatenate(oks)
+    warm_fits = tuple(np.concatenate(parts) for parts in zip(*warm))
     samples = law_.emergence_loss(model.spec, theta[ok])
     pct = dict(zip(PERCENTILES, np.percentile(samples, PERCENTILES).tolist())) if len(samples) else {}
-    return BootstrapResult(samples, theta, ok, items, seed, pct, disp)
+    return BootstrapResult(samples, theta, ok, items, seed, pct, disp, warm_fits)
 
 
-def _refit(data: TaskData, model: EmergenceLawFit, y: np.ndarray, n: np.ndarray, extra_starts=None):
+def _refit(data: TaskData, model: EmergenceLawFit, y: np.ndarray, n: np.ndarray, extra_starts=None,
+           known=None):
     """Fit every resample (batch) from the MLE (and ``extra_starts``, best kept); retry failures
-    from a few multi-start points."""
+    from a few multi-start points. ``known``: the fits from the MLE, already made (theta, f, ok).
+    Returns (theta (B, P), converged (B,), the fits from the MLE)."""
     inits = model.theta_[None] if extra_starts is None else np.vstack([model.theta_[None], extra_starts])
+    if known is not None:
+        inits = inits[1:]
     n_b, n_s, n_p = len(y), len(inits), len(model.theta_)
-    problem = make_problem(model.spec, data, model.likelihood, y=np.repeat(y, n_s, 0), n=np.repeat(n, n_s, 0))
-    theta, f, ok, _ = lm_batch(problem, np.tile(inits, (n_b, 1)), max_iter=model.max_iter)
-    theta, f, ok = theta.reshape(n_b, n_s, n_p), f.reshape(n_b, n_s), ok.reshape(n_b, n_s)
+    if n_s:
+        problem = make_problem(model.spec, data, model.likelihood, y=np.repeat(y, n_s, 0), n=np.repeat(n, n_s, 0))
+        theta, f, ok, _ = lm_batch(problem, np.tile(inits, (n_b, 1)), max_iter=model.max_iter)
+        theta, f, ok = theta.reshape(n_b, n_s, n_p), f.reshape(n_b, n_s), ok.reshape(n_b, n_s)
+    if known is not None:  # the MLE start goes first, as if fitted in this batch
+        cols = [(k[:, None],) for k in known]
+        if n_s:
+            cols = [(k[:, None], a) for k, a in zip(known, (theta, f, ok))]
+        theta, f, ok = (np.concatenate(c, 1) for c in cols)
+    first = (theta[:, 0].copy(), f[:, 0].copy(), ok[:, 0].copy())
     pick = np.where(ok, f, np.inf).argmin(1)  # best converged start (start 0 when none converged)
     rows = np.arange(n_b)
     theta, f, ok = theta[rows, pick], f[rows, pick], ok[rows, pick]
     retry = np.flatnonzero(~ok)
-    for start in starts(model.spec, data, 4, model.seed)[: 4 if len(retry) else 0]:
-        sub = make_problem(model.spec, data, model.likelihood, y=y[retry], n=n[retry])
-        t2, f2, ok2, _ = lm_batch(sub, np.broadcast_to(start, (len(retry), len(start))), max_iter=model.max_iter)
-        better = ok2 & (~ok[retry] | (f2 < f[retry]))
-        theta[retry[better]], f[retry[better]], ok[retry[better]] = t2[better], f2[better], True
-    return theta, ok
+    if len(retry):  # every retry from every start in one batch, then taken start by start
+        points = starts(model.spec, data, 4, model.seed)
+        n_r, n_q = len(retry), len(points)
+        sub = make_problem(model.spec, data, model.likelihood, y=np.tile(y[retry], (n_q, 1)),
+                           n=np.tile(n[retry], (n_q, 1)))
+        t2, f2, ok2, _ = lm_batch(sub, np.repeat(points, n_r, 0), max_iter=model.max_iter)
+        for q in range(n_q):
+            part = slice(q * n_r, (q + 1) * n_r)
+            better = ok2[part] & (~ok[retry] | (f2[part] < f[retry]))
+            theta[retry[better]], f[retry[better]], ok[retry[better]] = t2[part][better], f2[part][better], True
+    return theta, ok, first
 
 
 @dataclass(frozen=True)

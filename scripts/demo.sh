@@ -16,7 +16,7 @@ install_locked "$VENV" requirements/base.txt
 echo "installed in $((SECONDS - start)) s"
 
 N_BOOT=${N_BOOT:-200}   # resamples per backtest cutoff (the fit itself uses 1000)
-"$VENV/bin/emergence" fit "$DATA"
+"$VENV/bin/emergence" fit "$DATA" --workers 2
 "$VENV/bin/emergence" backtest "$DATA" --n-boot "$N_BOOT" --workers 2
 "$VENV/bin/emergence" report "$DATA" --out "$OUT" --n-boot "$N_BOOT" --workers 2
 echo "report: $OUT/index.html"

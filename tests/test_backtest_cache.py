@@ -45,6 +45,16 @@ class _Counter:
         monkeypatch.setattr(backtest_mod, "predict_data", counted)
 
 
+def _entry_kind(path: Path) -> str:
+    with np.load(path, allow_pickle=False) as npz:
+        return json.loads(bytes(npz["meta"]).decode())["outcome"]["kind"]
+
+
+def _fit_entries(root: Path) -> list[Path]:
+    """The cache's entries of backtest fits (not ground truths)."""
+    return [p for p in sorted(Path(root).rglob("*.npz")) if _entry_kind(p) != "ground_truth"]
+
+
 def _report_files(out: Path) -> dict[str, bytes]:
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
@@ -105,7 +115,7 @@ def test_a_corrupt_entry_is_recomputed_not_a_crash(res, capsys, monkeypatch):
     count = _Counter(monkeypatch)
     run_cli(["backtest", res, *ARGS, "--json"], capsys)
     first = count.n
-    entries = sorted(Path(res.parent / "cache").rglob("*.npz"))
+    entries = _fit_entries(res.parent / "cache")
     assert len(entries) == first
     entries[0].write_bytes(b"not an npz")
     entries[1].write_bytes(entries[1].read_bytes()[:100])  # cut short
@@ -143,3 +153,59 @@ def test_an_unwritable_cache_folder_warns_and_goes_on(tmp_path, capsys):
     config = BacktestConfig(fit=FitConfig(n_boot=0, n_starts=8, profile=False), min_checkpoints=11)
     (r,) = backtest(folder, config, cache=cache)
     assert r.cutoffs and cache.writes == 0 and "cannot write the backtest cache" in capsys.readouterr().err
+
+
+class _TruthCounter:
+    """Counts the ground truths computed (FitConfig.ground_truth) in this process."""
+
+    def __init__(self, monkeypatch):
+        self.n = 0
+        real = FitConfig.ground_truth
+
+        def counted(config, data):
+            self.n += 1
+            return real(config, data)
+
+        monkeypatch.setattr(FitConfig, "ground_truth", counted)
+
+
+def test_fit_backtest_and_report_compute_each_ground_truth_once(res, tmp_path, capsys, monkeypatch):
+    truths = _TruthCounter(monkeypatch)
+    code, out, err = run_cli(["fit", res, "--n-boot", "20", "--json"], capsys)
+    assert code == 0, err
+    assert truths.n == 2  # one per task, stored
+    gt_entries = [p for p in sorted((res.parent / "cache").rglob("*.npz")) if _entry_kind(p) == "ground_truth"]
+    assert len(gt_entries) == 2
+    code, bt, err = run_cli(["backtest", res, *ARGS, "--json"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["report", res, "--out", tmp_path / "r", *ARGS], capsys)
+    assert code == 0, err
+    assert truths.n == 2, "backtest or report recomputed a ground truth that fit had stored"
+    # the cached truth is the computed one, field for field
+    code, bt_fresh, err = run_cli(["backtest", res, *ARGS, "--json", "--no-cache"], capsys)
+    assert code == 0 and truths.n == 4
+    assert json.loads(bt_fresh) == json.loads(bt)
+    # other ground-truth settings (the seed of its bootstrap) miss
+    run_cli(["fit", res, "--n-boot", "20", "--json", "--seed", "3"], capsys)
+    assert truths.n == 6
+
+
+def test_a_corrupt_ground_truth_entry_is_recomputed(res, capsys, monkeypatch):
+    truths = _TruthCounter(monkeypatch)
+    code, out, _ = run_cli(["fit", res, "--n-boot", "20", "--json"], capsys)
+    for path in (res.parent / "cache").rglob("*.npz"):
+        if _entry_kind(path) == "ground_truth":
+            path.write_bytes(path.read_bytes()[:50])
+    code, out2, err = run_cli(["fit", res, "--n-boot", "20", "--json"], capsys)
+    assert code == 0 and truths.n == 4 and "ignoring unreadable cache entry" in err
+    assert json.loads(out2) == json.loads(out)
+
+
+def test_fit_in_worker_processes_gives_the_same_records(res, capsys):
+    code, one, err = run_cli(["fit", res, "--n-boot", "30", "--json", "--no-cache"], capsys)
+    assert code == 0, err
+    code, two, err = run_cli(["fit", res, "--n-boot", "30", "--json", "--no-cache", "--workers", "2"], capsys)
+    assert code == 0, err
+    assert json.loads(two) == json.loads(one)
+    code, _, err = run_cli(["fit", res, "--workers", "0"], capsys)
+    assert code != 0 and "--workers must be >= 1" in err and "Traceback" not in err

@@ -4,7 +4,9 @@
 evaluated per data level with exp(α log x), and the batch optimiser evaluates its three trial
 steps in one call. Each is checked here against the plain per-row formulas, on simulated data,
 including bootstrap targets (B, N) and predictions outside [EPS, 1 - EPS] (the quadratic
-continuation), and the fits they give against fits of the per-row problem.
+continuation), and the fits they give against fits of the per-row problem. The bootstrap's
+shortcuts (a rerun with extra starts reuses the fits from the MLE; retries from the multi-start
+points in one batch) give bit for bit what the long way gives.
 """
 
 from __future__ import annotations
@@ -136,3 +138,54 @@ def test_fits_of_the_aggregated_problem_equal_fits_of_the_per_row_one(data, mode
     assert abs(f1[best1] - f2[best2]) <= 1e-6 * (1 + abs(f2[best2]))
     c = model.spec.param_names.index("C")
     assert abs(t1[best1, c] - t2[best2, c]) < 1e-4  # the prediction itself
+
+
+def test_a_batch_member_is_fitted_the_same_alone_or_in_any_batch(data, model):
+    """What the reuse below rests on: members of lm_batch are independent, bit for bit."""
+    rng = np.random.default_rng(5)
+    y, n = resample_targets(data, model, 12, rng)
+    problem = make_problem(model.spec, data, "binomial", y=y, n=n)
+    t_all, f_all, ok_all, _ = lm_batch(problem, np.tile(model.theta_, (12, 1)) * 1.1, max_iter=200)
+    for i in (0, 7):
+        alone = make_problem(model.spec, data, "binomial", y=y[i:i + 1], n=n[i:i + 1])
+        t1, f1, ok1, _ = lm_batch(alone, model.theta_[None] * 1.1, max_iter=200)
+        np.testing.assert_array_equal(t1[0], t_all[i])
+        assert f1[0] == f_all[i] and ok1[0] == ok_all[i]
+
+
+def test_a_rerun_with_extra_starts_reuses_the_fits_from_the_mle_exactly(data, model):
+    from fitting.uncertainty import bootstrap, profile_interval
+
+    prof = profile_interval(data, model)
+    first = bootstrap(data, model, 60, seed=2)
+    fresh = bootstrap(data, model, 60, seed=2, extra_starts=prof.end_thetas())
+    reused = bootstrap(data, model, 60, seed=2, extra_starts=prof.end_thetas(), rerun_of=first)
+    np.testing.assert_array_equal(reused.theta, fresh.theta)
+    np.testing.assert_array_equal(reused.converged, fresh.converged)
+    assert reused.percentiles == fresh.percentiles
+
+
+def test_retries_in_one_batch_equal_retries_start_by_start(data, model):
+    """Resamples that did not converge are refitted from the multi-start points; all of them
+    in one lm_batch gives what one call per start gave."""
+    from fitting.uncertainty import _refit
+
+    rng = np.random.default_rng(3)
+    y, n = resample_targets(data, model, 16, rng)
+    saved = model.max_iter
+    try:
+        model.max_iter = 4  # few resamples converge from the MLE in 4 steps: most are retried
+        theta, ok, first = _refit(data, model, y, n)
+        assert (~first[2]).sum() >= 2 and (ok & ~first[2]).any(), "the test needs retried, rescued resamples"
+        # the reference: the retries one start at a time, as before
+        ref_theta, ref_f, ref_ok = (a.copy() for a in first)
+        retry = np.flatnonzero(~ref_ok)
+        for start in optimise.starts(model.spec, data, 4, model.seed):
+            sub = make_problem(model.spec, data, model.likelihood, y=y[retry], n=n[retry])
+            t2, f2, ok2, _ = lm_batch(sub, np.broadcast_to(start, (len(retry), len(start))), max_iter=4)
+            better = ok2 & (~ref_ok[retry] | (f2 < ref_f[retry]))
+            ref_theta[retry[better]], ref_f[retry[better]], ref_ok[retry[better]] = t2[better], f2[better], True
+    finally:
+        model.max_iter = saved
+    np.testing.assert_array_equal(theta, ref_theta)
+    np.testing.assert_array_equal(ok, ref_ok)
