@@ -9,7 +9,7 @@ steps: tokens/s (non-padding tokens processed) of our loop and of ``Trainer.trai
 and for full finetuning; ratio = ours / Trainer. Our time includes tokenising and wrapping the
 model in its adapter; Trainer's counts ``train()`` only (a conservative comparison for us).
 
-Part 2: the sweep of ``tests/test_sweep.py`` (3 checkpoints x 3 data levels x 2 seeds, one
+Part 2: the sweep of ``tests/harvest/test_sweep.py`` (3 checkpoints x 3 data levels x 2 seeds, one
 synthetic task) run locally in this process, with its time split by phase.
 """
 

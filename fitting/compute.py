@@ -120,7 +120,7 @@ def sample_laws(law: ComputeLaw, n: int = LAW_DRAWS, seed: int = 0) -> tuple[Com
     scale s²(JᵀJ)⁻¹ (J the Jacobian at the fit, s² the residual variance) and n_points − 3
     degrees of freedom: the t accounts for s² estimated from a handful of checkpoints. L_inf is
     clipped to the fit's bounds; draws with a or b <= 0 (outside the law) are dropped. Measured
-    on simulated runs of 8 checkpoints (``tests/test_compute.py``), this interval covers the true
+    on simulated runs of 8 checkpoints (``tests/fitting/test_compute.py``), this interval covers the true
     FLOPs of a loss 2-3x beyond the data about 90% of the time at nominal 90%; a residual
     bootstrap covered 77-79%. A tuple: the result is cached and shared.
     """

@@ -8,7 +8,7 @@ at checkpoints that measured base. The default rule (``"onset"``) locates the el
 checkpoints up to the onset (the first checkpoint clearly above base whose successor is too) and
 ``POST_ONSET`` from it, inside the gap between the last checkpoint before the onset and the onset.
 Later checkpoints only decide whether the task emerged, so cutting them back does not move the
-elbow (``tests/test_ground_truth.py``). On a curve that is a hinge (a straight rise) this is where
+elbow (``tests/fitting/test_ground_truth.py``). On a curve that is a hinge (a straight rise) this is where
 the rise first shows, up to one checkpoint after the hinge's own elbow: the law-recovery tests
 measure a hinge curve's elbow with ``rule="hinge"``."""
 

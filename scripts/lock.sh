@@ -5,7 +5,7 @@
 #   requirements/ci.txt    every extra + dev tools, CPU torch: Linux x86-64, Python 3.11 (CI)
 #   requirements/vllm.txt  the separate vLLM-on-CPU venv of CI stage 2
 #
-# Then run `pytest tests/test_lock.py` (the locks satisfy pyproject's bounds) and the suite,
+# Then run `pytest tests/emergence/test_lock.py` (the locks satisfy pyproject's bounds) and the suite,
 # and commit the three files together. uv comes from the package registry, pinned.
 set -euo pipefail
 cd "$(dirname "$0")/.."

