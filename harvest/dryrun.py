@@ -240,7 +240,10 @@ def _sweep_estimate(spec: HarvestSpec, params, task_tokens) -> dict[str, Any]:
                          "unknown": unknown, "longest_example_tokens": longest or None,
                          "largest_level": largest or None},
             "model_loads": len(spec.checkpoints) + loads,
-            "model_loads_ray": len(spec.checkpoints) + 2 * cells}
+            # Ray runs each checkpoint's cells as one task (executors.ray_pieces) like the local
+            # executor; a checkpoint cut into k pieces for more GPUs than checkpoints adds k - 1
+            # training loads and k - 1 engines
+            "model_loads_ray": len(spec.checkpoints) + loads}
 
 
 def training_memory_estimate(spec: HarvestSpec, configs, finetune: dict[str, Any],
@@ -302,7 +305,8 @@ def format_dry_run(d: dict[str, Any]) -> str:
         f = d["finetune"]
         lines.append(f"  finetune cells: {f['cells']} ({f['method']}, targets {f['target_modules']})"
                      + (f"; unknown for {', '.join(f['unknown'])}" if f["unknown"] else ""))
-        lines.append(f"  model loads: {d['model_loads']} (local executor), {d['model_loads_ray']} (ray)")
+        lines.append(f"  model loads: {d['model_loads']} (local executor; ray: {d['model_loads_ray']}, plus 2 for "
+                     "each extra piece when a checkpoint is split across more GPUs than there are checkpoints)")
         lines.extend(_memory_lines(d["training_memory"]))
     else:
         lines.append(f"  model loads: {d['model_loads']}")

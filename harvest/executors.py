@@ -15,10 +15,13 @@ GPU), as Ray tasks, or as one shard of n; and ``harvest eval``'s worker processe
   forked), write disjoint parts, and die with the driver (``PR_SET_PDEATHSIG`` on Linux), so a
   killed sweep leaves no worker behind and resumes like a local one. ``harvest eval`` uses the
   same workers for whole checkpoints (:func:`measure_job`).
-- **ray**: one Ray task per cell (train, score, write its part), asking for ``num_cpus`` CPUs
-  and ``num_gpus`` GPUs (1 when the cluster has GPUs), plus one task per checkpoint for its base
-  units (pretraining loss, few-shot). A failed cell is retried up to ``retries`` times, then
-  its error is recorded and the sweep goes on. The driver compacts the parts at the end. The
+- **ray**: one Ray task per piece of a checkpoint's cells (:func:`ray_pieces`: a checkpoint's
+  cells together, cut only where one checkpoint is more than a slot's fair share, so every GPU
+  gets work), run as the local executor runs a checkpoint (the base loaded once for training,
+  one engine scoring every adapter), each task asking for ``num_cpus`` CPUs and ``num_gpus``
+  GPUs (1 when the cluster has GPUs); plus one task per checkpoint for its base units
+  (pretraining loss, few-shot). A failed piece's unfinished cells are retried up to
+  ``retries`` times, then each one's error is recorded and the sweep goes on. The driver compacts the parts at the end. The
   results folder must be shared by the workers (one machine, or a shared filesystem).
 - **shard** ``i/n``: share ``i`` of ``n`` balanced shares of the whole sweep (the same
   assignment in every shard: it depends on the spec alone), run locally; disjoint across
@@ -49,7 +52,7 @@ from harvest.balance import Share, balance
 from harvest.store import PARTS_DIR, Store
 from harvest.sweep import (
     FINETUNE_KIND, BaseModels, Cell, Phases, SweepError, SweepPlan, evaluate_cell, load_tokenizer, open_engine,
-    run_cell, train_cell, write_cell,
+    train_cell, write_cell,
 )
 
 
@@ -444,11 +447,16 @@ def _die_with_parent(parent: int) -> None:
 # --------------------------------------------------------------------------- ray
 
 
-def _ray_cell(plan: SweepPlan, cell: Cell, threads: int) -> dict[str, float]:
+def _ray_piece(plan: SweepPlan, cells: list[Cell], threads: int) -> Outcome:
+    """One Ray task: cells of one checkpoint, run as the local executor runs a checkpoint (LoRA:
+    the base loaded once for training, one engine scoring every adapter). Errors propagate
+    (the driver retries the piece's pending cells)."""
     import torch
 
     torch.set_num_threads(threads)
-    return run_cell(plan, cell)
+    outcome = Outcome()
+    _local_checkpoint(plan, cells, outcome, lambda c: None, keep_going=False)
+    return outcome
 
 
 def _ray_base(plan: SweepPlan, checkpoint: str, threads: int) -> dict[str, float]:
@@ -480,6 +488,25 @@ def _ray_resources(ray, plan: SweepPlan) -> dict[str, float]:
     return {"num_cpus": plan.config.num_cpus, "num_gpus": gpus, "max_retries": 0}
 
 
+def ray_pieces(plan: SweepPlan, cells: list[Cell], slots: int) -> list[list[Cell]]:
+    """The Ray tasks of ``cells``: each checkpoint's cells together (one model load and one
+    engine per task), cut further only where a checkpoint costs more than a slot's fair share
+    of the work (:mod:`harvest.balance`), so that ``slots`` GPUs (or CPU slots) all get work."""
+    pieces = []
+    for share in plan_shares(plan, cells, [], max(1, slots)):
+        for name in dict.fromkeys(c.checkpoint for c in share.cells):
+            pieces.append([c for c in share.cells if c.checkpoint == name])
+    return pieces
+
+
+def _ray_slots(ray, options: dict[str, float]) -> int:
+    """How many tasks with ``options`` the cluster runs at once."""
+    have = ray.cluster_resources()
+    if options["num_gpus"] > 0:
+        return max(1, int(have.get("GPU", 0) // options["num_gpus"]))
+    return max(1, int(have.get("CPU", 1) // max(options["num_cpus"], 1e-9)))
+
+
 def _ray_submit_all(ray, plan, cells, base_checkpoints, advance) -> Outcome:
     outcome = Outcome()
     todo = pending_cells(plan, cells)
@@ -487,32 +514,46 @@ def _ray_submit_all(ray, plan, cells, base_checkpoints, advance) -> Outcome:
     options = _ray_resources(ray, plan)
     threads = max(1, int(plan.config.num_cpus))
     plan_ref = ray.put(plan)
-    cell_task = ray.remote(_ray_cell).options(**options)
+    piece_task = ray.remote(_ray_piece).options(**options)
     base_task = ray.remote(_ray_base).options(**options)
-    jobs: dict[Any, tuple[str, Any, int]] = {}  # object ref -> (kind, cell or checkpoint, attempt)
+    jobs: dict[Any, tuple[str, Any, int]] = {}  # object ref -> (kind, cells or checkpoint, attempt)
 
     def submit(kind: str, what, attempt: int) -> None:
-        fn = base_task if kind == "base" else cell_task
+        fn = base_task if kind == "base" else piece_task
         jobs[fn.remote(plan_ref, what, threads)] = (kind, what, attempt)
 
     for name in base_checkpoints:
         submit("base", name, 1)
-    for cell in todo:
-        submit("cell", cell, 1)
+    for piece in ray_pieces(plan, todo, _ray_slots(ray, options)):
+        submit("cells", piece, 1)
     while jobs:
         (ready,), _ = ray.wait(list(jobs), num_returns=1)
         kind, what, attempt = jobs.pop(ready)
         try:
-            outcome.add_phases(ray.get(ready))
+            result = ray.get(ready)
         except ray.exceptions.RayError as err:
-            if attempt <= plan.config.retries:
-                submit(kind, what, attempt + 1)
+            if kind == "base":
+                if attempt <= plan.config.retries:
+                    submit(kind, what, attempt + 1)
+                else:
+                    outcome.failed.append(_failure(kind, what, attempt, err))
                 continue
-            outcome.failed.append(_failure(kind, what, attempt, err))
+            left = pending_cells(plan, what)  # cells the piece finished before the error are kept
+            done = [c for c in what if c not in left]
+            outcome.computed += len(done)
+            for cell in done:
+                advance(cell)
+            if left and attempt <= plan.config.retries:
+                submit(kind, left, attempt + 1)
+            else:
+                outcome.failed += [_failure("cell", cell, attempt, err) for cell in left]
             continue
-        if kind == "cell":
-            outcome.computed += 1
-            advance(what)
+        if kind == "base":
+            outcome.add_phases(result)
+            continue
+        outcome.add(result)
+        for cell in what:
+            advance(cell)
     return outcome
 
 

@@ -414,21 +414,6 @@ def load_tokenizer(plan: SweepPlan, checkpoint: str):
     return AutoTokenizer.from_pretrained(ref.path, revision=ref.revision, trust_remote_code=ref.trust_remote_code)
 
 
-def run_cell(plan: SweepPlan, cell: Cell) -> dict[str, float]:
-    """Train, evaluate and write one cell in this process (a Ray task's body); returns phases."""
-    phases = Phases()
-    stats = train_cell(plan, cell, phases)
-    with phases("eval_load"):
-        engine = open_engine(plan, cell, stats)
-        tokenizer = load_tokenizer(plan, cell.checkpoint)
-    try:
-        rows = evaluate_cell(plan, cell, engine, stats, tokenizer, phases)
-    finally:
-        engine.close()
-    write_cell(plan, cell, rows, stats, phases)
-    return phases.seconds
-
-
 # --------------------------------------------------------------------------- base units and compaction
 
 

@@ -212,6 +212,25 @@ def test_ray_sweep_gives_the_same_tables(spec_path, local_out, ray_cluster):
     report = run_sweep(spec_path, out, executor="ray", show_progress=False)
     assert (report.computed, report.failed, report.missing) == (N_CELLS, [], [])
     assert_same_tables(local_out, out)
+    # a checkpoint's cells run as one task (the 2-CPU cluster has 2 slots and 3 checkpoints, so
+    # none is cut): its base loaded once for training, one engine scoring every adapter
+    assert report.loads and all(counts == {"train": 1, "score": 1} for counts in report.loads.values())
+
+
+def test_ray_pieces_keep_a_checkpoint_together_unless_the_cluster_has_more_slots(spec_path):
+    from harvest.executors import ray_pieces
+    from harvest.spec import load_spec
+    from harvest.sweep import plan_sweep
+
+    plan = plan_sweep(load_spec(spec_path), spec_path.parent / "unused")
+    for slots in (1, 2, 3):
+        pieces = ray_pieces(plan, plan.cells, slots)
+        assert sorted(c.key for p in pieces for c in p) == sorted(c.key for c in plan.cells)  # disjoint, covering
+        assert all(len({c.checkpoint for c in p}) == 1 for p in pieces)
+        assert len(pieces) == len({c.checkpoint for c in plan.cells})  # up to as many slots as checkpoints: whole
+    many = ray_pieces(plan, plan.cells, 12)  # more slots than checkpoints: cut, so every slot gets work
+    assert len(many) > len({c.checkpoint for c in plan.cells})
+    assert all(len({c.checkpoint for c in p}) == 1 for p in many)
 
 
 @pytest.mark.ray
