@@ -62,10 +62,10 @@ from fitting.data import TaskData
 from fitting.ground_truth import GroundTruth, checkpoint_values, clearly_above
 from fitting.backtest_cache import BacktestCache, FitFailure
 from fitting.predict import FitConfig, TaskPrediction, _clean, check_task, is_simulated, predict_data
+from fitting.progress import CountBar, Tick
 from fitting.schema import ResultsFolder
 
 
-Tick = Callable[[str], None]  # progress callback: called once per finished fit with a label
 
 
 # --------------------------------------------------------------------------- configuration
@@ -578,7 +578,7 @@ def backtest(folder: ResultsFolder, config: BacktestConfig = BacktestConfig(),
     if cache is not None:
         outputs = [cache.get(job) for job in jobs]
     todo = [i for i, out in enumerate(outputs) if out is None]
-    with _progress(progress, len(todo)) as tick:
+    with CountBar("backtest", len(todo), progress) as tick:
         computed = run_jobs([jobs[i] for i in todo], config.workers, tick)
     for i, out in zip(todo, computed):
         outputs[i] = out
@@ -599,29 +599,6 @@ def backtest(folder: ResultsFolder, config: BacktestConfig = BacktestConfig(),
         results.append(r)
         start += len(plan.jobs)
     return results
-
-
-class _progress:
-    """A rich progress bar on stderr (so JSON on stdout stays clean), or nothing."""
-
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total = enabled, total
-
-    def __enter__(self) -> Tick:
-        if not self.enabled:
-            return lambda _label: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.bar = Progress(TextColumn("backtest {task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=Console(stderr=True))
-        self.bar.__enter__()
-        tid = self.bar.add_task("", total=self.total)
-        return lambda label: self.bar.update(tid, advance=1, description=label)
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.bar.__exit__(*exc)
 
 
 def backtests_json(results: Sequence[TaskBacktest]) -> list[dict[str, Any]]:

@@ -490,37 +490,16 @@ def _in_processes(folder: ResultsFolder, config: FitConfig, tasks: list[str], wo
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
+    from fitting.progress import CountBar
+
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool, \
-            _task_bar(progress, len(tasks)) as tick:
+            CountBar("fit", len(tasks), progress) as tick:
         futures = {pool.submit(predict_task, folder, t, config, None, cache): t for t in tasks}
         done = {}
         for fut in as_completed(futures):
             done[futures[fut]] = fut.result()
-            tick(futures[fut])
+            tick(f"tasks (done: {futures[fut]})")
     return [done[t] for t in tasks]
-
-
-class _task_bar:
-    """A rich bar of finished tasks on stderr, or nothing."""
-
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total = enabled, total
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda _task: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.bar = Progress(TextColumn("fit {task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=Console(stderr=True))
-        self.bar.__enter__()
-        tid = self.bar.add_task("tasks", total=self.total)
-        return lambda task: self.bar.update(tid, advance=1, description=f"tasks (done: {task})")
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.bar.__exit__(*exc)
 
 
 def family_elbows(folder: ResultsFolder, task: str, config: FitConfig) -> dict[str, float | None]:

@@ -15,13 +15,33 @@ from fitting.simulate import DEFAULT_TASKS
 from cli_runner import run_cli as run  # noqa: E402
 
 
+SIMULATE = ["--seed", "1", "--n-items", "800"]
+
+
 @pytest.fixture(scope="module")
 def sim_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("sim") / "results"
+    """The folder ``emergence simulate DIR --seed 1 --n-items 800`` writes, made here (not by the
+    first test: under pytest-xdist this module's tests may run in different processes)."""
+    import contextlib
+    import io
+    import sys
+
+    from emergence import cli
+
+    out = tmp_path_factory.mktemp("sim") / "results"
+    argv, sys.argv = sys.argv, ["emergence", "simulate", str(out), *SIMULATE]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+            cli.main()
+    finally:
+        sys.argv = argv
+    load_results(out)  # it was written
+    return out
 
 
-def test_simulate_writes_a_labelled_folder(sim_dir, capsys):
-    code, out, _ = run(["simulate", str(sim_dir), "--seed", "1", "--n-items", "800"], capsys)
+def test_simulate_writes_a_labelled_folder(tmp_path, capsys):
+    sim_dir = tmp_path / "results"
+    code, out, _ = run(["simulate", str(sim_dir), *SIMULATE], capsys)
     assert code == 0 and "SIMULATED" in out
     folder = load_results(sim_dir)
     assert folder.metadata["simulated"] is True
