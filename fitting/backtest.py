@@ -443,9 +443,11 @@ def _run_job(job: _Job) -> Outcome:
 
 def run_jobs(jobs: Sequence[_Job], workers: int, tick: Tick | None = None) -> list[Outcome]:
     """Run every job, in order of ``jobs``; ``workers`` > 1 uses processes (spawned, not forked:
-    polars' thread pool is not fork-safe)."""
+    polars' thread pool is not fork-safe), unless every job is a point fit (no resamples, no
+    profile: the ablation rows), which takes less time than starting a process."""
     tick = tick or (lambda _label: None)
-    if workers <= 1 or len(jobs) <= 1:
+    point_fits = all(job.config.n_boot == 0 and not job.config.profile for job in jobs)
+    if workers <= 1 or len(jobs) <= 1 or point_fits:
         out = []
         for job in jobs:
             out.append(_run_job(job))
