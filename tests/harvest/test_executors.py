@@ -245,20 +245,10 @@ def test_eval_with_two_workers_gives_the_tables_of_one_process(spec_path, tmp_pa
 
 
 def test_eval_workers_report_a_checkpoint_that_will_not_load_in_one_line(spec_path, tmp_path, capsys):
-    import shutil
-
-    from safetensors.torch import load_file, save_file
-
     from tests.cli_runner import run_cli
+    from tests.harvest.test_sweep import copy_with_a_broken_checkpoint
 
-    for i in range(3):  # the spec's checkpoints, the middle one missing a weight
-        shutil.copytree(spec_path.parent / f"ckpt{i}", tmp_path / f"ckpt{i}")
-    weights = load_file(tmp_path / "ckpt1" / "model.safetensors")
-    del weights["model.norm.weight"]
-    save_file(weights, tmp_path / "ckpt1" / "model.safetensors", metadata={"format": "pt"})
-    shutil.copyfile(spec_path.parent / "heldout.txt", tmp_path / "heldout.txt")
-    spec = tmp_path / "spec.toml"
-    shutil.copyfile(spec_path, spec)
+    spec = copy_with_a_broken_checkpoint(spec_path, tmp_path)
 
     code, out, err = run_cli(["harvest", "eval", spec, "--out", tmp_path / "go", "-q", "--workers", "2",
                               "--keep-going"], capsys)

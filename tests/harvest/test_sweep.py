@@ -333,22 +333,30 @@ def test_cli_reports_a_missing_sweep_table_in_one_line(tmp_path):
     assert bad_shard.returncode == 2 and "Traceback" not in bad_shard.stderr
 
 
-def test_keep_going_records_a_checkpoint_that_will_not_load_and_sweeps_the_rest(spec_path, tmp_path, capsys):
-    import json
+def copy_with_a_broken_checkpoint(spec_path: Path, dest: Path) -> Path:
+    """The spec's checkpoints, held-out text and spec copied into ``dest``, the middle
+    checkpoint (``ckpt1``) missing a weight; returns the copied spec's path."""
     import shutil
 
     from safetensors.torch import load_file, save_file
 
+    for i in range(len(STEPS)):
+        shutil.copytree(spec_path.parent / f"ckpt{i}", dest / f"ckpt{i}")
+    weights = load_file(dest / "ckpt1" / "model.safetensors")
+    del weights["model.norm.weight"]
+    save_file(weights, dest / "ckpt1" / "model.safetensors", metadata={"format": "pt"})
+    shutil.copyfile(spec_path.parent / "heldout.txt", dest / "heldout.txt")
+    shutil.copyfile(spec_path, dest / "spec.toml")
+    return dest / "spec.toml"
+
+
+def test_keep_going_records_a_checkpoint_that_will_not_load_and_sweeps_the_rest(spec_path, tmp_path, capsys):
+    import json
+
     from tests.cli_runner import run_cli
 
-    for i in range(len(STEPS)):  # the spec's checkpoints, the middle one missing a weight
-        shutil.copytree(spec_path.parent / f"ckpt{i}", tmp_path / f"ckpt{i}")
-    weights = load_file(tmp_path / "ckpt1" / "model.safetensors")
-    del weights["model.norm.weight"]
-    save_file(weights, tmp_path / "ckpt1" / "model.safetensors", metadata={"format": "pt"})
-    shutil.copyfile(spec_path.parent / "heldout.txt", tmp_path / "heldout.txt")
-    spec = tmp_path / "spec.toml"
-    spec.write_text(spec_path.read_text().replace("n_train = [4, 12, 32]", "n_train = [4]")
+    spec = copy_with_a_broken_checkpoint(spec_path, tmp_path)
+    spec.write_text(spec.read_text().replace("n_train = [4, 12, 32]", "n_train = [4]")
                     .replace("subset_seeds = [0, 1]", "subset_seeds = [0]"))
 
     code, out, err = run_cli(["harvest", "sweep", spec, "--out", tmp_path / "stop", "-q"], capsys)
