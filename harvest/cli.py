@@ -74,7 +74,7 @@ def sweep_command(
                                                                                    "verdict.")] = 80.0,
 ) -> None:
     """Finetune every checkpoint on every data level and subset, evaluate, write finetune rows."""
-    if _dry_run(spec, dry_run, as_json, tflops, sweep=True, gpu_memory_gb=gpu_memory_gb):
+    if _dry_run(spec, dry_run, as_json, tflops, sweep=True, gpu_memory_gb=gpu_memory_gb, devices=gpus or workers):
         return
     out = _require_out(out)
     from harvest.executors import parse_shard
@@ -88,7 +88,7 @@ def sweep_command(
 
 
 def _dry_run(spec: Path, dry_run: bool, as_json: bool, tflops: float, *, sweep: bool,
-             gpu_memory_gb: float = 80.0) -> bool:
+             gpu_memory_gb: float = 80.0, devices: int = 1) -> bool:
     """Print the dry run when asked (returns whether it did); --json alone is refused."""
     if not dry_run:
         if as_json:
@@ -98,7 +98,7 @@ def _dry_run(spec: Path, dry_run: bool, as_json: bool, tflops: float, *, sweep: 
     from harvest.spec import load_spec
 
     typer.echo(dry_run_text(load_spec(spec), sweep=sweep, tflops=tflops, as_json=as_json,
-                            gpu_memory_gb=gpu_memory_gb))
+                            gpu_memory_gb=gpu_memory_gb, devices=devices))
     return True
 
 

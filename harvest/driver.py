@@ -51,7 +51,7 @@ def run_sweep(spec: HarvestSpec | str | Path, out_dir: str | Path, *, executor: 
     ``gpus`` (local and shards): one worker process per GPU, each on its own; ``workers``: that
     many worker processes without choosing their GPU (on a CPU: processes standing in for GPUs).
     """
-    from harvest.executors import plan_shares, run_ray, run_share, run_sweep_workers
+    from harvest.executors import plan_shares, run_fsdp, run_ray, run_share, run_sweep_workers
     from harvest.progress import harvest_progress
 
     if executor not in ("local", "ray"):
@@ -59,6 +59,9 @@ def run_sweep(spec: HarvestSpec | str | Path, out_dir: str | Path, *, executor: 
     start = time.perf_counter()
     plan = _plan_from(spec, out_dir, keep_adapters)
     devices = _worker_devices(plan.spec, executor, workers, gpus)
+    if executor == "ray" and plan.config.recipe.sharding == "fsdp":
+        raise SpecError('[sweep.recipe] sharding = "fsdp" goes with the local executor and --gpus N '
+                        "(one cell trained by the node's GPUs together); Ray places one cell per GPU")
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     plan_seconds = time.perf_counter() - start
     cells, base = list(plan.cells), [c.name for c in plan.spec.checkpoints]
@@ -77,6 +80,9 @@ def run_sweep(spec: HarvestSpec | str | Path, out_dir: str | Path, *, executor: 
         progress.advance(bar, len(cells) - len(todo))
         if executor == "ray":
             outcome = run_ray(plan, cells, base, address, advance)
+        elif len(devices) > 1 and plan.config.recipe.sharding == "fsdp":  # every device trains each cell
+            outcome = run_fsdp(plan, todo, base, devices, keep_going, advance)
+            outcome.skipped = len(cells) - len(todo)
         elif len(devices) > 1:
             shares = plan_shares(plan, todo, base, len(devices))  # balanced over what is left to do
             busy = [(s, d) for s, d in zip(shares, devices) if s.cells or s.base]
@@ -98,7 +104,8 @@ def run_eval(spec: HarvestSpec | str | Path, out_dir: str | Path, *, workers: in
     from harvest.balance import balance
     from harvest.dryrun import base_costs
     from harvest.evaluate import run_harvest
-    from harvest.executors import measure_job, run_workers
+    from harvest.executors import measure_job
+    from harvest.workers import run_workers
     from harvest.progress import harvest_progress
     from harvest.spec import load_spec
 
@@ -122,7 +129,7 @@ def run_eval(spec: HarvestSpec | str | Path, out_dir: str | Path, *, workers: in
 
 def _worker_devices(spec: HarvestSpec, executor: str, workers: int, gpus: int | None) -> list[str | None]:
     """``CUDA_VISIBLE_DEVICES`` of each worker process (None: left as it is); one entry: no workers."""
-    from harvest.executors import gpu_devices
+    from harvest.workers import gpu_devices
 
     if workers < 1 or (gpus is not None and gpus < 1):
         raise SpecError("--workers and --gpus: need at least 1")

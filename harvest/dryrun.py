@@ -141,8 +141,10 @@ def base_costs(spec: HarvestSpec, params: dict[str, int] | None = None) -> dict[
 
 
 def dry_run(spec: HarvestSpec, *, sweep: bool = False, tflops: float = DEFAULT_TFLOPS,
-            gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB) -> dict[str, Any]:
-    """The plan and cost estimate of ``emergence harvest eval`` (or ``sweep``) for ``spec``."""
+            gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB, devices: int = 1) -> dict[str, Any]:
+    """The plan and cost estimate of ``emergence harvest eval`` (or ``sweep``) for ``spec``;
+    ``devices``: the run's ``--gpus``/``--workers`` (with ``sharding = "fsdp"``, the ranks that
+    train each cell together)."""
     configs = {c.name: _checkpoint_config(c) for c in spec.checkpoints}
     params = {name: (n, src) for name, (n, src, _) in configs.items()}
     plans = {ts.name: _task_plan(ts) for ts in spec.tasks}
@@ -178,8 +180,11 @@ def dry_run(spec: HarvestSpec, *, sweep: bool = False, tflops: float = DEFAULT_T
     }
     train_flops = 0.0
     if sweep:
-        out.update(_sweep_estimate(spec, params, task_tokens))
-        out["training_memory"] = training_memory_estimate(spec, configs, out["finetune"], gpu_memory_gb)
+        from harvest.sweep import parse_sweep
+
+        ranks = devices if parse_sweep(spec).recipe.sharding == "fsdp" else 1
+        out.update(_sweep_estimate(spec, params, task_tokens, ranks))
+        out["training_memory"] = training_memory_estimate(spec, configs, out["finetune"], gpu_memory_gb, ranks)
         train_flops = out["finetune"]["train_flops"]
         eval_flops += out["finetune"]["eval_flops"]
         out["eval_flops"] = eval_flops
@@ -191,7 +196,7 @@ def dry_run(spec: HarvestSpec, *, sweep: bool = False, tflops: float = DEFAULT_T
     return out
 
 
-def _sweep_estimate(spec: HarvestSpec, params, task_tokens) -> dict[str, Any]:
+def _sweep_estimate(spec: HarvestSpec, params, task_tokens, ranks: int = 1) -> dict[str, Any]:
     from harvest.sweep import _eval_task_spec, parse_sweep
 
     config = parse_sweep(spec)
@@ -234,11 +239,12 @@ def _sweep_estimate(spec: HarvestSpec, params, task_tokens) -> dict[str, Any]:
             train_flops += 6.0 * n * (train_tok or 0)
             eval_flops += 2.0 * n * (eval_tok or 0) * (n_cells or 0)
     lora = config.recipe.method == "lora"
-    loads = len(ckpts) + (len(ckpts) if lora else cells)  # training base per checkpoint + scoring engines
+    # training base per checkpoint (sharded: each cell loads it on every rank) + scoring engines
+    loads = (cells * ranks if ranks > 1 else len(ckpts)) + (len(ckpts) if lora else cells)
     return {"finetune": {"cells": cells, "method": config.recipe.method, "target_modules": config.recipe.target_modules,
                          "tasks": per_task, "train_flops": train_flops, "eval_flops": eval_flops,
                          "unknown": unknown, "longest_example_tokens": longest or None,
-                         "largest_level": largest or None},
+                         "largest_level": largest or None, "ranks_per_cell": ranks},
             "model_loads": len(spec.checkpoints) + loads,
             # Ray runs each checkpoint's cells as one task (executors.ray_pieces) like the local
             # executor; a checkpoint cut into k pieces for more GPUs than checkpoints adds k - 1
@@ -247,7 +253,7 @@ def _sweep_estimate(spec: HarvestSpec, params, task_tokens) -> dict[str, Any]:
 
 
 def training_memory_estimate(spec: HarvestSpec, configs, finetune: dict[str, Any],
-                             gpu_memory_gb: float) -> dict[str, Any]:
+                             gpu_memory_gb: float, ranks: int = 1) -> dict[str, Any]:
     """Per-GPU training memory of one cell of the largest checkpoint (module docstring)."""
     from harvest.finetune import MIXED_DTYPES, batch_size_for
     from harvest.memory import GB, shape_of, training_memory, use_checkpointing
@@ -261,17 +267,17 @@ def training_memory_estimate(spec: HarvestSpec, configs, finetune: dict[str, Any
     recipe = config.recipe
     mixed = spec.engine.dtype in MIXED_DTYPES
     batch = batch_size_for(recipe, finetune["largest_level"] or recipe.batch_size)
-    micro = min(recipe.micro_batch_size or batch, batch)  # as finetune() splits the largest level's batch
+    micro = min(recipe.micro_batch_size or batch, -(-batch // ranks))  # as finetune() splits the largest level's batch
     seq_len = min(recipe.max_length, finetune["longest_example_tokens"] or recipe.max_length)
     size = dict(micro_batch=micro, seq_len=seq_len, mixed=mixed, base_bytes=2 if mixed else 4,
-                lora_rank=recipe.lora_rank)
+                lora_rank=recipe.lora_rank, ranks=ranks)
     without = training_memory(shape, recipe.method, checkpointing=False, **size)["total"]
     with_ = training_memory(shape, recipe.method, checkpointing=True, **size)["total"]
     device_memory = gpu_memory_gb * GB
     on = use_checkpointing(recipe.gradient_checkpointing, recipe.method, params, without, device_memory)
     need = with_ if on else without
     return {"checkpoint": name, "params": params, "shape_from": shape.source, "method": recipe.method,
-            "micro_batch": micro, "seq_len": seq_len, "mixed_precision": mixed,
+            "micro_batch": micro, "seq_len": seq_len, "mixed_precision": mixed, "ranks": ranks,
             "without_checkpointing_gb": without / GB, "with_checkpointing_gb": with_ / GB,
             "gradient_checkpointing": recipe.gradient_checkpointing, "checkpointing_on": on,
             "gpu_memory_gb": gpu_memory_gb, "needed_gb": need / GB, "fits": need <= device_memory}
@@ -287,7 +293,8 @@ def _memory_lines(m: dict[str, Any]) -> list[str]:
                f"does not fit one {m['gpu_memory_gb']:g} GB GPU ({m['needed_gb']:.1f} GB with checkpointing {on}): "
                "lower micro_batch_size or max_length" + ("" if m["checkpointing_on"] else
                                                           ", or set gradient_checkpointing = true"))
-    return [f"  training memory per GPU ({m['checkpoint']}, {m['method']}, micro-batch {m['micro_batch']} x "
+    sharded = f", FSDP over {m['ranks']} GPUs" if m.get("ranks", 1) > 1 else ""
+    return [f"  training memory per GPU ({m['checkpoint']}, {m['method']}{sharded}, micro-batch {m['micro_batch']} x "
             f"{m['seq_len']} tokens, {precision}): {m['without_checkpointing_gb']:.1f} GB without gradient "
             f"checkpointing, {m['with_checkpointing_gb']:.1f} GB with; gradient_checkpointing = {setting}: {on}",
             f"  verdict: {verdict}"]
@@ -325,6 +332,6 @@ def format_dry_run(d: dict[str, Any]) -> str:
 
 
 def dry_run_text(spec: HarvestSpec, *, sweep: bool, tflops: float, as_json: bool,
-                 gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB) -> str:
-    d = dry_run(spec, sweep=sweep, tflops=tflops, gpu_memory_gb=gpu_memory_gb)
+                 gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB, devices: int = 1) -> str:
+    d = dry_run(spec, sweep=sweep, tflops=tflops, gpu_memory_gb=gpu_memory_gb, devices=devices)
     return json.dumps(d, indent=2, default=list) if as_json else format_dry_run(d)

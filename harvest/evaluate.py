@@ -133,6 +133,57 @@ def evaluate_task(engine: Engine, plan: TaskPlan, checkpoint: str, *, setting: s
                                                 "subset_seed": pl.Int64, "shots": pl.Int64, "gold": pl.String})
 
 
+@dataclass(frozen=True)
+class AdapterRun:
+    """One finetuned adapter to score: its folder and the cell it came from."""
+
+    adapter: str
+    n_train: int
+    subset_seed: int
+
+
+def evaluate_adapters(engine: Engine, plan: TaskPlan, checkpoint: str, runs: list[AdapterRun], *,
+                      setting: str) -> list[pl.DataFrame]:
+    """:func:`evaluate_task` for several adapters of one checkpoint: the rows of each, in order.
+
+    An engine that scores many adapters in one call (``score_choices_adapters`` /
+    ``generate_adapters``: vLLM, one ``generate`` with a ``LoRARequest`` per prompt) gets every
+    adapter's requests at once; its answers are then turned into rows by :func:`evaluate_task`
+    itself (replayed through :class:`_Replay`), so both ways give the same rows. Otherwise one
+    :func:`evaluate_task` per adapter."""
+    mc = plan.task.kind == "multiple_choice"
+    batched = getattr(engine, "score_choices_adapters" if mc else "generate_adapters", None)
+    adapters = [r.adapter for r in runs]
+    if batched is not None and len(runs) > 1:
+        if mc:
+            requests = [ChoiceRequest(it.context, it.continuations) for it in plan.items]
+        else:
+            requests = [GenerateRequest(it.context, plan.task.max_new_tokens, plan.task.stop) for it in plan.items]
+        engine = _Replay(requests, dict(zip(adapters, batched(requests, adapters))))
+    return [evaluate_task(engine, plan, checkpoint, setting=setting, n_train=r.n_train, subset_seed=r.subset_seed,
+                          adapter=r.adapter) for r in runs]
+
+
+class _Replay:
+    """Stands in for an engine: answers each adapter's requests with what one batched call gave."""
+
+    requests_per_call = None  # all of a unit's requests in one call, as they were asked
+
+    def __init__(self, requests: list, answers: dict[str, list]):
+        self.requests, self.answers = requests, answers
+
+    def _answer(self, requests, adapter):
+        if list(requests) != self.requests:
+            raise RuntimeError("evaluate_adapters: the replayed requests differ from the batched ones")
+        return self.answers[adapter]
+
+    def score_choices(self, requests, adapter=None):
+        return self._answer(requests, adapter)
+
+    def generate(self, requests, adapter=None):
+        return self._answer(requests, adapter)
+
+
 def task_metrics(task) -> tuple:
     """The task's metrics, primary first (a task object without ``metrics()``: accuracy)."""
     metrics = getattr(task, "metrics", None)

@@ -37,7 +37,6 @@ one interface; the balancing is ``harvest.balance``.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -47,12 +46,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from emergence.atomic import atomic_path
-from emergence.errors import EmergenceError, SpecError
+from emergence.errors import SpecError
 from harvest.balance import Share, balance
 from harvest.store import PARTS_DIR, Store
+from harvest.workers import error_line, run_workers
 from harvest.sweep import (
-    FINETUNE_KIND, BaseModels, Cell, Phases, SweepError, SweepPlan, evaluate_cell, load_tokenizer, open_engine,
-    train_cell, write_cell,
+    FINETUNE_KIND, BaseModels, Cell, Phases, SweepPlan, evaluate_adapter_cells, evaluate_cell,
+    load_tokenizer, open_engine, train_cell, write_cell,
 )
 
 
@@ -138,18 +138,33 @@ def measure_isolated(spec, out_dir: Path, checkpoints: list[str], show_progress:
 
 
 def run_local(plan: SweepPlan, cells, advance: Callable[[Cell], None] = lambda c: None,
-              keep_going: bool = False) -> Outcome:
+              keep_going: bool = False, ranks: list[str | None] | None = None) -> Outcome:
     """Cells in order, one checkpoint at a time: finetune the pending ones, then score them.
 
     ``keep_going``: a cell that raises is recorded in ``Outcome.failed`` and skipped; otherwise
-    the first error propagates (everything finished before it is kept).
+    the first error propagates (everything finished before it is kept). ``ranks``: each cell is
+    trained sharded over these devices (:func:`harvest.sharding.finetune_sharded`), then scored here.
     """
     outcome = Outcome()
     todo = pending_cells(plan, cells)
     outcome.skipped = len(cells) - len(todo)
     for checkpoint in dict.fromkeys(c.checkpoint for c in todo):
         group = [c for c in todo if c.checkpoint == checkpoint]
-        _local_checkpoint(plan, group, outcome, advance, keep_going)
+        _local_checkpoint(plan, group, outcome, advance, keep_going, ranks)
+    return outcome
+
+
+def run_fsdp(plan: SweepPlan, cells, base: list[str], devices: list[str | None], keep_going: bool,
+             advance: Callable[[Cell], None] = lambda c: None) -> Outcome:
+    """``sharding = "fsdp"`` over several devices: the base units in one worker per device
+    (balanced shares), then each cell trained by all devices together and scored here."""
+    outcome = Outcome()
+    shares = [s for s in plan_shares(plan, [], base, len(devices)) if s.base]
+    if shares:
+        outcome.add(run_sweep_workers(plan, shares, devices[:len(shares)], keep_going)[0])
+    broken = {f["what"] for f in outcome.failed if f["kind"] == "base"}
+    todo = [c for c in cells if f"base units of {c.checkpoint}" not in broken]
+    outcome.add(run_local(plan, todo, advance, keep_going, ranks=devices))
     return outcome
 
 
@@ -180,27 +195,30 @@ def run_base_local(plan: SweepPlan, checkpoints: list[str], show_progress: bool,
     return failed
 
 
-def _local_checkpoint(plan: SweepPlan, group: list[Cell], outcome: Outcome, advance, keep_going: bool) -> None:
+def _local_checkpoint(plan: SweepPlan, group: list[Cell], outcome: Outcome, advance, keep_going: bool,
+                      ranks: list[str | None] | None = None) -> None:
     """LoRA: train every cell, then score them all in one engine. Full finetuning: one cell at a
     time (train, score, delete), so at most one full copy of the weights is on disk."""
     bases = BaseModels()
     batches = [group] if plan.config.recipe.method == "lora" else [[c] for c in group]
     try:
         for batch in batches:
-            _local_batch(plan, batch, bases, outcome, advance, keep_going)
+            _local_batch(plan, batch, bases, outcome, advance, keep_going, ranks)
     finally:
         bases.release()
         outcome.count_loads(group[0].checkpoint, "train", bases.loads)
 
 
 def _local_batch(plan: SweepPlan, group: list[Cell], bases: BaseModels, outcome: Outcome, advance,
-                 keep_going: bool) -> None:
+                 keep_going: bool, ranks: list[str | None] | None = None) -> None:
     phases = Phases()
     guard = _Guard(outcome, keep_going)
     stats = {}
     for cell in group:
         with guard(cell):
-            stats[cell.key] = train_cell(plan, cell, phases, bases)
+            stats[cell.key] = train_cell(plan, cell, phases, bases, ranks)
+            if ranks:
+                outcome.count_loads(cell.checkpoint, "train", len(ranks))  # one load per rank
     group = [c for c in group if c.key in stats]
     if plan.config.recipe.method == "lora":
         bases.release()  # every cell of the checkpoint is trained: free it before the engine loads
@@ -214,21 +232,28 @@ def _local_batch(plan: SweepPlan, group: list[Cell], bases: BaseModels, outcome:
         return
     shared = None  # one engine for every LoRA cell of this checkpoint
     try:
+        adapters = [c for c in group if stats[c.key]["method"] == "lora"]
+        if adapters:
+            with guard(*adapters), phases("eval_load"):
+                shared = open_engine(plan, adapters[0], stats[adapters[0].key])
+            if shared is not None:
+                outcome.count_loads(adapters[0].checkpoint, "score")
+        scored = _score_adapters(plan, adapters, shared, stats, tokenizer, phases) if shared is not None else {}
         for cell in group:
+            lora = stats[cell.key]["method"] == "lora"
+            if lora and shared is None:
+                continue  # its engine would not open: recorded above
             with guard(cell):
-                lora = stats[cell.key]["method"] == "lora"
-                if lora and shared is None:
-                    with phases("eval_load"):
-                        shared = open_engine(plan, cell, stats[cell.key])
-                    outcome.count_loads(cell.checkpoint, "score")
-                engine = shared if lora else _timed(phases, "eval_load", open_engine, plan, cell, stats[cell.key])
-                if not lora:
-                    outcome.count_loads(cell.checkpoint, "score")
-                try:
-                    rows = evaluate_cell(plan, cell, engine, stats[cell.key], tokenizer, phases)
-                finally:
+                rows = scored.get(cell.key)
+                if rows is None:
+                    engine = shared if lora else _timed(phases, "eval_load", open_engine, plan, cell, stats[cell.key])
                     if not lora:
-                        engine.close()
+                        outcome.count_loads(cell.checkpoint, "score")
+                    try:
+                        rows = evaluate_cell(plan, cell, engine, stats[cell.key], tokenizer, phases)
+                    finally:
+                        if not lora:
+                            engine.close()
                 write_cell(plan, cell, rows, stats[cell.key], phases)
                 outcome.computed += 1
                 advance(cell)
@@ -236,6 +261,24 @@ def _local_batch(plan: SweepPlan, group: list[Cell], bases: BaseModels, outcome:
         if shared is not None:
             shared.close()
     outcome.add_phases(phases.seconds)
+
+
+def _score_adapters(plan: SweepPlan, cells: list[Cell], engine, stats, tokenizer, phases: Phases) -> dict[str, Any]:
+    """Each task's LoRA cells scored together (:func:`harvest.sweep.evaluate_adapter_cells`: one
+    engine call for all adapters where the engine can). A task whose batched scoring fails is
+    left out, so its cells are scored one by one and each records its own error."""
+    if getattr(engine, "score_choices_adapters", None) is None:
+        return {}
+    scored = {}
+    for task in dict.fromkeys(c.task for c in cells):
+        same = [c for c in cells if c.task == task]
+        if len(same) < 2:
+            continue
+        try:
+            scored.update(zip([c.key for c in same], evaluate_adapter_cells(plan, same, engine, stats, tokenizer, phases)))
+        except Exception:  # noqa: BLE001 - retried cell by cell below, where each error is its own
+            continue
+    return scored
 
 
 class _Guard:
@@ -287,70 +330,6 @@ def plan_shares(plan: SweepPlan, cells, base: list[str], n: int) -> list[Share]:
 # --------------------------------------------------------------------------- worker processes
 
 
-def gpu_devices(n: int) -> list[str]:
-    """The first ``n`` visible GPUs, as ``CUDA_VISIBLE_DEVICES`` values for one worker each."""
-    import torch
-
-    count = torch.cuda.device_count()
-    if n > count:
-        raise SpecError(f"--gpus {n}: only {count} CUDA device(s) visible on this machine")
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else [str(i) for i in range(count)]
-    return ids[:n]
-
-
-def run_workers(jobs: list[tuple[Callable, tuple]], devices: list[str | None],
-                done: Callable[[str], None] = lambda key: None) -> list[Any]:
-    """Each job ``(fn, args)`` in its own spawned process, ``fn(*args, done)`` (``done(key)``
-    reports a finished unit to ``done`` here); ``devices[i]`` is job ``i``'s
-    ``CUDA_VISIBLE_DEVICES`` (None: left as it is). Returns each job's result. The first error,
-    or a worker's death, stops the others and is raised here; what they finished is kept."""
-    import multiprocessing
-    import pickle
-
-    ctx = multiprocessing.get_context("spawn")  # a fork would copy CUDA state and locks
-    queue = ctx.Queue()
-    threads = None if any(devices) or os.environ.get("OMP_NUM_THREADS") else max(1, (os.cpu_count() or 1) // len(jobs))
-    processes = []
-    try:
-        for i, (job, device) in enumerate(zip(jobs, devices)):
-            process = ctx.Process(target=_worker, args=(i, device, threads, pickle.dumps(job), queue, os.getpid()),
-                                  name=f"harvest-worker-{i}")
-            process.start()
-            processes.append(process)
-        return _collect(queue, processes, done)
-    finally:
-        for process in processes:
-            if process.is_alive():
-                process.terminate()
-        for process in processes:
-            process.join()
-
-
-def _collect(queue, processes, done: Callable[[str], None]) -> list[Any]:
-    import queue as queues
-
-    results: dict[int, Any] = {}
-    silent: set[int] = set()  # exited without a word at the last look: dead if still silent
-    while len(results) < len(processes):
-        try:
-            kind, i, value = queue.get(timeout=1.0)
-        except queues.Empty:
-            dead = {i for i, p in enumerate(processes) if i not in results and p.exitcode is not None}
-            for i in sorted(dead & silent):
-                raise SweepError(f"worker {i} exited with code {processes[i].exitcode} before finishing; "
-                                 "what it finished is kept: rerun to resume")
-            silent = dead
-            continue
-        if kind == "unit":
-            done(value)
-        elif kind == "done":
-            results[i] = value
-        else:
-            raise value if isinstance(value, EmergenceError) else SweepError(f"worker {i}: {value}")
-    return [results[i] for i in range(len(processes))]
-
-
 def run_sweep_workers(plan: SweepPlan, shares: list[Share], devices: list[str | None], keep_going: bool,
                       advance: Callable[[Cell], None] = lambda c: None) -> tuple[Outcome, list[Outcome]]:
     """Each share of a sweep run by :func:`run_share` in a worker process; the summed outcome
@@ -379,69 +358,10 @@ def measure_job(spec, out_dir: Path, checkpoints: list[str], keep_going: bool, d
         except Exception as err:  # recorded, not raised: the driver names every failure
             if not keep_going:
                 raise
-            failed.append(f"{batch[0]}: {_one_line(err)}")
+            failed.append(f"{batch[0]}: {error_line(err)}")
         for name in batch:
             done(name)
     return failed
-
-
-def _worker(index: int, device: str | None, threads: int | None, payload: bytes, queue, parent: int) -> None:
-    """A worker process: its GPU chosen before torch is imported, then its job run."""
-    if device is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = device
-    _die_with_parent(parent)
-    try:
-        import pickle
-
-        fn, args = pickle.loads(payload)
-        if threads is not None:
-            import torch
-
-            torch.set_num_threads(threads)
-        queue.put(("done", index, fn(*args, lambda key: queue.put(("unit", index, key)))))
-    except BaseException as err:  # sent to the driver, which stops the others and reports it
-        queue.put(("error", index, _sendable(err)))
-
-
-def _sendable(err: BaseException) -> EmergenceError | str:
-    """A user error as itself (the driver prints it in one line); a bug as one line, its
-    traceback printed here (on the driver's stderr) as the CLI keeps a bug's traceback."""
-    import pickle
-    import traceback
-
-    if isinstance(err, EmergenceError):
-        try:
-            pickle.dumps(err)
-            return err
-        except Exception:  # noqa: BLE001 - sent as text instead
-            pass
-    else:
-        traceback.print_exc()
-    return _one_line(err)
-
-
-def _one_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines() or [""]
-    if isinstance(err, EmergenceError):
-        return lines[0][:500]
-    return f"{type(err).__name__}: {lines[-1][:500]}" if lines[-1] else type(err).__name__
-
-
-def _die_with_parent(parent: int) -> None:
-    """Linux: this process gets SIGKILL when the driver dies (a killed sweep leaves no workers)."""
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the driver died before the call
-        os._exit(1)
 
 
 # --------------------------------------------------------------------------- ray

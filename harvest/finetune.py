@@ -55,6 +55,7 @@ sitting); the memory estimate is ``harvest.memory``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -64,6 +65,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from emergence.errors import SpecError
 from harvest.memory import shape_of, training_memory, use_checkpointing
+from harvest.sharding import SHARDINGS
 
 if TYPE_CHECKING:  # torch is imported inside functions: this module is cheap to import
     import torch
@@ -76,7 +78,7 @@ ALL_LINEAR = "all-linear"  # PEFT: every linear layer but the output head
 MIXED_DTYPES = ("bfloat16", "float16")  # compute dtypes finetune() runs under autocast
 # Peak learning rates used when the recipe leaves ``lr`` unset (float32 AdamW).
 DEFAULT_LR = {"lora": 1e-3, "full": 3e-4}
-EXECUTION_FIELDS = ("micro_batch_size", "gradient_checkpointing")  # not in the cell's hash
+EXECUTION_FIELDS = ("micro_batch_size", "gradient_checkpointing", "sharding")  # not in the cell's hash
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ class Recipe:
     # rounding), so they are left out of the cell's content hash (:meth:`key_dict`).
     micro_batch_size: int | None = None  # examples per forward/backward; None: the whole batch
     gradient_checkpointing: bool | str = "auto"  # True, False or "auto" (:func:`harvest.memory.use_checkpointing`)
+    sharding: str = "none"  # "fsdp": full finetuning sharded over the run's GPUs (harvest.sharding)
 
     def __post_init__(self) -> None:
         _validate_recipe(self)
@@ -169,6 +172,8 @@ def _validate_recipe(r: Recipe) -> None:
         ("seed", lambda v: whole(v) and v >= 0, "an integer >= 0"),
         ("micro_batch_size", lambda v: v is None or (whole(v) and v >= 1), "an integer >= 1"),
         ("gradient_checkpointing", lambda v: isinstance(v, bool) or v == "auto", 'true, false or "auto"'),
+        ("sharding", lambda v: v in SHARDINGS and (v == "none" or r.method == "full"),
+         f'one of {SHARDINGS} ("fsdp" only with method = "full")'),
     ]
     for name, check, want in checks:
         value = getattr(r, name)
@@ -397,6 +402,7 @@ class FinetuneResult:
     micro_batch_size: int = 0  # examples per forward/backward (= batch_size without accumulation)
     accumulation_steps: int = 1  # micro-batches per optimiser step
     gradient_checkpointing: bool = False  # as resolved (the recipe may say "auto")
+    ranks: int = 1  # processes the run was sharded over (harvest.sharding)
 
     @property
     def tokens_per_second(self) -> float:
@@ -427,11 +433,19 @@ def finetune(
     base_params = count_params(model)[0]
     model = prepare_model(model, recipe, seed)
     device = next(model.parameters()).device
-    autocast = _autocast(model, device, dtype)
+    rank, size = _group(recipe)
+    total, trainable = count_params(model)  # before sharding: then each rank holds 1/size
     batch, steps = batch_size_for(recipe, len(data)), steps_for(recipe, len(data))
     micro = min(recipe.micro_batch_size or batch, batch)
     checkpointing = _checkpointing(model, recipe, base_params, device, dtype, micro,
                                    max(len(e.ids) for e in data))
+    if size > 1:
+        from harvest.sharding import shard
+
+        _check_dtype(dtype)
+        model, autocast = shard(model, dtype), contextlib.nullcontext()  # FSDP's policy casts
+    else:
+        autocast = _autocast(model, device, dtype)
     model.train()
     optimizer = make_optimizer(model, recipe)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -440,19 +454,19 @@ def finetune(
     start = time.perf_counter()
     try:
         for step, idx in enumerate(batch_order(len(data), batch, steps, seed)):
-            parts = [collate([data[i] for i in chunk], pad_id) for chunk in micro_batches(idx, micro)]
-            counts = [int((p["labels"][:, 1:] != -100).sum()) for p in parts]  # target tokens the loss averages
+            parts, counts, reals, whole = _step_parts(data, idx, micro, pad_id, rank, size)
             step_loss = 0.0
-            for part, count in zip(parts, counts):
+            for part, count, real in zip(parts, counts, reals):
                 inputs = {k: v.to(device) for k, v in part.items()}
                 with autocast:
                     loss = model(**inputs, use_cache=False).loss  # mean over this micro-batch's target tokens
                 # Weighted by its share of the step's target tokens, the micro-batches' gradients add up
-                # to the whole batch's: accumulation changes memory, not the update.
-                share = count / max(1, sum(counts))
-                (loss * share).backward()
+                # to the whole batch's: accumulation changes memory, not the update. Sharded, each
+                # rank's share is of the whole step's tokens, times size (FSDP averages over ranks).
+                share = count / max(1, whole)
+                (loss * (share * size)).backward()
                 step_loss += float(loss.detach()) * share
-                tokens += int(part["attention_mask"].sum())
+                tokens += int(part["attention_mask"].sum()) if real else 0
             target_tokens += sum(counts)
             _update(model, optimizer, recipe, lr_at(step, steps, recipe))
             losses.append(step_loss)
@@ -462,13 +476,52 @@ def finetune(
         if checkpointing:
             _set_checkpointing(model, False)
     model.eval()
-    total, trainable = count_params(model)
+    if size > 1:  # every rank reports the whole run: losses and tokens summed over ranks
+        from harvest.sharding import all_sum
+
+        *losses, tokens, target_tokens = all_sum([*losses, tokens, target_tokens])
+        tokens, target_tokens = int(tokens), int(target_tokens)
     return FinetuneResult(
         model=model, recipe=recipe, n_examples=len(data), steps=steps, batch_size=batch,
         tokens=tokens, target_tokens=target_tokens, params=total, trainable_params=trainable,
         flops=6.0 * total * tokens, seconds=time.perf_counter() - start, losses=losses,
         micro_batch_size=micro, accumulation_steps=math.ceil(batch / micro), gradient_checkpointing=checkpointing,
+        ranks=size,
     )
+
+
+def _group(recipe: Recipe) -> tuple[int, int]:
+    """(rank, size) of the process group this run is sharded over; (0, 1) when not sharded."""
+    from harvest.sharding import world
+
+    rank, size = world()
+    if size > 1 and recipe.sharding != "fsdp":
+        raise SpecError(f"finetune: running in a process group of {size} ranks, but the recipe's sharding is "
+                        f"{recipe.sharding!r} (set sharding = \"fsdp\")")
+    return rank, size
+
+
+def _step_parts(data: list[Encoded], idx: list[int], micro: int, pad_id: int, rank: int, size: int):
+    """This rank's micro-batches of one step, their target-token counts, whether each is real (not
+    a zero-weight stand-in), and the whole step's count (one process: every micro-batch of
+    ``idx``; sharded: :func:`harvest.sharding.rank_parts`)."""
+    if size == 1:
+        parts = [collate([data[i] for i in chunk], pad_id) for chunk in micro_batches(idx, micro)]
+        counts = [_targets(p) for p in parts]
+        return parts, counts, [True] * len(parts), sum(counts)
+    from harvest.sharding import rank_parts
+
+    chosen = rank_parts(idx, micro, rank, size)
+    parts = [collate([data[i] for i in chunk], pad_id) for chunk, _ in chosen]
+    reals = [real for _, real in chosen]
+    counts = [_targets(p) if real else 0 for p, real in zip(parts, reals)]
+    whole = sum(_targets(collate([data[i]], pad_id)) for i in idx)
+    return parts, counts, reals, whole
+
+
+def _targets(part) -> int:
+    """Target tokens the loss averages over (labels shifted by one, as the model's loss)."""
+    return int((part["labels"][:, 1:] != -100).sum())
 
 
 def _checkpointing(model, recipe: Recipe, base_params: int, device, dtype: str | None, micro: int,
@@ -512,18 +565,23 @@ def _set_checkpointing(model, enable: bool, explicit: bool = False) -> None:
 def _autocast(model, device, dtype: str | None):
     """The forward passes' context: autocast in ``dtype`` (mixed precision), with every
     trainable weight float32 first; a no-op context for None/float32."""
-    import contextlib
-
     import torch
 
-    if dtype in (None, "float32"):
+    if _check_dtype(dtype) is None:
         return contextlib.nullcontext()
-    if dtype not in MIXED_DTYPES:
-        raise SpecError(f"finetune: dtype must be float32, bfloat16 or float16, got {dtype!r}")
     for p in model.parameters():
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()  # master weights: updates accumulate in float32
     return torch.autocast(device.type, dtype=getattr(torch, dtype))
+
+
+def _check_dtype(dtype: str | None) -> str | None:
+    """``dtype`` if it is a mixed-precision compute dtype, None for float32/None; else an error."""
+    if dtype in (None, "float32"):
+        return None
+    if dtype not in MIXED_DTYPES:
+        raise SpecError(f"finetune: dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    return dtype
 
 
 def _update(model, optimizer, recipe: Recipe, lr: float) -> None:
@@ -553,8 +611,15 @@ def save_finetuned(result: FinetuneResult, tokenizer, folder: str | Path) -> Pat
     from emergence.atomic import replace_folder, write_json
 
     folder = Path(folder)
+    state = None
+    if result.ranks > 1:  # sharded: gather the whole model (every rank), rank 0 writes it
+        from harvest.sharding import full_state_dict, world
+
+        state = full_state_dict(result.model)
+        if world()[0] != 0:
+            return folder
     with replace_folder(folder, keep_others=False) as tmp:
-        result.model.save_pretrained(tmp, safe_serialization=True)
+        result.model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
         if result.recipe.method == "full":
             tokenizer.save_pretrained(tmp)
         write_json(tmp / STATS_FILE, result_stats(result))
@@ -565,7 +630,7 @@ def result_stats(result: FinetuneResult) -> dict[str, Any]:
     """The numbers of a finetuning run that outlive the model (costs, steps, losses)."""
     keys = ("n_examples", "steps", "batch_size", "tokens", "target_tokens", "params",
             "trainable_params", "flops", "seconds", "micro_batch_size", "accumulation_steps",
-            "gradient_checkpointing")
+            "gradient_checkpointing", "ranks")
     stats = {k: getattr(result, k) for k in keys}
     return {**stats, "method": result.recipe.method, "final_loss": result.losses[-1] if result.losses else None}
 

@@ -60,7 +60,7 @@ def lora_params(shape: Shape, rank: int) -> int:
 
 def training_memory(shape: Shape, method: str, *, micro_batch: int, seq_len: int, mixed: bool,
                     base_bytes: int = 2, checkpointing: bool = False, trainable: int | None = None,
-                    lora_rank: int = 8) -> dict[str, float]:
+                    lora_rank: int = 8, ranks: int = 1) -> dict[str, float]:
     """Estimated peak GPU memory (bytes) of finetuning one model on one device, by part.
 
     - full: ``16 B/param`` (float32 weights, gradients, Adam moments), plus under bf16 autocast
@@ -73,12 +73,18 @@ def training_memory(shape: Shape, method: str, *, micro_batch: int, seq_len: int
     - logits: ``tokens x vocab`` values plus ``LOGIT_BYTES`` each (the loss's float32 copy and
       its gradient); a fixed ``OVERHEAD_BYTES``.
 
+    ``ranks`` > 1 (full finetuning sharded with FSDP, :mod:`harvest.sharding`): each device holds
+    ``1/ranks`` of the 16 B/param, plus two transformer blocks gathered whole (the one computing
+    and the one prefetched) in the compute dtype; activations are per device, for its micro-batch.
+
     An estimate to decide with (fits, does not fit), not an allocator trace: the activation
     constant is nearer 17 for GPT-style MLPs and nearer 22 for Llama's gated MLP.
     """
     n = shape.params
     act = 2 if mixed else 4
-    if method == "full":
+    if method == "full" and ranks > 1:
+        weights = ADAM_BYTES_PER_PARAM * n / ranks + 2 * act * n / max(1, shape.layers)
+    elif method == "full":
         weights = ADAM_BYTES_PER_PARAM * n + (2 * n if mixed and not checkpointing else 0)
     else:
         adapter = trainable if trainable is not None else lora_params(shape, lora_rank)

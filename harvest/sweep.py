@@ -315,8 +315,10 @@ class BaseModels:
         self.name = self.model = self.tokenizer = None
 
 
-def train_cell(plan: SweepPlan, cell: Cell, phases: Phases, bases: BaseModels | None = None) -> dict[str, Any]:
-    """Finetune one cell and save its adapter (or weights) with its stats; resumable."""
+def train_cell(plan: SweepPlan, cell: Cell, phases: Phases, bases: BaseModels | None = None,
+               ranks: list[str | None] | None = None) -> dict[str, Any]:
+    """Finetune one cell and save its adapter (or weights) with its stats; resumable.
+    ``ranks``: sharded over these devices in processes of their own (:mod:`harvest.sharding`)."""
     from harvest.engines.loading import load_model
     from harvest.finetune import finetune, read_stats, save_finetuned
     from harvest.subsets import draw_subset
@@ -325,6 +327,14 @@ def train_cell(plan: SweepPlan, cell: Cell, phases: Phases, bases: BaseModels | 
     stats = read_stats(folder)
     if stats is not None:  # trained before a kill, not yet evaluated
         return stats
+    if ranks:
+        from harvest.distributed import train_ranks
+
+        examples = draw_subset(plan.pools[cell.task], cell.n_train, cell.subset_seed, plan.config.nested)
+        with phases("finetune"):  # loading and saving happen in the rank processes
+            train_ranks(training_ref(plan, cell.checkpoint), examples, plan.config.recipe, cell.subset_seed,
+                        plan.spec.engine.dtype, device_for(plan), folder, ranks)
+        return read_stats(folder)
     examples = draw_subset(plan.pools[cell.task], cell.n_train, cell.subset_seed, plan.config.nested)
     with phases("load"):
         if bases is None:
@@ -383,7 +393,24 @@ def evaluate_cell(plan: SweepPlan, cell: Cell, engine, stats: dict[str, Any], to
     with phases("eval"):
         rows = evaluate_task(engine, plan.eval_plans[cell.task], cell.checkpoint, setting=FINETUNE,
                              n_train=cell.n_train, subset_seed=cell.subset_seed, adapter=adapter)
-        costs = cost_columns(stats, eval_tokens(plan, cell, tokenizer))
+        return with_costs(rows, cost_columns(stats, eval_tokens(plan, cell, tokenizer)))
+
+
+def evaluate_adapter_cells(plan: SweepPlan, cells: list[Cell], engine, stats: dict[str, dict[str, Any]],
+                           tokenizer, phases: Phases) -> list[pl.DataFrame]:
+    """The LoRA ``cells`` of one checkpoint and task scored together
+    (:func:`harvest.evaluate.evaluate_adapters`: one engine call for every adapter where the
+    engine can), each with its cost columns: the rows :func:`evaluate_cell` gives each."""
+    from harvest.evaluate import AdapterRun, evaluate_adapters
+
+    runs = [AdapterRun(str(plan.adapter_dir(c)), c.n_train, c.subset_seed) for c in cells]
+    with phases("eval"):
+        each = evaluate_adapters(engine, plan.eval_plans[cells[0].task], cells[0].checkpoint, runs, setting=FINETUNE)
+        return [with_costs(rows, cost_columns(stats[c.key], eval_tokens(plan, c, tokenizer)))
+                for c, rows in zip(cells, each)]
+
+
+def with_costs(rows: pl.DataFrame, costs: dict[str, Any]) -> pl.DataFrame:
     dtypes = {str: pl.String, int: pl.Int64, float: pl.Float64}
     return rows.with_columns(pl.lit(v, dtypes[type(v)]).alias(k) for k, v in costs.items())
 

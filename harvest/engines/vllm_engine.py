@@ -125,12 +125,18 @@ class VLLMEngine:
     # ------------------------------------------------------------------ multiple choice
 
     def score_choices(self, requests: Sequence[ChoiceRequest], adapter: str | None = None) -> list[ChoiceScore]:
+        return self.score_choices_adapters(requests, [adapter])[0]
+
+    def score_choices_adapters(self, requests: Sequence[ChoiceRequest],
+                               adapters: Sequence[str | None]) -> list[list[ChoiceScore]]:
+        """``requests`` scored under each of ``adapters``, all in one ``LLM.generate`` call (a
+        ``LoRARequest`` per prompt: vLLM batches several adapters together, up to ``max_loras``)."""
         encoded = [self._encode_request(r) for r in requests]
         plan = _plan(encoded)  # unique prompts, and where each choice reads its numbers
-        outputs = self._run([p.prompt for p in plan.prompts], [p.params() for p in plan.prompts], adapter)
-        return [ChoiceScore(tuple(_choice_logprob(outputs, plan, i, j, cont) for j, cont in enumerate(conts)),
-                            tuple(len(c) for c in conts))
-                for i, (_, conts) in enumerate(encoded)]
+        each = self._run([p.prompt for p in plan.prompts], [p.params() for p in plan.prompts], adapters)
+        return [[ChoiceScore(tuple(_choice_logprob(outputs, plan, i, j, cont) for j, cont in enumerate(conts)),
+                             tuple(len(c) for c in conts))
+                 for i, (_, conts) in enumerate(encoded)] for outputs in each]
 
     def _encode_request(self, req: ChoiceRequest) -> tuple[list[int], list[list[int]]]:
         """(context ids, continuation ids per choice); the context cut on the left as in HF."""
@@ -146,16 +152,27 @@ class VLLMEngine:
             raise SpecError(f"context {req.context[:40]!r} encodes to no token: nothing to condition on")
         return ctx, conts
 
-    def _run(self, prompts: list[list[int]], params: list, adapter: str | None) -> list:
-        """One ``LLM.generate`` call over token-id prompts, in input order."""
+    def _run(self, prompts: list[list[int]], params: list, adapters: Sequence[str | None]) -> list[list]:
+        """One ``LLM.generate`` call over token-id prompts under each adapter; the outputs per
+        adapter, in input order."""
         if not prompts:
-            return []
-        return self.llm.generate([{"prompt_token_ids": p} for p in prompts], params,
-                                 lora_request=self._lora(adapter), use_tqdm=False)
+            return [[] for _ in adapters]
+        loras = [self._lora(a) for a in adapters]
+        if len(loras) == 1:  # one request for all prompts (None: the base model)
+            return [self.llm.generate([{"prompt_token_ids": p} for p in prompts], params,
+                                      lora_request=loras[0], use_tqdm=False)]
+        n = len(prompts)
+        outputs = self.llm.generate([{"prompt_token_ids": p} for _ in loras for p in prompts], list(params) * len(loras),
+                                    lora_request=[lora for lora in loras for _ in range(n)], use_tqdm=False)
+        return [outputs[k * n:(k + 1) * n] for k in range(len(loras))]
 
     # ------------------------------------------------------------------ generation
 
     def generate(self, requests: Sequence[GenerateRequest], adapter: str | None = None) -> list[str]:
+        return self.generate_adapters(requests, [adapter])[0]
+
+    def generate_adapters(self, requests: Sequence[GenerateRequest], adapters: Sequence[str | None]) -> list[list[str]]:
+        """Greedy completions of ``requests`` under each of ``adapters``, in one ``generate`` call."""
         from vllm import SamplingParams
 
         prompts, params = [], []
@@ -164,7 +181,7 @@ class VLLMEngine:
             prompts.append(self.tok.encode(req.prompt)[-(self.max_length - budget):])  # as HF: left cut
             params.append(SamplingParams(temperature=0.0, max_tokens=budget, stop=list(req.stop) or None,
                                          skip_special_tokens=True))
-        return [out.outputs[0].text for out in self._run(prompts, params, adapter)]
+        return [[out.outputs[0].text for out in outputs] for outputs in self._run(prompts, params, adapters)]
 
     # ------------------------------------------------------------------ pretraining loss
 
@@ -179,7 +196,7 @@ class VLLMEngine:
         windows = [w for w in windows if len(w) > 1]  # a one-token window predicts nothing
         params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0, detokenize=False)
         total = 0.0
-        for window, out in zip(windows, self._run(windows, [params] * len(windows), None)):
+        for window, out in zip(windows, self._run(windows, [params] * len(windows), [None])[0]):
             total -= sum(out.prompt_logprobs[k][window[k]].logprob for k in range(1, len(window)))
         return total, sum(len(w) - 1 for w in windows)
 

@@ -123,7 +123,7 @@ def test_killed_simulate_overwrite_leaves_the_old_or_the_new_folder(tmp_path, si
 @pytest.mark.slow
 @pytest.mark.parametrize("nth", [1, 2])
 def test_killed_import_overwrite_leaves_the_old_folder(tmp_path, simulated, nth):
-    from test_importers import _tiny_gadre
+    from tests.fitting.test_importers import _tiny_gadre
 
     source = _tiny_gadre(tmp_path / "g")
     folder = tmp_path / "imported"

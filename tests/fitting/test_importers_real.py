@@ -19,7 +19,7 @@ from fitting.importers.amuro_char import FINETUNE_TASKS, PARAMS as OLMO_PARAMS, 
 from fitting.importers.pythia import PARAMS as PYTHIA_PARAMS
 from fitting.schema import load_results
 
-from test_importers import assert_one_line_error, run_cli  # noqa: E402  (the same in-process runner)
+from tests.fitting.test_importers import assert_one_line_error, run_cli  # noqa: E402  (the same in-process runner)
 
 SHARED = Path(os.environ.get("EMERGENCE_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 AMURO_STEPS = (1000, 18000, 342000, 424000, 505000, 592000, 738000)

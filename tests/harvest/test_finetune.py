@@ -237,6 +237,19 @@ def test_bfloat16_lora_trains_float32_adapters_on_a_bfloat16_base():
     assert all(math.isfinite(x) for x in result.losses)
 
 
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_bfloat16_mixed_precision_tracks_float32_within_one_percent(method):
+    """Stated tolerance: every step's loss under bfloat16 autocast within 1% of float32's
+    (measured: 0.16% for both methods, 20 steps of a tiny Llama), the same decrease to 10%."""
+    tok = tiny_tokenizer()
+    recipe = Recipe(method=method, steps=20, batch_size=8)
+    fp32 = finetune(tiny_model(), tok, EXAMPLES[:40], recipe, seed=0)
+    bf16 = finetune(tiny_model(), tok, EXAMPLES[:40], recipe, seed=0, dtype="bfloat16")
+    assert all(abs(a - b) <= 0.01 * a for a, b in zip(fp32.losses, bf16.losses))
+    drop32, drop16 = fp32.losses[0] - fp32.losses[-1], bf16.losses[0] - bf16.losses[-1]
+    assert drop32 > 0.2 and abs(drop16 - drop32) <= 0.1 * drop32
+
+
 def test_float32_finetuning_runs_without_autocast():
     tok, model = tiny_tokenizer(), tiny_model()
     seen = _record_autocast(model)

@@ -51,3 +51,22 @@ def test_default_lora_finetune_and_scoring_work_on_each_architecture(arch, tmp_p
     scores = engine.score_choices(REQUESTS[:1], adapter=str(adapter))[0].logprobs
     for cont, lp in zip(REQUESTS[0].continuations, scores):
         assert lp == pytest.approx(direct_logprob(result.model, engine.tok, REQUESTS[0].context, cont), abs=TOL)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_full_finetune_saves_weights_that_score_as_the_trained_model_on_each_architecture(arch, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    folder = build_tiny_model(tmp_path / arch, arch)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    tok = HFEngine(ModelRef(str(folder)), batch_size=2).tok
+    result = finetune(model, tok, EXAMPLES, Recipe(method="full", lr=1e-3, steps=4, batch_size=8), seed=0)
+    assert result.trainable_params == result.params and all(math.isfinite(x) for x in result.losses)
+    moved = [n for n, p in result.model.named_parameters() if not torch.equal(p.detach(), before[n])]
+    assert len(moved) == len(before)  # every weight trained
+    saved = save_finetuned(result, tok, tmp_path / "full")
+    engine = HFEngine(ModelRef(str(saved)), batch_size=2)
+    for req, score in zip(REQUESTS, engine.score_choices(REQUESTS)):
+        for cont, lp in zip(req.continuations, score.logprobs):
+            assert lp == pytest.approx(direct_logprob(result.model, tok, req.context, cont), abs=TOL)

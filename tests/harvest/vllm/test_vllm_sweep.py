@@ -57,13 +57,19 @@ def test_vllm_sweep_scores_all_adapters_in_one_engine_and_matches_hf(root, monke
     import harvest.engines
     import harvest.evaluate  # binds the real load_engine: base units are not counted below
     from harvest.driver import run_sweep
+    from harvest.engines.vllm_engine import VLLMEngine
 
-    loads = []
+    loads, calls = [], []
     real = harvest.engines.load_engine
     monkeypatch.setattr(harvest.engines, "load_engine", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    run = VLLMEngine._run
+    monkeypatch.setattr(VLLMEngine, "_run", lambda self, p, q, adapters: calls.append(list(adapters)) or run(self, p, q, adapters))
     reports = {e: run_sweep(write_spec(root, e), root / e, show_progress=False) for e in ENGINES}
     assert all(r.computed == 4 and not r.failed and not r.missing for r in reports.values())
     assert loads == ["hf", "vllm"]  # one scoring engine per checkpoint for its 4 adapters
+    # ... and one generate call for all 4 adapters (many LoRARequests in one batch)
+    tuned = [c for c in calls if any(a is not None for a in c)]
+    assert len(tuned) == 1 and len(set(tuned[0])) == 4, calls
     hf, vllm = finetune_items(root / "hf"), finetune_items(root / "vllm")
     assert hf.height == vllm.height == 4 * 16
     assert hf["prediction"].to_list() == vllm["prediction"].to_list()
