@@ -7,7 +7,11 @@ every task few-shot, one resumable unit at a time; then compact the parts into t
     ──▶ compact (checkpoints / results / items .parquet) ──▶ manifest.json
 
 The finetuning sweep reuses :func:`evaluate_task`, :func:`eval_unit_key`, :class:`TaskPlan`
-and :func:`checkpoint_table` with ``setting="finetune"`` and an ``adapter``.
+and :func:`checkpoint_table` with ``setting="finetune"`` and an ``adapter``, and
+:func:`evaluate_adapters` for all adapters of a checkpoint at once.
+
+Size: one cohesive thing, a unit from its plan to its rows (planning, scoring, the run loop
+that writes the units); the engines, the store and the tasks are modules of their own.
 """
 
 from __future__ import annotations

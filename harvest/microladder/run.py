@@ -12,6 +12,9 @@
 Pretraining runs as subprocesses, one torch thread each, ``parallel`` at a time, largest first
 (measured on 2 cores: two single-thread processes beat one two-thread process 8–15x). Every
 stage is resumable: a finished size has ``done.json``, the harvest resumes its own units.
+
+Size: one cohesive thing, the experiment's script read top to bottom (stages in the order they
+run); each stage's work is in the modules it calls.
 """
 
 from __future__ import annotations

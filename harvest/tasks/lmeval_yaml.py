@@ -18,6 +18,9 @@ Anything else that could change what is scored (``!function``, ``include``, ``pr
 other filters or metrics, ``fewshot_config``, ``use_prompt``, a ``target_delimiter`` other than
 " " or a ``fewshot_delimiter`` other than "\\n\\n", which the prompt builder does not vary, ...)
 is refused with one line naming the field and the file, when the spec is read.
+
+Size: one cohesive thing, the supported subset of lm-eval's YAML and its refusals; splitting the
+reading from the checks would put the list of supported fields in two places.
 """
 
 from __future__ import annotations
