@@ -49,9 +49,7 @@ fits (the CLI's tables are in ``fitting.backtest_cli``, the cache in ``fitting.b
 from __future__ import annotations
 
 import math
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
-from multiprocessing import get_context
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -61,6 +59,7 @@ from fitting.cost import task_cost
 from fitting.data import TaskData
 from fitting.ground_truth import GroundTruth, checkpoint_values, clearly_above
 from fitting.backtest_cache import BacktestCache, FitFailure
+from fitting.pool import run_parallel
 from fitting.predict import FitConfig, TaskPrediction, _clean, check_task, is_simulated, predict_data
 from fitting.progress import CountBar, Tick
 from fitting.schema import ResultsFolder
@@ -442,9 +441,9 @@ def _run_job(job: _Job) -> Outcome:
 
 
 def run_jobs(jobs: Sequence[_Job], workers: int, tick: Tick | None = None) -> list[Outcome]:
-    """Run every job, in order of ``jobs``; ``workers`` > 1 uses processes (spawned, not forked:
-    polars' thread pool is not fork-safe), unless every job is a point fit (no resamples, no
-    profile: the ablation rows), which takes less time than starting a process."""
+    """Run every job, in order of ``jobs``; ``workers`` > 1 uses processes, this one and
+    ``workers - 1`` spawned (:func:`fitting.pool.run_parallel`), unless every job is a point fit
+    (no resamples, no profile: the ablation rows), which takes less time than starting a process."""
     tick = tick or (lambda _label: None)
     point_fits = all(job.config.n_boot == 0 and not job.config.profile for job in jobs)
     if workers <= 1 or len(jobs) <= 1 or point_fits:
@@ -453,13 +452,27 @@ def run_jobs(jobs: Sequence[_Job], workers: int, tick: Tick | None = None) -> li
             out.append(_run_job(job))
             tick(f"{job.task} {job.key[0]}")
         return out
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_run_job, job) for job in jobs]
-        out = []
-        for job, fut in zip(jobs, futures):
-            out.append(fut.result())
-            tick(f"{job.task} {job.key[0]}")
-        return out
+    # the jobs of one cutoff (every task's) go to one process: they share its checkpoints, so
+    # the compute law of those checkpoints is fitted once there (compute.choose_law's memo)
+    groups: dict[tuple, list[int]] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault(job.key, []).append(i)
+    order = list(groups.values())
+
+    def done(g: int) -> None:
+        for i in order[g]:
+            tick(f"{jobs[i].task} {jobs[i].key[0]}")
+
+    out: list[Outcome | None] = [None] * len(jobs)
+    for members, results in zip(order, run_parallel(_run_group, [[jobs[i] for i in m] for m in order],
+                                                     workers, done)):
+        for i, result in zip(members, results):
+            out[i] = result
+    return out
+
+
+def _run_group(jobs: list[_Job]) -> list[Outcome]:
+    return [_run_job(job) for job in jobs]
 
 
 # --------------------------------------------------------------------------- per task

@@ -94,6 +94,9 @@ def fit_command(
     folder = load_results(results_dir)
     if family is not None:
         folder = folder.select_family(family)
+    from fitting.pool import tune_allocator
+
+    tune_allocator()  # fewer page faults in the fits (fitting.pool.tune_allocator)
     with StageTimer("fit") as timer:
         predictions = predict_all(folder, config, tasks=task or None, progress=True, workers=workers,
                                   cache=None if no_cache else BacktestCache())

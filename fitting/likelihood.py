@@ -40,7 +40,16 @@ def _binomial_terms(p, y, ny, n, curv_lo, curv_hi, full: bool = True):
     ``full=False``: the negative log-likelihood only (score and weight None). ``p`` carries the
     full batch shape (y, n, ... broadcast against it)."""
     pc = np.clip(p, EPS, 1 - EPS)
-    nll = -(y * np.log(pc) + ny * np.log1p(-pc))
+    if _fits_into(y, pc.shape) and _fits_into(ny, pc.shape):  # the same operations, in place
+        nll = np.log(pc)
+        nll *= y
+        tail = np.negative(pc)
+        np.log1p(tail, out=tail)
+        tail *= ny
+        nll += tail
+        np.negative(nll, out=nll)
+    else:
+        nll = -(y * np.log(pc) + ny * np.log1p(-pc))
     out = np.flatnonzero(p != pc)  # outside [EPS, 1 - EPS] (or NaN): the quadratic continuation
     if full or len(out):
         grad = ny / (1 - pc) - y / pc
@@ -55,6 +64,31 @@ def _binomial_terms(p, y, ny, n, curv_lo, curv_hi, full: bool = True):
             grad[at] = g + curv * dp
             weight[at] = curv
     return (nll, grad, weight) if full else (nll, None, None)
+
+
+def _binomial_score_weight(p, y, ny, n, curv_lo, curv_hi):
+    """The d/dp and Fisher weight of :func:`_binomial_terms` (the same numbers, bit for bit),
+    without the negative log-likelihood (the Hessian of a Levenberg-Marquardt step needs no
+    objective)."""
+    pc = np.clip(p, EPS, 1 - EPS)
+    q = 1 - pc
+    grad = ny / q - y / pc
+    q *= pc  # pc (1 - pc)
+    weight = np.divide(n, q, out=q) if _fits_into(n, q.shape) else n / q
+    out = np.flatnonzero(p != pc)  # outside [EPS, 1 - EPS] (or NaN): the quadratic continuation
+    if len(out):
+        at = np.unravel_index(out, p.shape)
+        dp = p[at] - pc[at]
+        curv = np.where(dp < 0, np.broadcast_to(curv_lo, p.shape)[at], np.broadcast_to(curv_hi, p.shape)[at])
+        grad[at] = grad[at] + curv * dp
+        weight[at] = curv
+    return grad, weight
+
+
+def _fits_into(a, shape) -> bool:
+    """``a`` broadcasts to ``shape`` without growing it (it can be an in-place operand)."""
+    a_shape = np.shape(a)
+    return len(a_shape) <= len(shape) and tuple(shape[len(shape) - len(a_shape):]) == a_shape
 
 
 def gaussian_terms(p, v, _n=None):

@@ -10,12 +10,12 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import optimize
 
 from fitting import law as law_
 from fitting.data import TaskData
 from fitting.jacobian import Rows, law_eval, performance_jacobian
-from fitting.likelihood import _binomial_terms, clip_curvatures, gaussian_terms
+from fitting.likelihood import _binomial_score_weight, _binomial_terms, clip_curvatures, gaussian_terms
 
 ELBOW_REACH = 3.0  # nats: the few-shot elbow C is searched this far beyond the data's losses
 
@@ -64,6 +64,17 @@ class Problem:
         nll, score, w = gaussian_terms(p, self.y)
         return self.n * nll, self.n * score, self.n * w
 
+    def score_weight(self, p, members=None):
+        """The d/dp and weight of :meth:`terms` (the same numbers) without the objective; with
+        ``members`` (indices), for those batch members only (p is then theirs)."""
+        pick = (lambda a: a) if members is None else (  # noqa: E731
+            lambda a: a[members] if isinstance(a, np.ndarray) and a.ndim == 2 else a)
+        if self.likelihood == "binomial":
+            return _binomial_score_weight(p, *(pick(a) for a in self._binomial))
+        _, score, w = gaussian_terms(p, pick(self.y))
+        n = pick(self.n)
+        return n * score, n * w
+
     def objective(self, theta):
         """(B,) objective for theta (B, P); theta (S, B, P) gives (S, B) (trial steps of one batch)."""
         theta = np.asarray(theta, dtype=float)
@@ -77,10 +88,11 @@ class Problem:
         nll, score, weight = self.terms(perf)
         return nll.sum(-1) + self.offset, np.einsum("bn,bnp->bp", score, jac), perf, jac, weight
 
-    def grad_hess(self, theta):
-        """Gradient (B, P) and Gauss-Newton/Fisher Hessian J^T W J (B, P, P)."""
+    def grad_hess(self, theta, members=None):
+        """Gradient (B, P) and Gauss-Newton/Fisher Hessian J^T W J (B, P, P); ``members``: theta
+        is that of these batch members (indices) only."""
         perf, jac = performance_jacobian(self.spec, theta, self.loss, self.n_train, self.few_shot, self.rows)
-        _, score, weight = self.terms(perf)
+        score, weight = self.score_weight(perf, members)
         jt = jac.transpose(0, 2, 1)  # (B, P, N): contiguous unless someone handed a copy
         grad = np.matmul(jt, score[:, :, None])[:, :, 0]
         hess = np.matmul(jt * weight[:, None, :], jac)
@@ -97,6 +109,9 @@ def lm_batch(problem: Problem, theta0: np.ndarray, max_iter: int = 200, tol: flo
     Newton decrement g·step of the free parameters is below atol (smooth optimum), or an
     accepted step gained less than atol, or λ grew past 1e8 because no step lowers f (the
     ReLU's likelihood has kinks at the data's losses, where the optimum often sits).
+
+    A member whose step was rejected keeps its theta, so its gradient and Hessian are kept
+    too (not recomputed: each member's are computed independently of the others, bit for bit).
     """
     theta = np.clip(np.atleast_2d(theta0).astype(float), problem.lower, problem.upper)
     lam = np.full(len(theta), 1e-3)
@@ -105,15 +120,25 @@ def lm_batch(problem: Problem, theta0: np.ndarray, max_iter: int = 200, tol: flo
     eye = np.eye(theta.shape[1])
     factors = np.array([1.0, 2.0, 4.0])[:, None, None]
     sub, sub_act = problem, np.arange(len(theta))
+    kept_grad, kept_hess = np.empty_like(theta), np.empty((len(theta), *eye.shape))
+    kept = np.zeros(len(theta), dtype=bool)  # kept_grad/kept_hess hold the member's at its theta
     for it in range(1, max_iter + 1):
-        act = np.flatnonzero(~done)
+        act = (~done).nonzero()[0]
         if not len(act):
             return theta, f, done, it - 1
         if len(act) != len(sub_act):  # the active set only shrinks: same size, same members
             sub, sub_act = _subproblem(problem, act), act
         th = theta[act]
-        grad, hess = sub.grad_hess(th)
-        step, grad = _damped_step(th, grad, hess, lam[act], sub, eye)
+        stale = (~kept[act]).nonzero()[0]  # positions in act
+        if len(stale) == len(act):
+            grad, hess = sub.grad_hess(th)
+        else:
+            grad, hess = kept_grad[act], kept_hess[act]
+            if len(stale):
+                grad[stale], hess[stale] = sub.grad_hess(th[stale], members=stale)
+        kept_grad[act], kept_hess[act] = grad, hess
+        f_act, lam_act = f[act], lam[act]
+        step, grad = _damped_step(th, grad, hess, lam_act, sub, eye)
         decrement = np.einsum("bp,bp->b", grad, step)
         # the step, and 2x and 4x the step too: cheap (no Jacobian) and fast along curved valleys
         cand = np.clip(th[None] - factors * step[None], sub.lower, sub.upper)  # (3, B, P)
@@ -122,14 +147,16 @@ def lm_batch(problem: Problem, theta0: np.ndarray, max_iter: int = 200, tol: flo
         for i in (1, 2):
             use_long = f3[i] < f_new
             trial[use_long], f_new = cand[i][use_long], np.where(use_long, f3[i], f_new)
-        better = f_new < f[act]
-        gain = np.where(better, f[act] - f_new, 0.0)
-        theta[act[better]], f[act[better]] = trial[better], f_new[better]
-        lam[act] = np.where(better, np.maximum(lam[act] / 3, 1e-9), lam[act] * 4)
-        atol = tol * (1 + np.abs(f[act]))
-        flat = (np.abs(decrement) < atol) & (lam[act] < 1e6)  # gradient ~0 (smooth optimum)
+        better = f_new < f_act
+        gain = np.where(better, f_act - f_new, 0.0)
+        theta[act[better]] = trial[better]
+        f[act] = f_act = np.where(better, f_new, f_act)
+        kept[act] = ~better
+        lam[act] = lam_act = np.where(better, np.maximum(lam_act / 3, 1e-9), lam_act * 4)
+        atol = tol * (1 + np.abs(f_act))
+        flat = (np.abs(decrement) < atol) & (lam_act < 1e6)  # gradient ~0 (smooth optimum)
         stalled = better & (gain < atol)  # an accepted step gained nothing (e.g. at a ReLU kink)
-        stuck = lam[act] > 1e8  # no step in any direction lowers f: a corner optimum
+        stuck = lam_act > 1e8  # no step in any direction lowers f: a corner optimum
         done[act[flat | stalled | stuck]] = True
     return theta, f, done, max_iter
 
@@ -165,7 +192,15 @@ def _solve_or_lstsq(system: np.ndarray, rhs: np.ndarray) -> np.ndarray:
 
 def _subproblem(problem: Problem, rows: np.ndarray) -> Problem:
     """The batch members ``rows`` of a problem whose targets (B, N) or bounds (B, P) are per member."""
-    pick = lambda a, nd=2: a[rows] if isinstance(a, np.ndarray) and a.ndim == nd else a  # noqa: E731
+    picked = {}  # id -> the rows of that array: y, n and the curvatures are also in _binomial
+
+    def pick(a, nd=2):
+        if not (isinstance(a, np.ndarray) and a.ndim == nd):
+            return a
+        if id(a) not in picked:
+            picked[id(a)] = a[rows]
+        return picked[id(a)]
+
     sub = replace(problem, y=pick(problem.y), n=pick(problem.n), lower=pick(problem.lower),
                   upper=pick(problem.upper), curv_lo=pick(problem.curv_lo), curv_hi=pick(problem.curv_hi),
                   offset=pick(problem.offset, 1))
@@ -275,7 +310,7 @@ def starts(spec: law_.LawSpec, data: TaskData, n_starts: int, seed: int) -> np.n
     base = data.chance if data.proportion else float(np.quantile(data.value, 0.1))
     top = float(data.value.max())
     d_max = float(max(data.data_levels or [spec.d0 + 1.0]))
-    unit = stats.qmc.LatinHypercube(d=5, seed=seed).random(max(n_starts - 1, 1))
+    unit = latin_hypercube(5, max(n_starts - 1, 1), seed)
     a, shift, alpha, c = unit[:, 0], unit[:, 1] * span, unit[:, 2], lo_l - 0.5 * span + unit[:, 3] * 1.5 * span
     a_lo, a_hi = spec.elbow_shape.alpha_starts
     alpha = a_lo + (a_hi - a_lo) * alpha
@@ -288,6 +323,18 @@ def starts(spec: law_.LawSpec, data: TaskData, n_starts: int, seed: int) -> np.n
     staged = staged_start(spec, data)
     rows = ([staged] if staged is not None else []) + list(hypercube)
     return np.array(rows[:max(n_starts, 1)])
+
+
+def latin_hypercube(d: int, n: int, seed: int) -> np.ndarray:
+    """(n, d) points: ``scipy.stats.qmc.LatinHypercube(d=d, seed=seed).random(n)`` (scrambled,
+    strength 1), the same numbers (tested), without importing scipy.stats (about 0.3 CPU-s in
+    every process that fits)."""
+    rng = np.random.default_rng(seed)
+    samples = rng.uniform(size=(n, d))
+    perms = np.tile(np.arange(1, n + 1), (d, 1))
+    for i in range(d):
+        rng.shuffle(perms[i, :])
+    return (perms.T - samples) / n
 
 
 def hinge_grid_fit(loss: np.ndarray, value: np.ndarray, grid: np.ndarray):

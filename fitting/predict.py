@@ -463,8 +463,9 @@ def predict_all(folder: ResultsFolder, config: FitConfig = FitConfig(), tasks: l
                 progress: bool = False, workers: int = 1, cache=None) -> list[TaskPrediction]:
     """Every task (or ``tasks``), in order; progress on stderr when ``progress``.
 
-    ``workers`` > 1: tasks run in that many processes (spawned: polars' thread pool is not
-    fork-safe), each task's work in one of them; the records are the same as with one.
+    ``workers`` > 1: tasks run in that many processes, this one and ``workers - 1`` spawned
+    (:func:`fitting.pool.run_parallel`), each task's work in one of them; the records are the
+    same as with one.
     ``cache``: see :func:`predict_task`."""
     tasks = folder.tasks if tasks is None else list(tasks)
     for task in tasks:  # validate every task before any work (and before progress bars)
@@ -487,19 +488,17 @@ def predict_all(folder: ResultsFolder, config: FitConfig = FitConfig(), tasks: l
 
 def _in_processes(folder: ResultsFolder, config: FitConfig, tasks: list[str], workers: int, progress: bool,
                   cache) -> list[TaskPrediction]:
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from multiprocessing import get_context
-
+    from fitting.pool import run_parallel
     from fitting.progress import CountBar
 
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool, \
-            CountBar("fit", len(tasks), progress) as tick:
-        futures = {pool.submit(predict_task, folder, t, config, None, cache): t for t in tasks}
-        done = {}
-        for fut in as_completed(futures):
-            done[futures[fut]] = fut.result()
-            tick(f"tasks (done: {futures[fut]})")
-    return [done[t] for t in tasks]
+    with CountBar("fit", len(tasks), progress) as tick:
+        return run_parallel(_predict_task_job, [(folder, t, config, cache) for t in tasks], workers,
+                            lambda i: tick(f"tasks (done: {tasks[i]})"))
+
+
+def _predict_task_job(args) -> TaskPrediction:
+    folder, task, config, cache = args
+    return predict_task(folder, task, config, None, cache)
 
 
 def family_elbows(folder: ResultsFolder, task: str, config: FitConfig) -> dict[str, float | None]:

@@ -64,7 +64,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Literal
 
 import numpy as np
-from scipy import stats
+from scipy import special
 
 from emergence.errors import FitError
 from fitting import law as law_
@@ -439,13 +439,23 @@ def profile_interval(data: TaskData, model: EmergenceLawFit, level: float = 0.90
     f_best = min(float(f.min()), float(problem.objective(model.theta_[None])[0]))
     disp = _resolve(data, model, dispersion)
     phi = 1.0 if disp is None else disp.phi
-    cut = stats.chi2.ppf(level, 1) if phi <= 1.0 else phi * stats.f.ppf(level, 1, disp.dof)
+    cut = chi2_ppf_1(level) if phi <= 1.0 else phi * f_ppf_1(level, disp.dof)
     grid, theta, f = _refine_ends(problem, c, grid, theta, f, _deviance(f, f_best, model, data) <= cut, model.max_iter)
     f_best = min(f_best, float(f.min()))
     dev = _deviance(f, f_best, model, data)
     inside = dev <= cut
     low, high = _crossing(grid, dev, cut, np.argmax(inside), -1), _crossing(grid, dev, cut, len(grid) - 1 - np.argmax(inside[::-1]), 1)
     return ProfileInterval(low, high, bool(inside[0]), bool(inside[-1]), level, grid, dev, theta, phi)
+
+
+def chi2_ppf_1(q: float) -> float:
+    """``scipy.stats.chi2.ppf(q, 1)``, the same number (tested), without importing scipy.stats."""
+    return 2 * special.gammaincinv(0.5, q)
+
+
+def f_ppf_1(q: float, dfd: float) -> float:
+    """``scipy.stats.f.ppf(q, 1, dfd)``, the same number (tested), without importing scipy.stats."""
+    return special.fdtri(1, dfd, q)
 
 
 def _deviance(f: np.ndarray, f_best: float, model: EmergenceLawFit, data: TaskData) -> np.ndarray:
