@@ -30,6 +30,9 @@ Measured, each on its own dataset:
    (``failed``) instead of ending the measurement; scoring the cutoffs (negligible) is left out.
    CPU = this process + its workers.
 
+``--max-cutoffs K`` runs every scale's backtest as ``emergence backtest --max-cutoffs K`` would (K
+cutoffs per task, evenly spread): its total then grows linearly with the checkpoints.
+
 At 16x the full backtest is not run by default: a backtest refits every cutoff, so its work is
 (number of cutoffs) x (size of each fit), and 16x the checkpoints is ~16x the cutoffs of ~16x the
 size each (~20 CPU-minutes). By default the 16x-checkpoint backtest runs ``--sample-16x``
@@ -136,19 +139,15 @@ def _guarded(job) -> str | None:
 
 def measure_backtest(folder, n_boot: int, workers: int, sample: int = 0):
     """The backtest's jobs, no cache; (clock, cutoff fits, checkpoints summed over them, errors).
-    ``sample`` > 0: that many cutoffs per task, evenly spaced over all of them. ``clock.plan_cpu``:
+    ``sample`` > 0: that many cutoffs per task, evenly spaced over all of them (``--max-cutoffs``). ``clock.plan_cpu``:
     the CPU of the plans (each task's ground truth, this process)."""
-    config = BacktestConfig(fit=FitConfig(n_boot=n_boot, seed=0), workers=workers)
+    config = BacktestConfig(fit=FitConfig(n_boot=n_boot, seed=0), workers=workers, max_cutoffs=sample or None)
     simulated = is_simulated(folder)
     with Clock() as clock:
         jobs = []
         with Clock() as plans:
             for task in folder.tasks:
-                plan = plan_task(TaskData.from_folder(folder, task), config, simulated)  # ground truth
-                picked = plan.jobs
-                if sample and len(picked) > sample:
-                    picked = [picked[i] for i in np.unique(np.linspace(0, len(picked) - 1, sample).round().astype(int))]
-                jobs += picked
+                jobs += plan_task(TaskData.from_folder(folder, task), config, simulated).jobs  # ground truth
         if workers <= 1:
             errors = [_guarded(job) for job in jobs]
         else:
@@ -168,6 +167,8 @@ def main() -> None:
     parser.add_argument("--sample-16x", type=int, default=8, help="cutoffs per task of the 16x-checkpoint backtest "
                         "(0: no 16x backtest)")
     parser.add_argument("--full-16x", action="store_true", help="every cutoff at 16x, and the 16x-tasks backtest (long)")
+    parser.add_argument("--max-cutoffs", type=int, default=0, help="backtest --max-cutoffs K at every scale (the "
+                        "user's cap: work then linear in the checkpoints); 0: every cutoff")
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated data")
     args = parser.parse_args()
     if args.quick:
@@ -190,8 +191,8 @@ def main() -> None:
         print(f"  {label:10s} {n_tasks:3d} tasks x {n_ckpt:3d} checkpoints ({n_rows} rows/task): "
               f"fit+{args.n_boot} resamples wall {fit.wall:6.2f} s CPU {fit.cpu:6.2f} s per run "
               f"(mean of {runs}; load {fit.load}; {failed} failed resamples)", flush=True)
-        sample = 0
-        if cs == 16 and not args.full_16x:
+        sample = args.max_cutoffs
+        if cs == 16 and not args.full_16x and not sample:
             sample = args.sample_16x
         if max(cs, ts) < 16 or args.full_16x or sample:
             bt, n_cuts, cut_ckpts, errors = measure_backtest(folder, args.backtest_n_boot, args.workers, sample)
@@ -233,8 +234,8 @@ def main() -> None:
               f"{b.cpu / base['bt'].cpu:6.2f} {r['cuts'] / base['cuts']:9.2f} {b.plan_cpu:8.1f} {fits / r['cuts']:12.3f} "
               f"{fits / r['cut_ckpts'] * 1e3:9.1f} ms {b.load:>9s}")
     if any(r["sample"] for r in rows):
-        print(f"  (*: {args.sample_16x} cutoffs per task, evenly spaced: the totals and ratios are for the sample; "
-              "the per-unit columns compare)")
+        print(f"  (*: {args.max_cutoffs or args.sample_16x} cutoffs per task, evenly spaced (backtest --max-cutoffs): "
+              "the totals and ratios are for those; the per-unit columns compare)")
     print("  (GT CPU: every task's ground truth, in this process, included in CPU s; the per-unit columns "
           "leave it out: cutoff fits only)")
     if any(r.get("errors") for r in rows):

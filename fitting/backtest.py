@@ -99,6 +99,7 @@ class BacktestConfig:
     workers: int = 1  # processes for the fits (1: in this process)
     ablations: AblationSpec | None = None  # None: no ablation table
     cutoffs: bool = True  # False: ablations only (``emergence ablate``)
+    max_cutoffs: int | None = None  # None: every checkpoint's FLOPs is a cutoff; k: k of them, evenly spread
 
     def __post_init__(self) -> None:
         if not (self.tolerance > 0 and math.isfinite(self.tolerance)):
@@ -107,6 +108,8 @@ class BacktestConfig:
             raise EmergenceError(f"min_checkpoints must be >= 3 (a hinge needs 3 points), got {self.min_checkpoints}")
         if self.workers < 1:
             raise EmergenceError(f"workers must be >= 1, got {self.workers}")
+        if self.max_cutoffs is not None and self.max_cutoffs < 2:
+            raise EmergenceError(f"max_cutoffs must be >= 2 (the largest and the smallest cutoff), got {self.max_cutoffs}")
         if self.fit.method == "bayes":  # a missing extra is one line now, not after the first fits
             from fitting.bayes import _import_pymc
 
@@ -306,10 +309,17 @@ class TaskBacktest:
 # --------------------------------------------------------------------------- the protocol
 
 
-def cutoff_values(data: TaskData, min_checkpoints: int) -> list[float]:
-    """Distinct checkpoint FLOPs, largest first, keeping >= ``min_checkpoints`` checkpoints each."""
+def cutoff_values(data: TaskData, min_checkpoints: int, max_cutoffs: int | None = None) -> list[float]:
+    """Distinct checkpoint FLOPs, largest first, keeping >= ``min_checkpoints`` checkpoints each;
+    with ``max_cutoffs`` k, k of them evenly spread by rank (the largest and the smallest always).
+
+    Every cutoff refits on the checkpoints it keeps, so the full backtest's work grows with the
+    square of a task's checkpoints; with a fixed k it grows linearly (``benchmarks/bench_scaling.py``)."""
     flops = np.sort(np.unique(data.ckpt_flops))[::-1]
-    return [float(f) for f in flops if int((data.ckpt_flops <= f).sum()) >= min_checkpoints]
+    values = [float(f) for f in flops if int((data.ckpt_flops <= f).sum()) >= min_checkpoints]
+    if max_cutoffs is None or len(values) <= max_cutoffs:
+        return values
+    return [values[i] for i in np.unique(np.linspace(0, len(values) - 1, max_cutoffs).round().astype(int))]
 
 
 def post_emergence(data: TaskData, truth: GroundTruth) -> tuple[str | None, float | None]:
@@ -500,7 +510,7 @@ def plan_task(data: TaskData, config: BacktestConfig, simulated: bool,
     if not data.has_finetune:
         note = "few-shot results only: nothing to backtest (the emergence law needs finetune results)"
     elif config.cutoffs:
-        for f in cutoff_values(data, config.min_checkpoints):
+        for f in cutoff_values(data, config.min_checkpoints, config.max_cutoffs):
             sub = data.select_max_flops(f)
             cuts.append(_blank_cutoff(sub, f, elbow))
             jobs.append(_Job(data.task, ("cutoff", f), sub, config.fit, truth, simulated))

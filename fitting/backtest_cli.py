@@ -23,6 +23,9 @@ Seed = Annotated[int, typer.Option(help="seed of the multi-start points and the 
 Method = Annotated[str, typer.Option(help="mle (maximum likelihood + bootstrap) or bayes")]
 Tolerance = Annotated[float, typer.Option(help="success when |prediction − ground truth| <= this (nats)")]
 MinCkpt = Annotated[int, typer.Option("--min-checkpoints", help="fewest checkpoints a cutoff may keep")]
+MaxCuts = Annotated[Optional[int], typer.Option("--max-cutoffs", min=2, help="at most this many cutoffs per task, "
+                                                "evenly spread (default: every checkpoint; the work then grows "
+                                                "with the square of the checkpoints, linearly with a cap)")]
 Workers = Annotated[int, typer.Option(help="worker processes for the fits")]
 Metric = Annotated[Optional[str], typer.Option(help="metric to fit (default accuracy, else exact_match, else the only one)")]
 Likelihood = Annotated[str, typer.Option(help="binomial (item counts) or gaussian (least squares; needed for "
@@ -71,7 +74,7 @@ def register(app: typer.Typer) -> None:
 
 def _config(*, law="log_power", d0=1.0, n_boot=1000, seed=0, method="mle", metric=None, tolerance=0.1,
             min_checkpoints=3, workers=1, ablations=None, cutoffs=True, chains=4, draws=1000, tune=1000,
-            profile=True, likelihood="binomial"):
+            profile=True, likelihood="binomial", max_cutoffs=None):
     from fitting.backtest import BacktestConfig
     from fitting.predict import FitConfig
 
@@ -83,7 +86,7 @@ def _config(*, law="log_power", d0=1.0, n_boot=1000, seed=0, method="mle", metri
     fit = FitConfig(law=law, d0=d0, n_boot=n_boot, seed=seed, method=method, metric=metric, bayes=bayes,
                     profile=profile, likelihood=likelihood)
     return BacktestConfig(fit=fit, tolerance=tolerance, min_checkpoints=min_checkpoints,
-                          workers=workers, ablations=ablations, cutoffs=cutoffs)
+                          workers=workers, ablations=ablations, cutoffs=cutoffs, max_cutoffs=max_cutoffs)
 
 
 def _cache(no_cache: bool):
@@ -106,7 +109,7 @@ def backtest_command(
     results_dir: Annotated[Path, typer.Argument(help=RESULTS_HELP)],
     task: Task = None, law: Law = "log_power", d0: D0 = 1.0, n_boot: NBoot = 1000, seed: Seed = 0,
     method: Method = "mle", metric: Metric = None, tolerance: Tolerance = 0.1,
-    min_checkpoints: MinCkpt = 3, workers: Workers = 1,
+    min_checkpoints: MinCkpt = 3, max_cutoffs: MaxCuts = None, workers: Workers = 1,
     ablations: Annotated[bool, typer.Option("--ablations", help="also run the Table-2 ablations")] = False,
     likelihood: Likelihood = "binomial",
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON list on stdout")] = False,
@@ -118,7 +121,7 @@ def backtest_command(
     from fitting.schema import load_results
 
     config = _config(law=law, d0=d0, n_boot=n_boot, seed=seed, method=method, metric=metric, tolerance=tolerance,
-                     min_checkpoints=min_checkpoints, workers=workers,
+                     min_checkpoints=min_checkpoints, max_cutoffs=max_cutoffs, workers=workers,
                      ablations=AblationSpec() if ablations else None, chains=chains, draws=draws, tune=tune,
                      profile=profile, likelihood=likelihood)
     folder = load_results(results_dir)
@@ -164,7 +167,7 @@ def report_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for index.html, report.md and the PNGs")],
     task: Task = None, law: Law = "log_power", d0: D0 = 1.0, n_boot: NBoot = 1000, seed: Seed = 0,
     method: Method = "mle", metric: Metric = None, tolerance: Tolerance = 0.1,
-    min_checkpoints: MinCkpt = 3, workers: Workers = 1,
+    min_checkpoints: MinCkpt = 3, max_cutoffs: MaxCuts = None, workers: Workers = 1,
     ablations: Annotated[bool, typer.Option(help="include the Table-2 ablations")] = True,
     likelihood: Likelihood = "binomial", profile: Profile = True, chains: Chains = 4, draws: Draws = 1000, tune: Tune = 1000,
     no_cache: NoCache = False,
@@ -174,7 +177,7 @@ def report_command(
     from fitting.report import write_report
 
     config = _config(law=law, d0=d0, n_boot=n_boot, seed=seed, method=method, metric=metric, tolerance=tolerance,
-                     min_checkpoints=min_checkpoints, workers=workers,
+                     min_checkpoints=min_checkpoints, max_cutoffs=max_cutoffs, workers=workers,
                      ablations=AblationSpec() if ablations else None, chains=chains, draws=draws, tune=tune,
                      profile=profile, likelihood=likelihood)
     from fitting.pool import tune_allocator

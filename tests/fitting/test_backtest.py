@@ -269,3 +269,25 @@ def test_the_unpinned_reading_skips_successes_the_data_did_not_locate():
     for c in cuts[:2]:
         c.pinned = "search bound"
     assert r.flop_multiplier_unpinned is None and r.n_pinned_successes == 3
+
+
+def test_max_cutoffs_keeps_an_even_spread_with_both_ends_and_each_cutoff_unchanged():
+    """``max_cutoffs``: the largest and the smallest cutoff and an even spread between, each the
+    very cutoff the full backtest computes (same fit), so the work no longer grows with the
+    square of the checkpoints."""
+    folder = _folder([COLA], seed=1)
+    data = TaskData.from_folder(folder, COLA.name)
+    every = cutoff_values(data, 3)
+    some = cutoff_values(data, 3, max_cutoffs=4)
+    assert len(every) > 4 and len(some) == 4
+    assert some[0] == every[0] and some[-1] == every[-1] and set(some) <= set(every)
+    gaps = np.diff([every.index(f) for f in some])
+    assert gaps.max() - gaps.min() <= 1  # evenly spread by rank
+    assert cutoff_values(data, 3, max_cutoffs=len(every) + 5) == every
+    (full,), (capped,) = backtest(folder, _config()), backtest(folder, _config(max_cutoffs=4))
+    by_flops = {c.max_flops: c for c in full.cutoffs}
+    assert [c.max_flops for c in capped.cutoffs] == some
+    for c in capped.cutoffs:
+        assert c.to_json() == by_flops[c.max_flops].to_json()
+    with pytest.raises(EmergenceError, match="max_cutoffs"):
+        _config(max_cutoffs=1)
