@@ -1,7 +1,11 @@
 """The optimiser of the maximum-likelihood fit: the problem (rows as sufficient statistics,
 bounds), its starting points, a batched projected Levenberg-Marquardt loop and an L-BFGS-B
 polish. Used by the point fit (:mod:`fitting.fit`), the bootstrap and the profile
-(:mod:`fitting.uncertainty`) and the ground truth (:mod:`fitting.ground_truth`)."""
+(:mod:`fitting.uncertainty`) and the ground truth (:mod:`fitting.ground_truth`).
+
+Size: one cohesive thing, the optimiser and the problem it solves (its hot loop is tuned for
+speed, ``docs/speed.md``, so its pieces stay where they are read together); the law's maths is
+:mod:`fitting.jacobian` and :mod:`fitting.likelihood`."""
 
 from __future__ import annotations
 
