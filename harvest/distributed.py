@@ -32,6 +32,8 @@ def train_ranks(ref, examples, recipe, seed: int, dtype: str | None, device: str
         raise SpecError('[sweep.recipe] training over several devices needs method = "full" and sharding = "fsdp"')
     port, size = free_port(), len(devices)
     backend = "nccl" if device.startswith("cuda") else "gloo"
+    if backend == "nccl" and (None in devices or len(set(devices)) < size):
+        raise SpecError('sharding = "fsdp" on GPUs: give each rank its own GPU with --gpus N, not --workers N')
     job = (ref, list(examples), recipe, seed, dtype, backend, str(folder))
     run_workers([(_rank_job, (*job, rank, size, port)) for rank in range(size)], list(devices))
 

@@ -155,3 +155,13 @@ def test_sweep_with_fsdp_over_two_workers_gives_the_tables_of_one_process(tmp_pa
     ra, rb = (t["results"].filter(~base).sort("checkpoint") for t in (a, b))
     assert ra["finetune_tokens"].to_list() == rb["finetune_tokens"].to_list()
     assert ra["finetune_flops"].to_list() == rb["finetune_flops"].to_list()
+
+
+def test_gpu_ranks_need_a_gpu_each(tmp_path):
+    from harvest.distributed import train_ranks
+    from harvest.engines.base import ModelRef
+    from harvest.finetune import Recipe
+
+    recipe = Recipe(method="full", steps=1, sharding="fsdp")
+    with pytest.raises(SpecError, match="--gpus N"):
+        train_ranks(ModelRef(path=str(tmp_path)), EXAMPLES[:2], recipe, 0, None, "cuda", tmp_path / "out", [None, None])
