@@ -31,10 +31,8 @@ def test_the_shipped_ladders_cost_is_the_sum_of_its_recorded_flops():
     assert "x the largest checkpoint's pretraining" in cost.text()
 
 
-def test_results_without_cost_columns_say_so_rather_than_zero(tmp_path):
-    from fitting.simulate import simulate
-
-    folder = simulate(seed=0)
+def test_results_without_cost_columns_say_so_rather_than_zero(simulated):
+    folder = simulated  # the session's default simulated folder (tests/fitting/conftest.py)
     task = folder.tasks[0]
     cost = task_cost(folder, task)
     assert not cost.known and cost.to_json()["total_flops"] is None
