@@ -333,6 +333,15 @@ def ablations_as_table(results: Sequence[TaskBacktest]) -> Table | None:
     return Table(["variant", *tab.tasks], rows, caption, bad)
 
 
+def generated_at() -> dt.datetime:
+    """Now (UTC), or ``SOURCE_DATE_EPOCH`` when set (the reproducible-builds convention: two
+    reports of the same inputs are then the same bytes)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if epoch.isdigit():
+        return dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc)
+    return dt.datetime.now(dt.timezone.utc)
+
+
 def provenance_table(folder: ResultsFolder, source: str, config: BacktestConfig) -> Table:
     meta = {k: v for k, v in folder.metadata.items() if k != "truth"}
     rows = [["results folder", source],
@@ -341,7 +350,7 @@ def provenance_table(folder: ResultsFolder, source: str, config: BacktestConfig)
                        f"{config.fit.n_boot} bootstrap resamples, seed {config.fit.seed})"],
             ["tolerance", f"{config.tolerance:g} nats"],
             ["toolkit", f"emergence {__version__}"],
-            ["generated", dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")]]
+            ["generated", generated_at().strftime("%Y-%m-%d %H:%M UTC")]]
     rows += [[f"metadata: {k}", _short(v)] for k, v in sorted(meta.items())]
     return Table(["", ""], rows, "provenance: the folder's Parquet metadata and this run's settings")
 

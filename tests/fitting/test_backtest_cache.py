@@ -60,6 +60,8 @@ def _report_files(out: Path) -> dict[str, bytes]:
 
 
 def test_report_after_backtest_fits_nothing_and_writes_the_same_report(res, tmp_path, capsys, monkeypatch):
+    # the reports' "generated" line, fixed (it has minutes: two runs may straddle one)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1800000000")
     count = _Counter(monkeypatch)
     code, _, err = run_cli(["backtest", res, *ARGS, "--ablations", "--json"], capsys)
     assert code == 0, err
@@ -73,6 +75,7 @@ def test_report_after_backtest_fits_nothing_and_writes_the_same_report(res, tmp_
     assert code == 0, err
     assert count.n == 2 * fitted and "backtest cache" not in err  # --no-cache recomputes everything
     assert _report_files(tmp_path / "a") == _report_files(tmp_path / "b")  # byte for byte
+    assert b"2027-01-15 08:00 UTC" in _report_files(tmp_path / "a")["report.md"]  # SOURCE_DATE_EPOCH
 
 
 def test_report_with_ablations_reuses_the_cutoffs_and_fits_only_the_ablations(res, tmp_path, capsys, monkeypatch):
