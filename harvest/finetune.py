@@ -44,6 +44,11 @@ one extra forward pass of compute; ``"auto"`` (default) turns it on for full fin
 model over 1B parameters (``harvest.memory.AUTO_CHECKPOINTING_PARAMS``), and on a GPU whenever
 :func:`harvest.memory.training_memory` estimates the run without it would not fit the device's memory.
 
+Sharded (``sharding = "fsdp"``, full finetuning over several devices): when it runs in a
+process group of more than one rank, ``finetune`` shards the model (:mod:`harvest.sharding`) and
+each rank takes its share of every step's batch, cut into micro-batches of ``micro_batch_size``;
+the update is the single-process one (``tests/harvest/test_sharding.py``).
+
 Tokenisation is the engines' (:func:`harvest.engines.hf.encode_pair`, lm-eval's rule): target
 tokens are ``encode(prompt + target)[len(encode(prompt)):]`` and the model is fed
 ``encode(prompt) + target tokens``, exactly what scoring feeds. Sequences longer than
@@ -485,7 +490,8 @@ def finetune(
         model=model, recipe=recipe, n_examples=len(data), steps=steps, batch_size=batch,
         tokens=tokens, target_tokens=target_tokens, params=total, trainable_params=trainable,
         flops=6.0 * total * tokens, seconds=time.perf_counter() - start, losses=losses,
-        micro_batch_size=micro, accumulation_steps=math.ceil(batch / micro), gradient_checkpointing=checkpointing,
+        micro_batch_size=micro, accumulation_steps=math.ceil(math.ceil(batch / size) / micro),  # per rank
+        gradient_checkpointing=checkpointing,
         ranks=size,
     )
 
