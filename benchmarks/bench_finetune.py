@@ -29,18 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from harvest.finetune import Recipe, batch_size_for, collate, encode_examples, finetune, steps_for  # noqa: E402
-
-
-def char_tokenizer():
-    """Printable-ASCII character tokenizer (no download)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    chars = [chr(i) for i in range(32, 127)] + ["\n"]
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+from harvest.testing import char_tokenizer  # noqa: E402
 
 
 def llama(hidden: int, layers: int, seed: int = 0):
@@ -136,8 +125,7 @@ PHASES = {
 
 def sweep_timing() -> None:
     """The test sweep, locally, with its phase breakdown (see harvest.sweep)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from test_sweep import build_sweep_spec  # the test's own spec builder
+    from tests.harvest.test_sweep import build_sweep_spec  # the test's own spec builder (repo root on sys.path)
 
     from harvest.driver import run_sweep
 

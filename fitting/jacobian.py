@@ -92,13 +92,7 @@ def _relu_eval(spec, theta, rows: Rows, A, B, k, t, t0, e_k, gap, jacobian: bool
     if not jacobian:
         h = np.maximum(gap, 0.0, out=gap)
         perf = np.multiply(A[:, None], h, out=h)  # A h
-        if spec.delta:  # (B + fs Δ) + A h
-            base = np.multiply(rows.fs, theta[:, spec.param_names.index("delta"), None])
-            base += B[:, None]
-            perf += base
-        else:
-            perf += B[:, None] + 0.0
-        return perf, None
+        return _add_base(perf, spec, theta, rows, B), None
     jac = np.empty((len(theta), len(spec.param_names), rows.n))
     h = np.maximum(gap, 0.0, out=jac[:, 0])  # d perf / dA = h
     jac[:, 1] = 1.0  # d perf / dB
@@ -109,12 +103,19 @@ def _relu_eval(spec, theta, rows: Rows, A, B, k, t, t0, e_k, gap, jacobian: bool
     perf = np.multiply(A[:, None], h, out=gap)
     if spec.delta:
         jac[:, spec.param_names.index("delta")] = rows.fs  # 1.0 · fs
+    return _add_base(perf, spec, theta, rows, B), jac
+
+
+def _add_base(perf, spec, theta, rows: Rows, B):
+    """``perf += B + fs Δ`` (Δ only in a form that has it), in place, in the order the general
+    path computes it: (B + fs Δ) + A h."""
+    if spec.delta:
         base = np.multiply(rows.fs, theta[:, spec.param_names.index("delta"), None])
         base += B[:, None]
         perf += base
     else:
         perf += B[:, None] + 0.0
-    return perf, jac
+    return perf
 
 
 def _hinge_and_slope(x, spec: law_.LawSpec, slope: bool = True):

@@ -55,6 +55,18 @@ def build_tokenizer(folder: Path, vocab_size: int = 512):
     return fast
 
 
+def char_tokenizer():
+    """Printable-ASCII character tokenizer (no download): each character one token, ids 3..98."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [chr(i) for i in range(32, 127)] + ["\n"]
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
 def build_tiny_llama(folder: str | Path, *, hidden: int = 64, layers: int = 2, heads: int = 2,
                      vocab_size: int = 512, intermediate: int | None = None, max_positions: int = 1024,
                      seed: int = 0, train_steps: int = 0, init_std: float = 0.02,
@@ -129,9 +141,17 @@ def _train(model, tok, steps: int, seed: int) -> None:
     import torch
 
     torch.manual_seed(seed)
-    batch = tok(corpus()[:64], return_tensors="pt", padding="longest")
+    train_briefly(model, tok, corpus()[:64], steps, lr=3e-3)
+
+
+def train_briefly(model, tok, texts: list[str], steps: int, lr: float) -> None:
+    """``steps`` full-batch AdamW steps on ``texts`` (padding masked out of the loss), then eval
+    mode: a tiny test model whose next-token predictions are peaked, not uniform."""
+    import torch
+
+    batch = tok(texts, return_tensors="pt", padding="longest")
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    optim = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    optim = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
     for _ in range(steps):
         loss = model(**batch, labels=labels).loss

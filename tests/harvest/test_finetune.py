@@ -69,18 +69,7 @@ def test_geometric_levels_end_at_the_full_split():
 from harvest.finetune import (  # noqa: E402
     Recipe, batch_order, collate, encode_examples, finetune, save_finetuned, steps_for,
 )
-
-
-def tiny_tokenizer():
-    """Character-level tokenizer (printable ASCII), no download."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    chars = [chr(i) for i in range(32, 127)] + ["\n"]
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+from harvest.testing import char_tokenizer as tiny_tokenizer  # noqa: E402  (character-level, no download)
 
 
 def tiny_model(seed=0):

@@ -68,19 +68,10 @@ def build_model(out: Path, steps: int = 60, seed: int = 0) -> Path:
 
 
 def _train(model, tok, steps: int) -> None:
-    import torch
+    from harvest.testing import train_briefly
 
     tok.pad_token = tok.eos_token  # in memory only: the saved tokenizer has no pad token
-    batch = tok(corpus(), return_tensors="pt", padding="longest")  # [49, T]
-    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    optim = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(steps):
-        loss = model(**batch, labels=labels).loss
-        loss.backward()
-        optim.step()
-        optim.zero_grad()
-    model.eval()
+    train_briefly(model, tok, corpus(), steps, lr=1e-2)  # [49, T] in one batch
 
 
 def build_lora(base: Path, out: Path, rank: int = 8, seed: int = 1, scale: float = 0.5) -> Path:
