@@ -71,6 +71,38 @@ HINGE_SHAPES: dict[str, HingeShape] = {
     "softplus": HingeShape("softplus", lambda x, tau, ops: tau * ops.softplus(x / tau),
                            lambda x, tau: special.expit(x / tau)),
 }
+
+
+@dataclass(frozen=True)
+class LawTerm:
+    """An optional parameter beyond A, B, k, α, C, switched on by a boolean :class:`LawSpec`
+    field. One entry of :data:`TERMS` carries its bookkeeping: the parameter's name, its value
+    when the form lacks it, its search box and start, whether the Bayesian model has it, and its
+    label. Its maths is the law's own (:func:`performance`, written out again with derivatives
+    in ``fitting.jacobian.law_eval`` and, where ``bayes``, in ``fitting.bayes.model``);
+    ``tests/fitting/test_law.py`` checks every entry there: each term moves the law, and the
+    Jacobian matches finite differences for every combination of terms."""
+
+    param: str  # its name in theta, after A, B, k, alpha, C
+    flag: str  # the LawSpec field that switches it on
+    absent: float  # what LawSpec.unpack reports for it in a form without it
+    box: Callable[[float, float], tuple[float, float]]  # (v_lo, v_hi), the value range -> search box
+    start: Callable[[float, bool], float]  # (highest value, proportion) -> starting value
+    bayes: bool  # the hierarchical PyMC model has it
+    label_on: str = ""  # LawSpec.label's part when the flag is on ...
+    label_off: str = ""  # ... and when it is off
+
+
+TERMS: tuple[LawTerm, ...] = (
+    # Δ: the few-shot curve's own base B + Δ (prompted and finetuned answers sit differently at chance)
+    LawTerm("delta", "delta", 0.0, lambda lo, hi: (lo - hi, hi - lo), lambda top, proportion: 0.0,
+            bayes=True, label_off="no_delta"),
+    # U: past the elbow, performance bends toward a ceiling U instead of rising linearly
+    LawTerm("U", "ceiling", 1.0, lambda lo, hi: (lo, hi),
+            lambda top, proportion: min(top + 0.02, 1.0) if proportion else top,
+            bayes=False, label_on="ceiling"),
+)
+CORE_PARAMS = ("A", "B", "k", "alpha", "C")
 NUMPY_OPS = SimpleNamespace(maximum=np.maximum, softplus=lambda z: np.logaddexp(0.0, z))
 
 ElbowForm = str  # a key of ELBOW_SHAPES
@@ -120,23 +152,24 @@ class LawSpec:
         return HINGE_SHAPES[self.hinge]
 
     @property
+    def terms(self) -> tuple[LawTerm, ...]:
+        """The optional terms this form has (entries of :data:`TERMS`, in their order)."""
+        return tuple(t for t in TERMS if getattr(self, t.flag))
+
+    @property
     def param_names(self) -> tuple[str, ...]:
-        names = ("A", "B", "k", "alpha", "C")
-        if self.delta:
-            names += ("delta",)
-        if self.ceiling:
-            names += ("U",)
-        return names
+        return CORE_PARAMS + tuple(t.param for t in self.terms)
 
     def with_(self, **changes) -> "LawSpec":
         return replace(self, **changes)
 
     def unpack(self, theta: np.ndarray) -> dict[str, np.ndarray]:
-        """Split a (..., P) parameter array into named (...,) arrays (Δ = 0, U = 1 if absent)."""
+        """Split a (..., P) parameter array into named (...,) arrays (an absent term at its
+        ``LawTerm.absent`` value: Δ = 0, U = 1)."""
         theta = np.asarray(theta, dtype=float)
         out = {name: theta[..., i] for i, name in enumerate(self.param_names)}
-        out.setdefault("delta", np.zeros(theta.shape[:-1]))
-        out.setdefault("U", np.ones(theta.shape[:-1]))
+        for term in TERMS:
+            out.setdefault(term.param, np.full(theta.shape[:-1], term.absent))
         return out
 
     @property
@@ -144,10 +177,8 @@ class LawSpec:
         parts = [self.elbow, self.hinge]
         if self.d0 != 1.0:
             parts.append(f"d0={self.d0:g}")
-        if not self.delta:
-            parts.append("no_delta")
-        if self.ceiling:
-            parts.append("ceiling")
+        parts += [t.label_on if getattr(self, t.flag) else t.label_off for t in TERMS]
+        parts = [p for p in parts if p]
         parts += [f"{name}={value:g}" for name, value in self.fixed]
         return "+".join(parts)
 

@@ -291,8 +291,8 @@ def bounds(spec: law_.LawSpec, data: TaskData, likelihood: str) -> tuple[np.ndar
         A=(1e-6, 100.0 / max(v_hi - v_lo, 1e-12) if likelihood == "gaussian" else 100.0),
         B=(v_lo, v_hi), k=(0.0, 10.0),
         alpha=spec.elbow_shape.alpha_bounds,
-        C=(max(0.0, lo_l - ELBOW_REACH), hi_l + ELBOW_REACH), delta=(v_lo - v_hi, v_hi - v_lo), U=(v_lo, v_hi),
-    )
+        C=(max(0.0, lo_l - ELBOW_REACH), hi_l + ELBOW_REACH),
+    ) | {t.param: t.box(v_lo, v_hi) for t in spec.terms}
     lo, hi = zip(*(box[n] for n in spec.param_names))
     lo, hi = np.array(lo), np.array(hi)
     for name, value in spec.fixed:  # held where the user put it (LawSpec.fixed)
@@ -321,8 +321,8 @@ def starts(spec: law_.LawSpec, data: TaskData, n_starts: int, seed: int) -> np.n
     x_max, x0 = law_.elbow_x(d_max, spec.elbow), law_.elbow_x(spec.d0, spec.elbow)
     k = shift / np.maximum(x_max**alpha - x0**alpha, 1e-6)  # the elbow moves by `shift` from D0 to d_max
     slope = (top - base + 1e-3) / span * np.exp(np.log(0.5) + a * np.log(8.0))
-    cols = dict(A=slope, B=np.full_like(a, base), k=k, alpha=alpha, C=c, delta=np.zeros_like(a),
-                U=np.full_like(a, min(top + 0.02, 1.0) if data.proportion else top))
+    cols = dict(A=slope, B=np.full_like(a, base), k=k, alpha=alpha, C=c) | {
+        t.param: np.full_like(a, t.start(top, data.proportion)) for t in spec.terms}
     hypercube = np.stack([cols[n] for n in spec.param_names], axis=-1)
     staged = staged_start(spec, data)
     rows = ([staged] if staged is not None else []) + list(hypercube)
@@ -389,6 +389,6 @@ def staged_start(spec: law_.LawSpec, data: TaskData) -> np.ndarray | None:
     _, k, al, c = best
     base = data.chance if data.proportion else float(np.median(bases))
     top = float(data.value.max())
-    cols = dict(A=float(np.median(slopes)), B=base, k=k, alpha=al, C=c, delta=0.0,
-                U=min(top + 0.02, 1.0) if data.proportion else top)
+    cols = dict(A=float(np.median(slopes)), B=base, k=k, alpha=al, C=c) | {
+        t.param: t.start(top, data.proportion) for t in spec.terms}
     return np.array([cols[n] for n in spec.param_names])

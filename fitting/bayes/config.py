@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 SIGMA_LOG_SD = 0.5  # between-task sds ~ LogNormal(log scale, 0.5): 95% within x/2.7 of scale
 TASK_VARS = ("A", "B", "k", "alpha", "C", "delta", "emergence_loss")
-BAYES_FORMS = tuple(n for n, s in law_.LAW_FORMS.items() if not s.ceiling)  # the model has no ceiling
+# the named forms whose every term the hierarchical model has (LawTerm.bayes; it has no ceiling)
+BAYES_FORMS = tuple(n for n, s in law_.LAW_FORMS.items() if all(t.bayes for t in s.terms))
 
 
 def _import_pymc():
@@ -131,9 +132,10 @@ class BayesConfig:
     save_posterior: str | None = None  # netCDF path written by predict_all (not hashed)
 
     def __post_init__(self) -> None:
-        if self.law.ceiling:
-            raise FitError("the Bayesian model supports law forms log_power, power, no_delta, "
-                           "softplus; not 'ceiling'")
+        missing = [t.param for t in self.law.terms if not t.bayes]
+        if missing:
+            raise FitError(f"the Bayesian model supports law forms {', '.join(BAYES_FORMS)}; not "
+                           f"{self.law.label!r} (it has no parameter {', '.join(missing)})")
         if self.priors is None:
             object.__setattr__(self, "priors", Priors.for_law(self.law))
 

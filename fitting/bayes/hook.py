@@ -27,7 +27,7 @@ def config_from(fit_config) -> BayesConfig:
     if fit_config.likelihood != "binomial":
         raise FitError("the Bayesian fit uses the binomial likelihood only; drop --likelihood gaussian")
     spec = fit_config.spec
-    if fit_config.law_name not in BAYES_FORMS and spec.ceiling:
+    if fit_config.law_name not in BAYES_FORMS and not all(t.bayes for t in spec.terms):
         raise FitError(f"law {fit_config.law_name!r} is not supported by the Bayesian fit "
                        f"(choose from {', '.join(BAYES_FORMS)})")
     priors = base.priors if base.law == spec else None

@@ -21,7 +21,6 @@ import pytest
 from cli_runner import run_cli
 from fitting.report import Section, Table, render_markdown
 from fitting.schema import RESULTS_FILE
-from fitting.simulate import Design, simulate
 
 SHARED = Path(os.environ.get("EMERGENCE_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 LM_EVAL_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "lm_eval" / "out"
@@ -76,10 +75,9 @@ def tiny_gadre(folder: Path, rows: str = "m1,rpj,1000,20000,4.0,0.0\nm2,rpj,2000
 
 
 @pytest.fixture(scope="module")
-def good(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("good")
-    simulate(Design(data_levels=(16,), subset_seeds=(1,)), seed=0, out=out)
-    return out
+def good(one_level_folder) -> Path:
+    """A valid folder (tests/conftest.py); the tests edit copies of it."""
+    return one_level_folder
 
 
 def edited_copy(good: Path, dst: Path, edit) -> Path:

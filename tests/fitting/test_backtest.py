@@ -17,13 +17,10 @@ from fitting.backtest import (AblationSpec, BacktestConfig, CutoffResult, TaskBa
 from fitting.data import TaskData
 from fitting.predict import FitConfig
 from fitting.simulate import Design, TaskTruth, simulate
+from tests.designs import COLA, NEVER
 
-# Two tasks whose law is fixed here (independent of the simulator's defaults).
-COLA = TaskTruth("t_cola", chance=0.5, A=0.6, k=0.05, alpha=1.1, C=2.45)
+# A second emerging task whose law is fixed here (COLA and NEVER: tests/designs.py).
 CSQA = TaskTruth("t_csqa", chance=0.2, A=1.0, k=0.08, alpha=0.9, C=2.50)
-# Few-shot elbow 1.9 nats lies below every checkpoint's loss (>= 2.23): never emerges few-shot,
-# while finetuning on 1024 examples moves the elbow to ~2.6 (finetune curves do rise).
-NEVER = TaskTruth("t_never", chance=0.25, A=0.9, k=0.1, alpha=1.0, C=1.9)
 
 
 def _folder(tasks, seed=0, **design):
@@ -206,9 +203,8 @@ def test_worker_processes_give_the_same_answer():
     assert [c.to_json() for c in one[0].cutoffs] == [c.to_json() for c in two[0].cutoffs]
 
 
-def test_cli_json_on_stdout_progress_on_stderr(tmp_path):
-    simulate(replace(Design(), tasks=(COLA, NEVER)), seed=0, out=tmp_path / "res")
-    cmd = [sys.executable, "-m", "emergence", "backtest", str(tmp_path / "res"), "--json", "--n-boot", "10",
+def test_cli_json_on_stdout_progress_on_stderr(emerging_and_never_folder):
+    cmd = [sys.executable, "-m", "emergence", "backtest", str(emerging_and_never_folder), "--json", "--n-boot", "10",
            "--min-checkpoints", "10", "--no-profile", "--d0", "2"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr

@@ -5,7 +5,7 @@ settings fits nothing and writes the same report; other settings, changed tables
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,19 +16,18 @@ from fitting.backtest import AblationSpec, BacktestConfig, backtest
 from fitting.backtest_cache import BacktestCache
 from fitting.predict import FitConfig
 from fitting.schema import load_results
-from fitting.simulate import Design, TaskTruth, simulate
+from fitting.simulate import simulate
 from tests.cli_runner import run_cli
+from tests.designs import COLA, EMERGING
 
-COLA = TaskTruth("t_cola", chance=0.5, A=0.6, k=0.05, alpha=1.1, C=2.45)
-NEVER = TaskTruth("t_never", chance=0.25, A=0.9, k=0.1, alpha=1.0, C=1.9)
 ARGS = ["--n-boot", "20", "--min-checkpoints", "10"]
 
 
 @pytest.fixture
-def res(tmp_path, monkeypatch):
+def res(tmp_path, monkeypatch, emerging_and_never_folder):
+    """A copy of the session's two-task folder (tests here rewrite it), with a cache of its own."""
     monkeypatch.setenv("EMERGENCE_CACHE_DIR", str(tmp_path / "cache"))
-    simulate(replace(Design(), tasks=(COLA, NEVER)), seed=0, out=tmp_path / "res")
-    return tmp_path / "res"
+    return Path(shutil.copytree(emerging_and_never_folder, tmp_path / "res"))
 
 
 class _Counter:
@@ -130,7 +129,7 @@ def test_a_corrupt_entry_is_recomputed_not_a_crash(res, capsys, monkeypatch):
 
 
 def test_round_trip_keeps_every_field_and_uses_no_pickle(tmp_path):
-    folder = simulate(replace(Design(), tasks=(COLA,)), seed=1)
+    folder = simulate(EMERGING, seed=1)
     config = BacktestConfig(fit=FitConfig(n_boot=20, n_starts=8), min_checkpoints=11,
                             ablations=AblationSpec(last_k=(4,)))
     cache = BacktestCache(tmp_path)
@@ -150,7 +149,7 @@ def test_round_trip_keeps_every_field_and_uses_no_pickle(tmp_path):
 
 
 def test_an_unwritable_cache_folder_warns_and_goes_on(tmp_path, capsys):
-    folder = simulate(replace(Design(), tasks=(COLA,)), seed=1)
+    folder = simulate(EMERGING, seed=1)
     (tmp_path / "file").write_text("x")
     cache = BacktestCache(tmp_path / "file")  # a file where the folder should be
     config = BacktestConfig(fit=FitConfig(n_boot=0, n_starts=8, profile=False), min_checkpoints=11)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -23,7 +25,11 @@ def _theta(spec: law.LawSpec) -> np.ndarray:
 @pytest.mark.parametrize("d0", [1.0, 4.0])
 @pytest.mark.parametrize("form", list(law.LAW_FORMS))
 def test_jacobian_matches_performance_and_finite_differences(form, d0):
-    spec = law.LAW_FORMS[form].with_(d0=d0)
+    _assert_jacobian_is_the_laws(law.LAW_FORMS[form].with_(d0=d0))
+
+
+def _assert_jacobian_is_the_laws(spec: law.LawSpec) -> None:
+    """The written-out performance equals law.performance, its Jacobian central differences."""
     theta = _theta(spec)
     perf, jac = performance_jacobian(spec, theta, LOSS, N_TRAIN, FEW)
     np.testing.assert_allclose(perf[0], law.performance(spec, theta, LOSS, N_TRAIN, FEW), rtol=1e-12)
@@ -34,6 +40,46 @@ def test_jacobian_matches_performance_and_finite_differences(form, d0):
         down[i] -= h
         fd = (law.performance(spec, up, LOSS, N_TRAIN, FEW) - law.performance(spec, down, LOSS, N_TRAIN, FEW)) / (2 * h)
         np.testing.assert_allclose(jac[0, :, i], fd, atol=1e-5, err_msg=spec.param_names[i])
+
+
+TERM_SETS = [dict(zip([t.flag for t in law.TERMS], bits)) for bits in np.ndindex(*(2,) * len(law.TERMS))]
+
+
+@pytest.mark.parametrize("hinge", list(law.HINGE_SHAPES))
+@pytest.mark.parametrize("flags", TERM_SETS, ids=lambda f: "+".join(k for k, on in f.items() if on) or "none")
+def test_every_combination_of_terms_has_the_right_jacobian(flags, hinge):
+    """Each optional term of TERMS (alone and with the others, under each hinge): the written-out
+    Jacobian is the law's, so a term added to TERMS without its derivative fails here."""
+    spec = law.LawSpec(hinge=hinge, **{k: bool(v) for k, v in flags.items()})
+    assert spec.param_names == law.CORE_PARAMS + tuple(t.param for t in law.TERMS if flags[t.flag])
+    _assert_jacobian_is_the_laws(spec)
+
+
+@pytest.mark.parametrize("term", law.TERMS, ids=lambda t: t.param)
+def test_every_term_is_a_lawspec_flag_and_enters_the_law(term):
+    """A term's flag is a LawSpec field, switching it on adds its parameter, moving that parameter
+    moves the predicted performance (its maths is wired in), and its start lies in its box."""
+    assert term.flag in {f.name for f in dataclasses.fields(law.LawSpec)}
+    without, with_ = law.LawSpec(**{term.flag: False}), law.LawSpec(**{term.flag: True})
+    assert term.param in with_.param_names and term.param not in without.param_names
+    assert without.unpack(_theta(without))[term.param] == term.absent
+    base = _theta(with_)
+    moved = base.copy()
+    moved[with_.param_names.index(term.param)] -= 0.05
+    assert not np.allclose(law.performance(with_, moved, LOSS, N_TRAIN, FEW),
+                           law.performance(with_, base, LOSS, N_TRAIN, FEW))
+    lo, hi = term.box(0.0, 1.0)
+    assert lo <= term.start(0.8, True) <= hi
+
+
+def test_the_bayesian_forms_are_those_whose_every_term_the_model_has():
+    from emergence.errors import FitError
+    from fitting.bayes import BAYES_FORMS, BayesConfig
+
+    assert set(BAYES_FORMS) == {n for n, s in law.LAW_FORMS.items() if all(t.bayes for t in s.terms)}
+    assert "ceiling" not in BAYES_FORMS and "log_power" in BAYES_FORMS
+    with pytest.raises(FitError, match="no parameter U"):
+        BayesConfig(law=law.LAW_FORMS["ceiling"])
 
 
 def test_batched_parameters_broadcast():

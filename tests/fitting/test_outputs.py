@@ -10,14 +10,13 @@ import pytest
 
 from cli_runner import run_cli
 from fitting.schema import CHECKPOINTS_FILE, ITEMS_FILE, RESULTS_FILE, load_results
-from fitting.simulate import Design, simulate
+from fitting.simulate import simulate
+from tests.designs import ONE_LEVEL
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sim") / "res"
-    simulate(Design(data_levels=(16, 256), subset_seeds=(1,)), seed=0, out=out)
-    return out
+def sim(two_level_folder) -> Path:
+    return two_level_folder
 
 
 def one_line(code: int, err: str, *words: str) -> str:
@@ -63,7 +62,7 @@ def test_simulate_and_import_check_out(tmp_path, capsys, case):
 
 def test_simulate_does_not_replace_results_without_overwrite(sim, tmp_path, capsys):
     target = tmp_path / "res"
-    simulate(Design(data_levels=(16,), subset_seeds=(1,)), seed=5, out=target)
+    simulate(ONE_LEVEL, seed=5, out=target)
     pl.DataFrame({"x": [1]}).write_parquet(target / ITEMS_FILE)  # as if an import had left items
     before = (target / RESULTS_FILE).read_bytes()
     one_line(*run_cli(["simulate", str(target), "--seed", "2"], capsys)[::2], "already holds", "--overwrite")
@@ -103,7 +102,7 @@ def test_harvest_refuses_a_results_folder_it_did_not_make(sim, tmp_path, capsys)
     """harvest eval/sweep compact their parts into the tables: over an imported or simulated
     folder that would silently replace its results, so they refuse before loading a model."""
     target = tmp_path / "imported"
-    simulate(Design(data_levels=(16,), subset_seeds=(1,)), seed=1, out=target)
+    simulate(ONE_LEVEL, seed=1, out=target)
     before = {n: (target / n).read_bytes() for n in (CHECKPOINTS_FILE, RESULTS_FILE)}
     spec = tmp_path / "spec.toml"
     spec.write_text('[[checkpoints]]\nname = "m"\npath = "/no/such/model"\nfamily = "f"\nparams = 1000\n'

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,20 +13,18 @@ from fitting import figures
 from fitting.backtest import AblationSpec, BacktestConfig, backtest
 from fitting.predict import FitConfig
 from fitting.report import render_report
-from fitting.schema import write_results
-from fitting.simulate import Design, TaskTruth, simulate
-
-COLA = TaskTruth("t_cola", chance=0.5, A=0.6, k=0.05, alpha=1.1, C=2.45)
-NEVER = TaskTruth("t_never", chance=0.25, A=0.9, k=0.1, alpha=1.0, C=1.9)
+from fitting.schema import load_results, write_results
+from fitting.simulate import simulate
+from tests.designs import COLA, EMERGING, NEVER
 PNG = b"\x89PNG\r\n\x1a\n"
 CONFIG = BacktestConfig(fit=FitConfig(n_boot=30, n_starts=8), min_checkpoints=9,
                         ablations=AblationSpec(last_k=(4,)))
 
 
 @pytest.fixture(scope="module")
-def written(tmp_path_factory):
+def written(tmp_path_factory, emerging_and_never_folder):
     """A report of a simulated folder with one emerging and one never-emerging task."""
-    folder = simulate(replace(Design(), tasks=(COLA, NEVER)), seed=0)
+    folder = load_results(emerging_and_never_folder)
     results = backtest(folder, CONFIG)
     out = tmp_path_factory.mktemp("report")
     return folder, results, render_report(folder, results, CONFIG, out, source="sim/folder")
@@ -95,7 +92,7 @@ def test_a_pinned_pre_emergence_prediction_is_marked_in_the_summary(written):
 
 
 def test_measured_folder_has_no_simulated_banner(tmp_path):
-    sim = simulate(replace(Design(), tasks=(COLA,)), seed=1)
+    sim = simulate(EMERGING, seed=1)
     folder = write_results(tmp_path / "res", sim.checkpoints, sim.results, metadata={"source": "lab run 7"})
     config = BacktestConfig(fit=FitConfig(n_boot=0, n_starts=8, profile=False), min_checkpoints=11)
     paths = render_report(folder, backtest(folder, config), config, tmp_path / "out")
@@ -127,7 +124,7 @@ def test_figures_take_plain_arrays():
 
 
 def test_report_command(tmp_path):
-    simulate(replace(Design(), tasks=(COLA,)), seed=2, out=tmp_path / "res")
+    simulate(EMERGING, seed=2, out=tmp_path / "res")
     runner = CliRunner()
     args = ["report", str(tmp_path / "res"), "--out", str(tmp_path / "out"), "--n-boot", "0",
             "--min-checkpoints", "11", "--no-ablations", "--no-profile"]

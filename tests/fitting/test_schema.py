@@ -15,14 +15,12 @@ import pytest
 
 from emergence.errors import ContractError
 from fitting.schema import CHECKPOINTS_FILE, RESULTS_FILE, load_results
-from fitting.simulate import Design, simulate
 
 
 @pytest.fixture(scope="module")
-def good(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("good")
-    simulate(Design(data_levels=(16, 256), subset_seeds=(1,)), seed=0, out=out)
-    return out
+def good(two_level_folder) -> Path:
+    """A valid folder (tests/conftest.py); the tests edit copies of it."""
+    return two_level_folder
 
 
 def _copy_with(good: Path, tmp: Path, file: str, edit) -> Path:
