@@ -136,7 +136,7 @@ def compare_few_shot_shapes(data: TaskData, forms: dict[str, law_.LawSpec],
     onset = fit_ground_truth(data, likelihood).elbow_loss
     seen, out = set(), []
     for name, spec in forms.items():
-        shape = few_shot_shape(spec, spec.ceiling)
+        shape = few_shot_shape(spec, terms=True)
         if shape in seen:
             continue
         seen.add(shape)
@@ -144,9 +144,9 @@ def compare_few_shot_shapes(data: TaskData, forms: dict[str, law_.LawSpec],
         for k in np.unique(few.ckpt):
             held = few.ckpt == k
             train = few.select_rows(~held)
-            _, theta = _hinge_fit(train, likelihood, spec, spec.ceiling)
+            _, theta = _hinge_fit(train, likelihood, spec, terms=True)
             total += _heldout_loglik(shape, theta, train, few.select_rows(held), likelihood)
-        _, theta = _hinge_fit(few, likelihood, spec, spec.ceiling)
+        _, theta = _hinge_fit(few, likelihood, spec, terms=True)
         out.append(LawComparison(name, total, int(len(np.unique(few.ckpt))), 0,
                                  few_shot_elbow=float(theta[shape.param_names.index("C")]), onset_elbow=onset))
     best = max(c.heldout_loglik for c in out)

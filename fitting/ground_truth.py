@@ -170,17 +170,18 @@ def find_onset(few: TaskData, base: float, likelihood: str) -> Onset | None:
     return None
 
 
-def few_shot_shape(spec: law_.LawSpec, ceiling: bool = False) -> law_.LawSpec:
+def few_shot_shape(spec: law_.LawSpec, terms: bool = False) -> law_.LawSpec:
     """The law with k = 0 as a curve in loss alone: the hinge B + A·h(E − L) with ``spec``'s hinge
-    (ReLU or softplus), saturating toward a ceiling U when ``ceiling``; E = C at D0 = 1."""
-    return law_.LawSpec(elbow="log_power", hinge=spec.hinge, temperature=spec.temperature,
-                        delta=False, ceiling=ceiling, d0=1.0)
+    (ReLU or softplus); E = C at D0 = 1. With ``terms``, also those of ``spec``'s optional terms
+    that shape one curve (``LawTerm.few_shot``: the ceiling U, not the shift Δ between curves)."""
+    flags = {t.flag: terms and t.few_shot and getattr(spec, t.flag) for t in law_.TERMS}
+    return law_.LawSpec(elbow="log_power", hinge=spec.hinge, temperature=spec.temperature, d0=1.0, **flags)
 
 
-def _hinge_fit(few: TaskData, likelihood: str, spec: law_.LawSpec, ceiling: bool = False) -> tuple[Problem, np.ndarray]:
-    """The hinge B + A·relu(E − L) fitted to ``few`` (all rows), multi-start over E (``ceiling``:
-    the saturating shape of :func:`few_shot_shape`)."""
-    gt_spec = few_shot_shape(spec, ceiling)
+def _hinge_fit(few: TaskData, likelihood: str, spec: law_.LawSpec, terms: bool = False) -> tuple[Problem, np.ndarray]:
+    """The hinge B + A·relu(E − L) fitted to ``few`` (all rows), multi-start over E (``terms``:
+    the shape of :func:`few_shot_shape` with ``spec``'s terms)."""
+    gt_spec = few_shot_shape(spec, terms)
     # the hinge as the law with k = 0: parameters (A, B, k, alpha, C); k and alpha pinned
     problem = make_problem(gt_spec, few, likelihood)
     lower, upper = problem.lower.copy(), problem.upper.copy()
@@ -192,8 +193,9 @@ def _hinge_fit(few: TaskData, likelihood: str, spec: law_.LawSpec, ceiling: bool
     base = float(np.quantile(few.value, 0.25))
     columns = [np.full_like(grid, (few.value.max() - base + 1e-3) / span),
                np.full_like(grid, base), np.zeros_like(grid), np.ones_like(grid), grid]
-    if ceiling:
-        columns.append(np.full_like(grid, min(float(few.value.max()) + 0.02, float(problem.upper[-1]))))
+    top = float(few.value.max())
+    for i, term in enumerate(gt_spec.terms, start=len(columns)):  # the term's start, inside its box
+        columns.append(np.full_like(grid, min(term.start(top, few.proportion), float(problem.upper[i]))))
     theta, f, _, _ = lm_batch(problem, np.stack(columns, -1))
     return problem, theta[int(np.argmin(f))]
 

@@ -78,7 +78,7 @@ class LawTerm:
     """An optional parameter beyond A, B, k, α, C, switched on by a boolean :class:`LawSpec`
     field. One entry of :data:`TERMS` carries its bookkeeping: the parameter's name, its value
     when the form lacks it, its search box and start, whether the Bayesian model has it, and its
-    label. Its maths is the law's own (:func:`performance`, written out again with derivatives
+    label, and whether it shapes one curve on its own. Its maths is the law's own (:func:`performance`, written out again with derivatives
     in ``fitting.jacobian.law_eval`` and, where ``bayes``, in ``fitting.bayes.model``);
     ``tests/fitting/test_law.py`` checks every entry there: each term moves the law, and the
     Jacobian matches finite differences for every combination of terms."""
@@ -89,6 +89,7 @@ class LawTerm:
     box: Callable[[float, float], tuple[float, float]]  # (v_lo, v_hi), the value range -> search box
     start: Callable[[float, bool], float]  # (highest value, proportion) -> starting value
     bayes: bool  # the hierarchical PyMC model has it
+    few_shot: bool  # it shapes a single curve in loss (the few-shot curve alone, k = 0)
     label_on: str = ""  # LawSpec.label's part when the flag is on ...
     label_off: str = ""  # ... and when it is off
 
@@ -96,11 +97,11 @@ class LawTerm:
 TERMS: tuple[LawTerm, ...] = (
     # Δ: the few-shot curve's own base B + Δ (prompted and finetuned answers sit differently at chance)
     LawTerm("delta", "delta", 0.0, lambda lo, hi: (lo - hi, hi - lo), lambda top, proportion: 0.0,
-            bayes=True, label_off="no_delta"),
+            bayes=True, few_shot=False, label_off="no_delta"),  # a shift between curves: one curve's B absorbs it
     # U: past the elbow, performance bends toward a ceiling U instead of rising linearly
     LawTerm("U", "ceiling", 1.0, lambda lo, hi: (lo, hi),
             lambda top, proportion: min(top + 0.02, 1.0) if proportion else top,
-            bayes=False, label_on="ceiling"),
+            bayes=False, few_shot=True, label_on="ceiling"),
 )
 CORE_PARAMS = ("A", "B", "k", "alpha", "C")
 NUMPY_OPS = SimpleNamespace(maximum=np.maximum, softplus=lambda z: np.logaddexp(0.0, z))

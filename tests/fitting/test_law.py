@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fitting import law
+from fitting.ground_truth import few_shot_shape
 from fitting.jacobian import performance_jacobian
 from fitting.likelihood import binomial_terms
 
@@ -70,6 +71,10 @@ def test_every_term_is_a_lawspec_flag_and_enters_the_law(term):
                            law.performance(with_, base, LOSS, N_TRAIN, FEW))
     lo, hi = term.box(0.0, 1.0)
     assert lo <= term.start(0.8, True) <= hi
+    # the few-shot curve alone (ground truth, compare-laws without finetune rows) has the term
+    # only if it shapes one curve
+    assert (term.param in few_shot_shape(with_, terms=True).param_names) == term.few_shot
+    assert few_shot_shape(with_).param_names == law.CORE_PARAMS
 
 
 def test_the_bayesian_forms_are_those_whose_every_term_the_model_has():
