@@ -22,7 +22,8 @@ does not overshoot on a wide loss range. The prediction is the few-shot elbow ``
 
 Parameter sharing (documented choice, the paper's): A, B, Δ (and U) are shared by every data
 level and by the few-shot curve; only the elbow moves with D, through the three law
-parameters k, α, C. So a task's whole surface has 5-7 parameters.
+parameters k, α, C. So a task's whole surface has 5-7 parameters. The optional ones (Δ, U)
+are the entries of :data:`TERMS`.
 
 Every function takes parameter arrays of any leading shape and broadcasts, so one call can
 evaluate a thousand bootstrap parameter sets at once.
@@ -77,11 +78,11 @@ HINGE_SHAPES: dict[str, HingeShape] = {
 class LawTerm:
     """An optional parameter beyond A, B, k, α, C, switched on by a boolean :class:`LawSpec`
     field. One entry of :data:`TERMS` carries its bookkeeping: the parameter's name, its value
-    when the form lacks it, its search box and start, whether the Bayesian model has it, and its
-    label, and whether it shapes one curve on its own. Its maths is the law's own (:func:`performance`, written out again with derivatives
-    in ``fitting.jacobian.law_eval`` and, where ``bayes``, in ``fitting.bayes.model``);
-    ``tests/fitting/test_law.py`` checks every entry there: each term moves the law, and the
-    Jacobian matches finite differences for every combination of terms."""
+    when the form lacks it, its search box and start, whether the Bayesian model has it, whether
+    it shapes a single curve, and its label. Its maths is the law's own (:func:`performance`,
+    written out again with derivatives in ``fitting.jacobian.law_eval`` and, where ``bayes``, in
+    ``fitting.bayes.model``); ``tests/fitting/test_law.py`` checks every entry there: each term
+    moves the law, and the Jacobian matches finite differences for every combination of terms."""
 
     param: str  # its name in theta, after A, B, k, alpha, C
     flag: str  # the LawSpec field that switches it on
@@ -95,9 +96,10 @@ class LawTerm:
 
 
 TERMS: tuple[LawTerm, ...] = (
-    # Δ: the few-shot curve's own base B + Δ (prompted and finetuned answers sit differently at chance)
+    # Δ: the few-shot curve's own base B + Δ (prompted and finetuned answers sit differently at
+    # chance); a shift between curves, so a single curve's B absorbs it
     LawTerm("delta", "delta", 0.0, lambda lo, hi: (lo - hi, hi - lo), lambda top, proportion: 0.0,
-            bayes=True, few_shot=False, label_off="no_delta"),  # a shift between curves: one curve's B absorbs it
+            bayes=True, few_shot=False, label_off="no_delta"),
     # U: past the elbow, performance bends toward a ceiling U instead of rising linearly
     LawTerm("U", "ceiling", 1.0, lambda lo, hi: (lo, hi),
             lambda top, proportion: min(top + 0.02, 1.0) if proportion else top,
